@@ -1,0 +1,1 @@
+"""The `jijian` command. Subcommands import the packages they drive lazily, so `--help` stays instant."""

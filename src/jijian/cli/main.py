@@ -1,0 +1,182 @@
+"""`jijian`: one command for the whole stack (config, tokenizer, train, generate, quickstart)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="jijian (基建): infrastructure for large language models — train, feed, plan, retrieve, serve, guard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Validate deploy.toml files or write a commented example.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+err_console = Console(stderr=True)
+out_console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    # Errors caused by the user's input get one clear line and exit code 2; anything else is a bug
+    # and keeps its traceback.
+    from jijian.config import ConfigError
+    from jijian.config.hf_config import HFFormatError
+
+    errors: list[type[BaseException]] = [ConfigError, HFFormatError, FileNotFoundError]
+    try:
+        from jijian.data.sources import SourceError
+        from jijian.train.run import TrainSetupError
+
+        errors += [SourceError, TrainSetupError]
+    except ImportError:  # pragma: no cover - torch missing only in broken installs
+        pass
+    return tuple(errors)
+
+
+def reports_errors(func: F) -> F:
+    """Turn user-input errors into a red message on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except _user_errors() as exc:
+            message = str(exc).replace("[", r"\[")
+            # soft_wrap: paths in messages must stay copyable, not broken at the terminal width.
+            err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@config_app.command("check")
+@reports_errors
+def config_check(path: Annotated[Path, typer.Argument(help="deploy.toml to validate")]) -> None:
+    """Validate a deploy.toml and print the resolved config (defaults filled, paths absolute)."""
+    from jijian.config import dump_config, load_config
+
+    config = load_config(path)
+    print(dump_config(config), end="")
+    err_console.print(f"[green]ok:[/] {path} is valid")
+
+
+@config_app.command("init")
+@reports_errors
+def config_init(
+    path: Annotated[Path, typer.Argument(help="where to write the example")] = Path("deploy.toml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented example deploy.toml."""
+    from importlib.resources import files
+
+    if path.exists() and not force:
+        err_console.print(f"[bold red]error:[/] {path} exists; pass --force to overwrite it")
+        raise typer.Exit(code=2)
+    text = files("jijian.config").joinpath("example.toml").read_text(encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {path}; check it with [bold]jijian config check {path}[/]")
+
+
+@tokenizer_app.command("train")
+@reports_errors
+def tokenizer_train(
+    paths: Annotated[list[Path], typer.Argument(help="text files, directories or globs to learn from")],
+    vocab_size: Annotated[int, typer.Option(help="vocabulary size, special tokens included")] = 8192,
+    out: Annotated[Path, typer.Option(help="directory to write tokenizer.json into")] = Path("tokenizer"),
+    min_frequency: Annotated[int, typer.Option(help="minimum pair frequency to merge")] = 2,
+    text_field: Annotated[str, typer.Option(help="field holding the text in .jsonl files")] = "text",
+) -> None:
+    """Train a byte-level BPE tokenizer (with BOS/EOS/PAD and a chat template) and save it."""
+    from jijian.data import read_documents, resolve_sources
+    from jijian.model.tokenizer import train_tokenizer
+
+    files = resolve_sources([str(p) for p in paths])
+    if not files:
+        err_console.print("[bold red]error:[/] no input files found")
+        raise typer.Exit(code=2)
+    try:
+        tokenizer = train_tokenizer(
+            read_documents(files, text_field), vocab_size, min_frequency=min_frequency, show_progress=True
+        )
+    except ValueError as exc:  # bad --vocab-size / --min-frequency
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    tokenizer.save(out)
+    err_console.print(f"trained on {len(files)} files: vocab {tokenizer.vocab_size} -> {out / 'tokenizer.json'}")
+
+
+@app.command()
+@reports_errors
+def train(config: Annotated[Path, typer.Argument(help="deploy.toml describing the run")]) -> None:
+    """Train [model] on [data].sources as [train] says; saves the model in Hugging Face format."""
+    from jijian.config import load_config
+    from jijian.train import run_training
+
+    run = run_training(load_config(config), console=err_console)
+    result = run.result
+    err_console.print(
+        f"trained {result.steps} steps ({result.tokens:,} tokens) in {result.elapsed_s:.0f} s; "
+        f"final loss {result.final_loss:.3f}"
+        + (f", validation loss {result.val_loss:.3f}" if result.val_loss is not None else "")
+    )
+    err_console.print(f"model: {run.model_dir}\nmetrics: {run.metrics_path}")
+
+
+@app.command()
+@reports_errors
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face-format model directory")],
+    prompt: Annotated[str, typer.Argument(help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_k: Annotated[int | None, typer.Option(help="sample from the k most likely tokens")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
+) -> None:
+    """Continue a prompt with a saved model (greedy by default)."""
+    from jijian.model import generate as generate_tokens
+    from jijian.model.hf import load_hf
+
+    model, tokenizer = load_hf(model_dir)
+    if tokenizer is None:
+        err_console.print(f"[bold red]error:[/] {model_dir} has no tokenizer.json")
+        raise typer.Exit(code=2)
+    ids = tokenizer.encode(prompt, add_bos=True)
+    new = generate_tokens(
+        model, ids, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=tokenizer.eos_id, seed=seed
+    )
+    print(prompt + tokenizer.decode(new))
+
+
+@app.command()
+@reports_errors
+def quickstart(
+    out: Annotated[Path, typer.Option(help="directory for everything the quick start writes")] = Path(
+        "runs/quickstart"
+    ),
+    minutes: Annotated[float, typer.Option(help="training time limit in minutes")] = 4.0,
+    steps: Annotated[int, typer.Option(help="training steps (stops earlier at the time limit)")] = 300,
+) -> None:
+    """Train a tokenizer and llama-tiny on the Python standard library, offline, then sample from it."""
+    from jijian.cli.quickstart import run_quickstart
+
+    run_quickstart(out, minutes=minutes, steps=steps, console=err_console)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

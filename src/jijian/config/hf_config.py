@@ -1,0 +1,73 @@
+"""Translation between a Hugging Face Llama `config.json` and jijian's ModelConfig fields (pure JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class HFFormatError(ValueError):
+    """A Hugging Face model directory is missing a file or holds something jijian cannot load."""
+
+
+def read_hf_config(directory: str | Path) -> dict[str, Any]:
+    """Parse `directory/config.json`, with an error naming the file when absent or malformed."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise HFFormatError(f"{path}: not found (is {directory} a Hugging Face model directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HFFormatError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise HFFormatError(f"{path}: expected a JSON object")
+    return data
+
+
+def model_fields_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """ModelConfig fields for an HF Llama-family config (transformers v4 or v5 layout)."""
+
+    def fail(message: str) -> HFFormatError:
+        return HFFormatError(f"{source}: {message}")
+
+    architectures = hf.get("architectures") or ["LlamaForCausalLM"]
+    if hf.get("model_type", "llama") not in ("llama", "mistral") and "LlamaForCausalLM" not in architectures:
+        raise fail(f"model_type {hf.get('model_type')!r} is not a Llama-family decoder")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise fail(f"{key} = true is not supported (jijian's Llama has no biases)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise fail(f"hidden_act {hf.get('hidden_act')!r} is not supported (only 'silu')")
+    # transformers v5 moved rope_theta/rope_scaling into one rope_parameters mapping.
+    rope = dict(hf.get("rope_parameters") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = rope or dict(hf.get("rope_scaling") or {})
+    kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+    if kind == "default":
+        rope_scaling = None
+    elif kind in ("llama3", "linear"):
+        keep = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+        rope_scaling = {"rope_type": kind, **{k: v for k, v in scaling.items() if k in keep}}
+    else:
+        raise fail(f"rope type {kind!r} is not supported (default, llama3, linear)")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if key not in hf:
+            raise fail(f"missing key {key!r}")
+    fields = {
+        "dim": hf["hidden_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_heads": hf["num_attention_heads"],
+        "n_kv_heads": hf.get("num_key_value_heads"),
+        "head_dim": hf.get("head_dim"),
+        "ffn_dim": hf["intermediate_size"],
+        "vocab_size": hf["vocab_size"],
+        "max_seq_len": hf.get("max_position_embeddings", 2048),
+        "norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "rope_theta": float(theta),
+        "rope_scaling": rope_scaling,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "init_std": hf.get("initializer_range", 0.02),
+    }
+    return {k: v for k, v in fields.items() if v is not None}

@@ -1,0 +1,100 @@
+"""Model presets by name, with the shapes of the real models they are named after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Llama 3.1 long-context RoPE scaling, as published in the 8B/70B/405B configs.
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Small enough to train for a few minutes on 2 CPU cores; GQA (8 query heads, 4 KV heads) so the
+    # code path every real Llama 3 uses is exercised in tests and the quick start.
+    "llama-tiny": {
+        "dim": 256,
+        "n_layers": 4,
+        "n_heads": 8,
+        "n_kv_heads": 4,
+        "ffn_dim": 768,
+        "vocab_size": 8192,
+        "max_seq_len": 1024,
+        "norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_embeddings": False,
+    },
+    # GPT-3 "small" width and depth in Llama form: 124.7M parameters with a 32k vocabulary.
+    "llama-125m": {
+        "dim": 768,
+        "n_layers": 12,
+        "n_heads": 12,
+        "n_kv_heads": 4,
+        "ffn_dim": 2048,
+        "vocab_size": 32000,
+        "max_seq_len": 2048,
+        "norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_embeddings": False,
+    },
+    # Llama 3.2 1B (1.24B parameters, tied embeddings).
+    "llama-1b": {
+        "dim": 2048,
+        "n_layers": 16,
+        "n_heads": 32,
+        "n_kv_heads": 8,
+        "ffn_dim": 8192,
+        "vocab_size": 128256,
+        "max_seq_len": 131072,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {**_LLAMA31_ROPE, "factor": 32.0},
+        "tie_embeddings": True,
+    },
+    # Llama 3.1 8B (8.03B parameters).
+    "llama3-8b": {
+        "dim": 4096,
+        "n_layers": 32,
+        "n_heads": 32,
+        "n_kv_heads": 8,
+        "ffn_dim": 14336,
+        "vocab_size": 128256,
+        "max_seq_len": 131072,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": _LLAMA31_ROPE,
+        "tie_embeddings": False,
+    },
+    # Llama 3.1 70B (70.6B parameters).
+    "llama3-70b": {
+        "dim": 8192,
+        "n_layers": 80,
+        "n_heads": 64,
+        "n_kv_heads": 8,
+        "ffn_dim": 28672,
+        "vocab_size": 128256,
+        "max_seq_len": 131072,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": _LLAMA31_ROPE,
+        "tie_embeddings": False,
+    },
+    # Llama 3.1 405B (405.9B parameters).
+    "llama3-405b": {
+        "dim": 16384,
+        "n_layers": 126,
+        "n_heads": 128,
+        "n_kv_heads": 8,
+        "ffn_dim": 53248,
+        "vocab_size": 128256,
+        "max_seq_len": 131072,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": _LLAMA31_ROPE,
+        "tie_embeddings": False,
+    },
+}

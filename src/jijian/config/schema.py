@@ -1,0 +1,255 @@
+"""The typed shape of `deploy.toml`: one pydantic model per section, validated strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from jijian.config.hf_config import model_fields_from_hf, read_hf_config
+from jijian.config.presets import MODEL_PRESETS
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys and silent type coercion are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    return Path(context.get("base_dir", "."))
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (_base_dir(info) / path).resolve()
+
+
+def _must_exist(path: Path, info: ValidationInfo) -> Path:
+    resolved = _resolve(path, info)
+    if not resolved.exists():
+        raise ValueError(f"path does not exist: {resolved}")
+    return resolved
+
+
+# Paths in the config are relative to the config file's directory, like includes in a Makefile.
+OutputPath = Annotated[Path, Field(strict=False), AfterValidator(_resolve)]
+ExistingPath = Annotated[Path, Field(strict=False), AfterValidator(_must_exist)]
+
+
+class RopeScaling(Section):
+    """Long-context RoPE frequency scaling (Llama 3.1 'llama3' or plain 'linear')."""
+
+    rope_type: Literal["llama3", "linear"] = "llama3"
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(default=1.0, gt=0)
+    high_freq_factor: float = Field(default=4.0, gt=0)
+    original_max_position_embeddings: int = Field(default=8192, ge=1)
+
+
+class ModelConfig(Section):
+    """Decoder-only transformer shape; `preset` fills every field not given explicitly."""
+
+    preset: str | None = None
+    hf_path: ExistingPath | None = None
+    dim: int = Field(ge=1)
+    n_layers: int = Field(ge=1)
+    n_heads: int = Field(ge=1)
+    n_kv_heads: int | None = Field(default=None, ge=1)
+    head_dim: int | None = Field(default=None, ge=1)
+    ffn_dim: int = Field(ge=1)
+    vocab_size: int = Field(ge=2)
+    max_seq_len: int = Field(default=2048, ge=1)
+    norm_eps: float = Field(default=1e-5, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: RopeScaling | None = None
+    tie_embeddings: bool = False
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any, info: ValidationInfo) -> Any:
+        # Shape defaults come from a named preset or from the HF model being started from;
+        # keys given explicitly in [model] override either.
+        if not isinstance(data, dict):
+            return data
+        base: dict[str, Any] = {}
+        if data.get("preset") is not None:
+            name = data["preset"]
+            if not isinstance(name, str) or name not in MODEL_PRESETS:
+                raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+            base = dict(MODEL_PRESETS[name])
+        elif isinstance(data.get("hf_path"), str | Path):
+            directory = _resolve(Path(data["hf_path"]), info)
+            if (directory / "config.json").is_file():
+                base = model_fields_from_hf(read_hf_config(directory), source=str(directory / "config.json"))
+        return {**base, **data}
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelConfig:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+            self.head_dim = self.dim // self.n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (always resolved after validation)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head (always resolved after validation)."""
+        return self.head_dim or self.dim // self.n_heads
+
+
+class TokenizerConfig(Section):
+    """An existing tokenizer (file or directory) or the settings to train one."""
+
+    path: ExistingPath | None = None
+    vocab_size: int = Field(default=8192, ge=300)
+    min_frequency: int = Field(default=2, ge=1)
+
+
+class DataConfig(Section):
+    """Where training text comes from and where the packed shards go."""
+
+    sources: list[str] = Field(default_factory=list)
+    text_field: str = "text"
+    output_dir: OutputPath = Path("runs/data")
+    validation_fraction: float = Field(default=0.01, ge=0, lt=1)
+
+
+class TrainConfig(Section):
+    """Optimisation settings for one training run."""
+
+    output_dir: OutputPath = Path("runs/train")
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=8, ge=1, description="sequences per micro-batch (per data-parallel rank)")
+    grad_accum_steps: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=256, ge=2)
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    grad_clip: float = Field(default=1.0, ge=0, description="global gradient-norm limit; 0 disables clipping")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU"
+    )
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=0, ge=0, description="steps between validation passes; 0 = only at the end")
+    eval_batches: int = Field(default=8, ge=1)
+    max_minutes: float | None = Field(default=None, gt=0, description="stop early after this wall time")
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> TrainConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed steps ({self.steps})")
+        return self
+
+
+class ParallelConfig(Section):
+    """Degrees of each parallel dimension; their product is the world size."""
+
+    dp_replicate: int = Field(default=1, ge=1)
+    dp_shard: int = Field(default=-1, ge=-1, description="-1 = every rank not used by the other dimensions")
+    tp: int = Field(default=1, ge=1)
+    sequence_parallel: bool = True
+    pp: int = Field(default=1, ge=1)
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
+    pp_microbatches: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> ParallelConfig:
+        if self.dp_shard == 0:
+            raise ValueError("dp_shard must be -1 (auto) or >= 1")
+        return self
+
+
+class CheckpointConfig(Section):
+    """When and where training state is saved."""
+
+    enabled: bool = False
+    dir: OutputPath | None = None
+    interval: int = Field(default=500, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    async_mode: Literal["off", "thread", "process"] = "off"
+
+
+class KBConfig(Section):
+    """The knowledge base: where collections live and how they are indexed."""
+
+    path: OutputPath = Path("runs/kb")
+    embedding_model: str = "all-MiniLM-L6-v2"
+    index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+
+
+class ServeConfig(Section):
+    """The inference server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    model_path: ExistingPath | None = None
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_batch_tokens: int = Field(default=2048, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    quantization: Literal["none", "int8"] = "none"
+
+
+class GuardConfig(Section):
+    """Safety policy applied to requests and responses."""
+
+    injection_threshold: float = Field(default=0.5, ge=0, le=1)
+    redact_pii: bool = True
+    audit_log: OutputPath | None = None
+
+
+class HardwareConfig(Section):
+    """The machines a run is planned for, and what they cost."""
+
+    accelerator: str = "cpu"
+    devices_per_node: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1)
+    electricity_price_per_kwh: float | None = Field(default=None, ge=0)
+    pue: float | None = Field(default=None, ge=1)
+    rent_per_device_hour: float | None = Field(default=None, ge=0)
+    currency: str = "CNY"
+
+
+class DeployConfig(Section):
+    """A whole deployment, as described by one `deploy.toml`."""
+
+    name: str = "jijian"
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="llama-tiny"))
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    kb: KBConfig = Field(default_factory=KBConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)

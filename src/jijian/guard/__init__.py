@@ -1,0 +1,1 @@
+"""Guardrails (injection defence, ACLs, PII redaction, audit). Built by the guard issue; nothing here yet."""

@@ -1,0 +1,258 @@
+"""Hugging Face format: `config.json` + `model.safetensors` (sharded with an index) + tokenizer files.
+
+`save_hf` writes a directory that `transformers.AutoModelForCausalLM` and `AutoTokenizer` load;
+`load_hf` reads such a directory back, including one written by `transformers` itself (v4 or v5
+config layout). The directory is written next to its destination and renamed into place, so a
+crash mid-save never leaves a half-written model where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from jijian.config import ModelConfig
+from jijian.config.hf_config import HFFormatError, model_fields_from_hf, read_hf_config
+from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
+
+if TYPE_CHECKING:
+    from jijian.model.tokenizer import Tokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# Buffers that old transformers versions saved with the weights; recomputed from the config here.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """The `config.json` of a `LlamaForCausalLM` with this shape (readable by transformers v4 and v5)."""
+    rope_scaling = None
+    if cfg.rope_scaling is not None:
+        rope_scaling = cfg.rope_scaling.model_dump()
+        if cfg.rope_scaling.rope_type == "linear":
+            rope_scaling = {"rope_type": "linear", "factor": cfg.rope_scaling.factor}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_size,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": rope_scaling,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": tokenizer.bos_id if tokenizer else None,
+        "eos_token_id": tokenizer.eos_id if tokenizer else None,
+        "pad_token_id": tokenizer.pad_id if tokenizer else None,
+        "torch_dtype": _DTYPE_NAMES.get(dtype, "float32"),
+        "use_cache": True,
+    }
+
+
+def model_config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
+    """Translate an HF Llama-family `config.json` into a ModelConfig; refuse what the model lacks."""
+    fields = model_fields_from_hf(hf, source)
+    try:
+        return ModelConfig.model_validate(fields, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise HFFormatError(f"{source}: not a valid Llama config: {problems}") from None
+
+
+def save_hf(
+    model: CausalLM,
+    tokenizer: Tokenizer | None,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Write model (and tokenizer) as an HF model directory, replacing `directory` atomically."""
+    return save_hf_state_dict(
+        model.state_dict(), model.cfg, tokenizer, directory, dtype=dtype, max_shard_bytes=max_shard_bytes
+    )
+
+
+def save_hf_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer | None,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0."""
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in state_dict.items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue  # HF stores tied weights once, under the embedding's name
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[name] = tensor.contiguous()
+    saved_dtype = dtype or next(iter(tensors.values())).dtype
+    shards = _plan_shards(tensors, max_shard_bytes)
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        metadata = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+        else:
+            weight_map = {}
+            for i, names in enumerate(shards, start=1):
+                filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file({n: tensors[n] for n in names}, str(staging / filename), metadata=metadata)
+                weight_map.update(dict.fromkeys(names, filename))
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            _write_json(staging / WEIGHTS_INDEX_NAME, index)
+        _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype))
+        if tokenizer is not None:
+            generation = {
+                "bos_token_id": tokenizer.bos_id,
+                "eos_token_id": tokenizer.eos_id,
+                "pad_token_id": tokenizer.pad_id,
+            }
+            _write_json(staging / "generation_config.json", generation)
+            tokenizer.save(staging)
+        for path in staging.iterdir():
+            _fsync(path)
+        _replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_hf(
+    directory: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = torch.float32,
+) -> tuple[CausalLM, Tokenizer | None]:
+    """Load an HF-format Llama directory; returns the model (eval mode) and its tokenizer if present.
+
+    `dtype=None` keeps the dtype the weights were stored in.
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    cfg = model_config_from_hf(read_hf_config(directory), source=str(config_path))
+
+    state = _read_weights(directory, device, dtype)
+    model = build_model(cfg, device="meta")
+    expected = set(model.state_dict())
+    if cfg.tie_embeddings:
+        expected.discard("lm_head.weight")
+        state.pop("lm_head.weight", None)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} tensors, e.g. {unexpected[:3]}")
+        raise HFFormatError(f"{directory}: weights do not match config.json: {'; '.join(details)}")
+    for name, tensor in state.items():
+        target = model.get_parameter(name)
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise HFFormatError(
+                f"{directory}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(target.shape)}"
+            )
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.model.inv_freq = rope_inverse_frequencies(cfg, device=device)
+    model.eval()
+    tokenizer = None
+    if (directory / "tokenizer.json").is_file():
+        from jijian.model.tokenizer import Tokenizer  # deferred: weights-only users skip `tokenizers`
+
+        tokenizer = Tokenizer.load(directory)
+    return model, tokenizer
+
+
+def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    index_path = directory / WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (directory / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise HFFormatError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
+    state: dict[str, torch.Tensor] = {}
+    for filename in files:
+        path = directory / filename
+        if not path.is_file():
+            raise HFFormatError(f"{path}: listed in {WEIGHTS_INDEX_NAME} but missing")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as handle:
+                for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    if name.endswith(_IGNORED_SUFFIXES):
+                        continue
+                    tensor = handle.get_tensor(name)
+                    state[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise HFFormatError(f"{path}: cannot read safetensors file: {exc}") from None
+    return state
+
+
+def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _replace_directory(staging: Path, directory: Path) -> None:
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    if not directory.is_dir():
+        raise HFFormatError(f"{directory}: exists and is not a directory")
+    retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+    retired.rmdir()
+    directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,250 @@
+"""The decoder-only transformer of the Llama family, with Hugging Face `LlamaForCausalLM` names.
+
+RMSNorm, rotary position embeddings (with Llama 3.1 frequency scaling), SwiGLU MLP, grouped-query
+attention through `F.scaled_dot_product_attention`. Every parameter name and tensor layout equals
+the one in `transformers.LlamaForCausalLM`, so a state dict moves between the two unchanged.
+
+The model knows nothing about parallelism: `jijian.train.parallel` shards it from outside (which is
+why head counts are never baked into `view` calls, and why layers live in a ModuleDict keyed by
+index: a pipeline stage deletes the layers it does not own and keeps the names of the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jijian.config import ModelConfig
+
+
+class AttentionCache(Protocol):
+    """Holds keys/values of earlier positions and computes attention against them (generation)."""
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Store k/v for positions start_pos.., then return attention of q over all cached positions."""
+        ...
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in fp32 like the reference implementation."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * normed
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_inverse_frequencies(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-pair rotation frequencies, with Llama 3.1 ('llama3') or linear long-context scaling."""
+    dim = cfg.head_size
+    # Same expression as transformers, so that fp32 frequencies agree bit for bit.
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+    inv_freq = 1.0 / (cfg.rope_theta**exponents)
+    scaling = cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    old_context = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_context / scaling.low_freq_factor
+    high_freq_wavelen = old_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are stretched by `factor`, short ones kept, the band between interpolated.
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head (the 'rotate_half' layout of HF Llama weights)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = cfg.head_size
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: AttentionCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        else:
+            out = cache.attend(self.layer_idx, q, k, v, start_pos)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm transformer block."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx)
+        self.mlp = FeedForward(cfg.dim, cfg.ffn_dim)
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: AttentionCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    """Embedding, the stack of layers and the final norm (HF's `model.model`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens: nn.Embedding | None = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(cfg, i) for i in range(cfg.n_layers)})
+        self.norm: RMSNorm | None = RMSNorm(cfg.dim, cfg.norm_eps)
+        # Not a parameter and not saved: HF recomputes it from the config too.
+        self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
+
+    def rotary(self, seq_len: int, start_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables for positions start_pos .. start_pos+seq_len-1 (fp32)."""
+        positions = torch.arange(start_pos, start_pos + seq_len, device=device, dtype=torch.float32)
+        angles = positions[:, None] * self.inv_freq.float()[None, :]
+        return angles.cos(), angles.sin()
+
+    def forward(
+        self, tokens_or_hidden: torch.Tensor, cache: AttentionCache | None = None, start_pos: int = 0
+    ) -> torch.Tensor:
+        # A pipeline stage without the embedding receives hidden states from the previous stage.
+        h = self.embed_tokens(tokens_or_hidden) if self.embed_tokens is not None else tokens_or_hidden
+        cos, sin = self.rotary(h.shape[1], start_pos, h.device)
+        cos, sin = cos.to(h.dtype), sin.to(h.dtype)
+        for layer in self.layers.values():
+            h = layer(h, cos, sin, cache, start_pos)
+        return self.norm(h) if self.norm is not None else h
+
+
+class CausalLM(nn.Module):
+    """Decoder plus language-model head; state-dict compatible with HF `LlamaForCausalLM`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.lm_head: nn.Linear | None = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding matrix with the output head when the config asks for it."""
+        if self.cfg.tie_embeddings and self.lm_head is not None and self.model.embed_tokens is not None:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for token ids (batch, seq) at positions start_pos.."""
+        h = self.model(tokens, cache, start_pos)
+        return self.lm_head(h) if self.lm_head is not None else h
+
+    @torch.no_grad()
+    def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
+        """Fresh initialisation: normal(0, init_std), residual outputs scaled by depth, norms at one."""
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        self.model.inv_freq = rope_inverse_frequencies(self.cfg, device=buffer_device or self.model.inv_freq.device)
+        if self.model.embed_tokens is not None:
+            nn.init.normal_(self.model.embed_tokens.weight, std=std)
+        for layer in self.model.layers.values():
+            attn, mlp = layer.self_attn, layer.mlp
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                nn.init.normal_(linear.weight, std=std)
+            for linear in (attn.o_proj, mlp.down_proj):
+                nn.init.normal_(linear.weight, std=residual_std)
+            layer.input_layernorm.reset_parameters()
+            layer.post_attention_layernorm.reset_parameters()
+        if self.model.norm is not None:
+            self.model.norm.reset_parameters()
+        if self.lm_head is not None and not self.cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights counted once)."""
+        params = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in params.values())
+        if exclude_embeddings and self.model.embed_tokens is not None:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    init: bool = True,
+) -> CausalLM:
+    """Build on the meta device (no memory), then materialise on `device` and initialise.
+
+    `device="meta"` returns the unmaterialised model, for sharding before any memory is used.
+    `init=False` leaves the storage uninitialised, for weights that are about to be loaded.
+    """
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if str(device) == "meta":
+        return model
+    model.to_empty(device=device)
+    model.tie_weights()
+    if init:
+        model.init_weights(buffer_device=device)
+    else:
+        model.model.inv_freq = rope_inverse_frequencies(cfg, device=device)
+    return model
