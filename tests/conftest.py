@@ -22,6 +22,11 @@ def stdlib_sample(n_files: int = 40) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def stdlib_paths() -> list[Path]:
+    return stdlib_sample()
+
+
+@pytest.fixture(scope="session")
 def corpus_texts() -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_sample()]
 

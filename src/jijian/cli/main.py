@@ -164,8 +164,10 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="directory for everything the quick start writes")] = Path(
         "runs/quickstart"
     ),
-    minutes: Annotated[float, typer.Option(help="training time limit in minutes")] = 4.0,
-    steps: Annotated[int, typer.Option(help="training steps (stops earlier at the time limit)")] = 300,
+    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 5.0,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps; default: as many as fit in --minutes on this machine")
+    ] = None,
 ) -> None:
     """Train a tokenizer and llama-tiny on the Python standard library, offline, then sample from it."""
     from jijian.cli.quickstart import run_quickstart

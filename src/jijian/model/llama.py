@@ -68,11 +68,15 @@ def rope_inverse_frequencies(cfg: ModelConfig, device: torch.device | str | None
     return torch.where(medium, smoothed, scaled)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of each head (the 'rotate_half' layout of HF Llama weights)."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head (the 'rotate_half' layout of HF Llama weights).
+
+    `cos` is (cos, cos) and `signed_sin` is (-sin, sin) over the head width, so the rotation is one
+    swap of halves and two full-width multiplies; bit-identical to HF's `q*cos + rotate_half(q)*sin`
+    since (-a)*b == a*(-b) exactly, with one elementwise pass fewer.
+    """
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -156,10 +160,11 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
 
     def rotary(self, seq_len: int, start_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables for positions start_pos .. start_pos+seq_len-1 (fp32)."""
+        """Full-width (cos, signed sin) tables for positions start_pos .. start_pos+seq_len-1 (fp32)."""
         positions = torch.arange(start_pos, start_pos + seq_len, device=device, dtype=torch.float32)
         angles = positions[:, None] * self.inv_freq.float()[None, :]
-        return angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
     def forward(
         self, tokens_or_hidden: torch.Tensor, cache: AttentionCache | None = None, start_pos: int = 0

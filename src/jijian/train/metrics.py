@@ -35,6 +35,7 @@ class MetricsLogger:
         self._file: TextIO | None = None
         self._progress: Progress | None = None
         self._task: Any = None
+        self._shown: dict[str, Any] = {}
 
     def __enter__(self) -> MetricsLogger:
         if self.path is not None:
@@ -70,7 +71,9 @@ class MetricsLogger:
             self._file.write(line + "\n")
             self._file.flush()
         if self._progress is not None:
-            status = "  ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k not in ("time", "step", "event"))
+            # The bar shows a few headline numbers; the full record is in the JSON-lines file.
+            self._shown.update({label: record[key] for key, label in _SHOWN.items() if key in record})
+            status = "  ".join(f"{label} {_fmt(value)}" for label, value in self._shown.items())
             self._progress.update(self._task, completed=record.get("step", 0), status=status)
         else:
             self.stream.write(line + "\n")
@@ -82,7 +85,12 @@ class MetricsLogger:
             self._progress.update(self._task, completed=step)
 
 
+_SHOWN = {"loss": "loss", "val_loss": "val", "lr": "lr", "grad_norm": "gnorm", "tokens_per_s": "tok/s"}
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3f}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.2e}" if 0 < abs(value) < 1e-2 else f"{value:.3f}"
     return str(value)

@@ -1,0 +1,39 @@
+"""The quick start end to end on a small corpus: every promised output exists and is usable."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from jijian.cli.quickstart import PROMPT, run_quickstart, seconds_per_step
+
+
+def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, stdlib_paths):
+    out = tmp_path / "qs"
+    with (tmp_path / "log").open("w") as log:
+        summary = run_quickstart(out, minutes=1, steps=12, console=Console(file=log), corpus_files=stdlib_paths)
+    for name in (
+        "corpus.jsonl",
+        "tokenizer/tokenizer.json",
+        "model/config.json",
+        "model/model.safetensors",
+        "metrics.jsonl",
+        "deploy.toml",
+        "quickstart.json",
+    ):
+        assert (out / name).is_file(), name
+    assert len((out / "corpus.jsonl").read_text().splitlines()) == len(stdlib_paths)
+    assert summary == json.loads((out / "quickstart.json").read_text())
+    assert summary["steps"] == 12 and summary["sample"].startswith(PROMPT)
+    assert summary["final_over_step_10"] == round(summary["final_loss"] / summary["loss_step_10"], 2 + 2)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert next(r["loss"] for r in logged if r.get("step") == 10) == summary["loss_step_10"]
+    # The exported model is a plain transformers model.
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
+    assert AutoTokenizer.from_pretrained(out / "model").eos_token == "<|end_of_text|>"
+
+
+def test_step_calibration_measures_a_positive_time():
+    assert seconds_per_step({"preset": "llama-tiny", "n_layers": 1, "vocab_size": 512}, 2, 16, timed_steps=1) > 0
