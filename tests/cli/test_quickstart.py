@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,9 +28,9 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
     assert len((out / "corpus.jsonl").read_text().splitlines()) == len(stdlib_paths)
     assert summary == json.loads((out / "quickstart.json").read_text())
     assert summary["steps"] == 12 and summary["sample"].startswith(PROMPT)
-    assert summary["final_over_step_10"] == round(summary["final_loss"] / summary["loss_step_10"], 2 + 2)
+    assert summary["final_over_step_10"] == round(summary["final_loss"] / summary["loss_step_10"], 4)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert next(r["loss"] for r in logged if r.get("step") == 10) == summary["loss_step_10"]
+    assert next(r["loss"] for r in logged if r.get("step") == 10) == pytest.approx(summary["loss_step_10"], abs=1e-4)
     # The exported model is a plain transformers model.
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
     assert AutoTokenizer.from_pretrained(out / "model").eos_token == "<|end_of_text|>"
