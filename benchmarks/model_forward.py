@@ -151,12 +151,14 @@ def run_case(case: Case, reps: int, warmup: int) -> Outcome:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="llama-tiny only, batch 8 x seq 256, fewer reps")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 8, quick 6)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 12, quick 24)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     args = parser.parse_args()
 
-    reps = args.reps if args.reps is not None else (6 if args.quick else 8)
-    warmup = 2 if args.quick else 3
+    # Many short interleaved repetitions: the two models run the same kernels, so the ratio is close
+    # to 1 and only a median over many reps separates a real difference from a neighbour's noise.
+    reps = args.reps if args.reps is not None else (24 if args.quick else 12)
+    warmup = 3
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "

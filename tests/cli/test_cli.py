@@ -135,7 +135,7 @@ def test_config_init_then_check(runner, tmp_path):
     check = runner.invoke(app, ["config", "check", str(path)])
     assert check.exit_code == 0, output_of(check)
     assert "[model]" in check.output
-    assert "dim = 256" in check.output
+    assert "dim = 128" in check.output
     assert "[train]" in check.output
     assert "ok:" in output_of(check)
 
@@ -354,3 +354,14 @@ def test_generate_missing_model_dir_exits_nonzero(runner, tmp_path):
     result = runner.invoke(app, ["generate", str(tmp_path / "no-model"), "hello"])
     assert result.exit_code == 2
     assert contains(result, str(tmp_path / "no-model" / "config.json"))
+
+
+def test_train_with_a_corrupt_tokenizer_is_a_user_error(tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{not json")
+    (tmp_path / "d.txt").write_text("hello world\n" * 50)
+    config = tmp_path / "deploy.toml"
+    config.write_text(f'[tokenizer]\npath = "tok"\n[data]\nsources = ["{tmp_path / "d.txt"}"]\n')
+    result = CliRunner().invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert "tokenizer.json" in "".join(result.output.split())

@@ -64,7 +64,7 @@ def test_packaged_example_validates_and_round_trips(tmp_path):
         config = load_config(example)
     assert config.name == "my-deployment"
     assert config.model.preset == "llama-tiny"
-    assert config.model.dim == 256
+    assert config.model.dim == 128
     assert config.train.steps == 1000
     assert config.train.lr == pytest.approx(3e-4)
     assert config.train.output_dir.is_absolute()
@@ -74,7 +74,7 @@ def test_packaged_example_validates_and_round_trips(tmp_path):
 def test_empty_file_gives_defaults_and_round_trips(tmp_path):
     config = load_config(write_config(tmp_path, ""))
     assert config.model.preset == "llama-tiny"
-    assert config.model.n_kv_heads == 4
+    assert config.model.n_kv_heads == 2
     assert config.model.head_dim == 32
     # Default output paths resolve against the config file's directory.
     assert config.train.output_dir == (tmp_path / "runs" / "train").resolve()
@@ -156,8 +156,8 @@ def test_explicit_rope_scaling_overrides_preset(tmp_path):
 
 def test_presets_are_not_mutated_by_overrides(tmp_path):
     load_config(write_config(tmp_path, '[model]\npreset = "llama-tiny"\ndim = 512\n'))
-    assert MODEL_PRESETS["llama-tiny"]["dim"] == 256
-    assert load_config(write_config(tmp_path, '[model]\npreset = "llama-tiny"\n')).model.dim == 256
+    assert MODEL_PRESETS["llama-tiny"]["dim"] == 128
+    assert load_config(write_config(tmp_path, '[model]\npreset = "llama-tiny"\n')).model.dim == 128
 
 
 def test_unknown_preset_names_model_and_lists_presets(tmp_path):
@@ -512,18 +512,26 @@ def test_n_heads_not_multiple_of_kv_heads_is_refused(tmp_path):
 
 
 def test_dim_not_divisible_by_n_heads_is_refused(tmp_path):
-    message = load_error(write_config(tmp_path, '[model]\npreset = "llama-tiny"\ndim = 100\n'))
+    message = load_error(
+        write_config(tmp_path, '[model]\npreset = "llama-tiny"\nn_heads = 8\nn_kv_heads = 4\ndim = 100\n')
+    )
     assert "model" in message
     assert "dim (100) must be divisible by n_heads (8)" in message
 
 
 def test_explicit_head_dim_allows_dim_not_divisible(tmp_path):
-    model = load_config(write_config(tmp_path, '[model]\npreset = "llama-tiny"\ndim = 100\nhead_dim = 16\n')).model
+    model = load_config(
+        write_config(
+            tmp_path, '[model]\npreset = "llama-tiny"\nn_heads = 8\nn_kv_heads = 4\ndim = 100\nhead_dim = 16\n'
+        )
+    ).model
     assert (model.dim, model.head_dim, model.n_heads) == (100, 16, 8)
 
 
 def test_odd_head_dim_is_refused(tmp_path):
-    message = load_error(write_config(tmp_path, '[model]\npreset = "llama-tiny"\ndim = 72\n'))
+    message = load_error(
+        write_config(tmp_path, '[model]\npreset = "llama-tiny"\nn_heads = 8\nn_kv_heads = 4\ndim = 72\n')
+    )
     assert "head_dim (9) must be even" in message
 
 

@@ -36,9 +36,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, HFFormatError, FileNotFoundError]
     try:
         from jijian.data.sources import SourceError
+        from jijian.model.tokenizer import TokenizerError
         from jijian.train.run import TrainSetupError
 
-        errors += [SourceError, TrainSetupError]
+        errors += [SourceError, TokenizerError, TrainSetupError]
     except ImportError:  # pragma: no cover - torch missing only in broken installs
         pass
     return tuple(errors)
@@ -164,15 +165,16 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="directory for everything the quick start writes")] = Path(
         "runs/quickstart"
     ),
-    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 5.5,
+    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 5.0,
     steps: Annotated[
         int | None, typer.Option(help="training steps; default: as many as fit in --minutes on this machine")
     ] = None,
+    vocab_size: Annotated[int, typer.Option(help="tokenizer vocabulary size (the model's vocabulary follows)")] = 4096,
 ) -> None:
     """Train a tokenizer and llama-tiny on the Python standard library, offline, then sample from it."""
     from jijian.cli.quickstart import run_quickstart
 
-    run_quickstart(out, minutes=minutes, steps=steps, console=err_console)
+    run_quickstart(out, minutes=minutes, steps=steps, vocab_size=vocab_size, console=err_console)
 
 
 def main() -> None:

@@ -22,7 +22,13 @@ SEQ_LEN = 256
 
 
 def run_quickstart(
-    out: Path, *, minutes: float, steps: int | None, console: Console, corpus_files: list[Path] | None = None
+    out: Path,
+    *,
+    minutes: float,
+    steps: int | None,
+    console: Console,
+    vocab_size: int = 4096,
+    corpus_files: list[Path] | None = None,
 ) -> dict:
     """Build corpus → tokenizer → trained model → sample under `out`; returns the summary it writes.
 
@@ -54,7 +60,7 @@ def run_quickstart(
 
     console.rule("[bold]2/4 tokenizer: byte-level BPE")
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(_prefix_by_bytes(texts, TOKENIZER_BYTES), vocab_size=8192)
+    tokenizer = train_tokenizer(_prefix_by_bytes(texts, TOKENIZER_BYTES), vocab_size=vocab_size)
     tokenizer_dir = out / "tokenizer"
     tokenizer.save(tokenizer_dir)
     console.print(f"vocab {tokenizer.vocab_size} trained in {time.perf_counter() - t0:.0f} s -> {tokenizer_dir}")
@@ -146,24 +152,25 @@ def run_quickstart(
     return summary
 
 
-def seconds_per_step(model_section: dict, batch_size: int, seq_len: int, timed_steps: int = 3) -> float:
-    """Wall time of one training step (forward, backward, AdamW) of a throwaway model on this machine."""
+def seconds_per_step(model_section: dict, batch_size: int, seq_len: int, timed_steps: int = 4) -> float:
+    """Wall time of one real training step (the trainer's own, clipping included) on this machine."""
+    import itertools
+
     import torch
 
-    from jijian.config import ModelConfig
+    from jijian.config import ModelConfig, TrainConfig
     from jijian.model import build_model
-    from jijian.train import cross_entropy_loss
+    from jijian.train import Trainer
 
     model = build_model(ModelConfig.model_validate(model_section))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     tokens = torch.randint(0, model.cfg.vocab_size, (batch_size, seq_len + 1))
-    started = 0.0
-    for i in range(timed_steps + 1):  # the first step warms up the allocator and is not timed
-        if i == 1:
-            started = time.perf_counter()
-        cross_entropy_loss(model(tokens[:, :-1]), tokens[:, 1:]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    batches = itertools.repeat((tokens[:, :-1], tokens[:, 1:]))
+    config = TrainConfig(steps=timed_steps + 1, warmup_steps=0, batch_size=batch_size, seq_len=seq_len)
+    trainer = Trainer(model, config, batches, device=torch.device("cpu"))
+    trainer.train_step()  # warms up the allocator; not timed
+    started = time.perf_counter()
+    for _ in range(timed_steps):
+        trainer.train_step()
     return (time.perf_counter() - started) / timed_steps
 
 

@@ -14,15 +14,17 @@ _LLAMA31_ROPE = {
 }
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    # Small enough to train for a few minutes on 2 CPU cores; GQA (8 query heads, 4 KV heads) so the
-    # code path every real Llama 3 uses is exercised in tests and the quick start.
+    # Sized for the compute of a few CPU minutes (about 1e13 FLOPs, where a compute-optimal model has
+    # well under a million non-embedding parameters): 0.8M in the blocks plus two 4096 x 128 embedding
+    # matrices. Measured on 2 cores, this shape reaches a lower loss in 5 minutes than dim 256 does.
+    # GQA (4 query heads over 2 KV heads) so the code path of every real Llama 3 is exercised.
     "llama-tiny": {
-        "dim": 256,
+        "dim": 128,
         "n_layers": 4,
-        "n_heads": 8,
-        "n_kv_heads": 4,
-        "ffn_dim": 768,
-        "vocab_size": 8192,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "ffn_dim": 384,
+        "vocab_size": 4096,
         "max_seq_len": 1024,
         "norm_eps": 1e-5,
         "rope_theta": 10000.0,

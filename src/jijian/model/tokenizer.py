@@ -47,6 +47,10 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _NO_LIMIT = 10**18
 
 
+class TokenizerError(ValueError):
+    """A tokenizer file or directory is unreadable or inconsistent."""
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus the special tokens and chat template a model was trained with."""
 
@@ -105,7 +109,7 @@ class Tokenizer:
         try:
             backend = Backend.from_file(str(file))
         except Exception as e:
-            raise ValueError(f"cannot read tokenizer file {file}: {e}") from e
+            raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from e
 
         config: dict[str, Any] = {}
         special_map: dict[str, Any] = {}
@@ -145,7 +149,7 @@ class Tokenizer:
                 model_max_length=max_len,
             )
         except ValueError as e:
-            raise ValueError(f"invalid tokenizer at {path}: {e}") from e
+            raise TokenizerError(f"invalid tokenizer at {path}: {e}") from e
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`."""
@@ -310,7 +314,9 @@ def _chat_template_from_config(value: Any, source: Path) -> str | None:
         # Multiple named templates; "default" is the one transformers uses without a name or tools.
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         return named.get("default")
-    raise ValueError(f"cannot read chat_template in {source}: expected a string or a list, got {type(value).__name__}")
+    raise TokenizerError(
+        f"cannot read chat_template in {source}: expected a string or a list, got {type(value).__name__}"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -319,9 +325,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise TokenizerError(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
+        raise TokenizerError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
