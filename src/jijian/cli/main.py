@@ -29,20 +29,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Errors caused by the user's input get one clear line and exit code 2; anything else is a bug
-    # and keeps its traceback.
+    # and keeps its traceback. Imported here, not at the top, so `jijian --help` stays instant.
     from jijian.config import ConfigError
     from jijian.config.hf_config import HFFormatError
+    from jijian.data.sources import SourceError
+    from jijian.model.tokenizer import TokenizerError
+    from jijian.train.run import TrainSetupError
 
-    errors: list[type[BaseException]] = [ConfigError, HFFormatError, FileNotFoundError]
-    try:
-        from jijian.data.sources import SourceError
-        from jijian.model.tokenizer import TokenizerError
-        from jijian.train.run import TrainSetupError
-
-        errors += [SourceError, TokenizerError, TrainSetupError]
-    except ImportError:  # pragma: no cover - torch missing only in broken installs
-        pass
-    return tuple(errors)
+    return (ConfigError, HFFormatError, FileNotFoundError, SourceError, TokenizerError, TrainSetupError)
 
 
 def reports_errors(func: F) -> F:

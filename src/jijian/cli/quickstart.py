@@ -7,13 +7,22 @@ the model written in Hugging Face format; a sample continuation of a Python prom
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
+
+from jijian.config import ModelConfig, TrainConfig, parse_config
+from jijian.data import python_stdlib_files
+from jijian.model import build_model, generate
+from jijian.model.hf import load_hf
+from jijian.model.tokenizer import train_tokenizer
+from jijian.train import Trainer, run_training
 
 TOKENIZER_BYTES = 6 * 1024 * 1024
 PROMPT = "def read_config(path):\n    "
@@ -36,13 +45,6 @@ def run_quickstart(
     in `minutes` on this machine (a run cut off by the clock would end at a high learning rate).
     `corpus_files` replaces the standard library (tests use a handful of files).
     """
-    from jijian.config import parse_config
-    from jijian.data import python_stdlib_files
-    from jijian.model import generate
-    from jijian.model.hf import load_hf
-    from jijian.model.tokenizer import train_tokenizer
-    from jijian.train import run_training
-
     started = time.perf_counter()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -156,14 +158,6 @@ def seconds_per_step(
     model_section: dict, batch_size: int, seq_len: int, timed_steps: int = 8, settle_steps: int = 8
 ) -> float:
     """Wall time of one real training step (the trainer's own, clipping included) on this machine."""
-    import itertools
-
-    import torch
-
-    from jijian.config import ModelConfig, TrainConfig
-    from jijian.model import build_model
-    from jijian.train import Trainer
-
     model = build_model(ModelConfig.model_validate(model_section))
     tokens = torch.randint(0, model.cfg.vocab_size, (batch_size, seq_len + 1))
     batches = itertools.repeat((tokens[:, :-1], tokens[:, 1:]))
