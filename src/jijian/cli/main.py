@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from jijian.cli.common import err_console, reports_errors
 
 app = typer.Typer(
     help="jijian (基建): infrastructure for large language models — train, feed, plan, retrieve, serve, guard.",
@@ -22,37 +21,7 @@ tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_
 app.add_typer(config_app, name="config")
 app.add_typer(tokenizer_app, name="tokenizer")
 
-err_console = Console(stderr=True)
-out_console = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    # Errors caused by the user's input get one clear line and exit code 2; anything else is a bug
-    # and keeps its traceback. Imported here, not at the top, so `jijian --help` stays instant.
-    from jijian.config import ConfigError
-    from jijian.config.hf_config import HFFormatError
-    from jijian.data.sources import SourceError
-    from jijian.model.tokenizer import TokenizerError
-    from jijian.train.run import TrainSetupError
-
-    return (ConfigError, HFFormatError, FileNotFoundError, SourceError, TokenizerError, TrainSetupError)
-
-
-def reports_errors(func: F) -> F:
-    """Turn user-input errors into a red message on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except _user_errors() as exc:
-            message = str(exc).replace("[", r"\[")
-            # soft_wrap: paths in messages must stay copyable, not broken at the terminal width.
-            err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
+# Sub-command groups that live in their own modules (jijian.cli.<area>), one line each:
 
 
 @config_app.command("check")

@@ -1,5 +1,6 @@
 """One typed configuration for a whole deployment (`deploy.toml`)."""
 
+from jijian.config.errors import UserInputError
 from jijian.config.loader import ConfigError, dump_config, load_config, parse_config
 from jijian.config.presets import MODEL_PRESETS
 from jijian.config.schema import (
@@ -32,6 +33,7 @@ __all__ = [
     "ServeConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "UserInputError",
     "dump_config",
     "load_config",
     "parse_config",

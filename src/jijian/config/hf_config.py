@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jijian.config.errors import UserInputError
 
-class HFFormatError(ValueError):
+
+class HFFormatError(UserInputError):
     """A Hugging Face model directory is missing a file or holds something jijian cannot load."""
 
 

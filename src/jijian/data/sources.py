@@ -9,10 +9,12 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from jijian.config.errors import UserInputError
+
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".json", ".jsonl", ".c", ".h", ".html", ".csv", ".toml"}
 
 
-class SourceError(ValueError):
+class SourceError(UserInputError):
     """A data source does not exist or cannot be read."""
 
 

@@ -26,6 +26,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
+from jijian.config.errors import UserInputError
+
 SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"]
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1], SPECIAL_TOKENS[2]
 
@@ -47,7 +49,7 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _NO_LIMIT = 10**18
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserInputError):
     """A tokenizer file or directory is unreadable or inconsistent."""
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from jijian.config import DeployConfig, dump_config
+from jijian.config import DeployConfig, UserInputError, dump_config
 from jijian.data import TokenWindows, read_documents, resolve_sources, tokenize_documents
 from jijian.model import CausalLM, build_model
 from jijian.model.hf import load_hf, save_hf
@@ -20,7 +20,7 @@ from jijian.train.metrics import MetricsLogger
 from jijian.train.trainer import Trainer, TrainResult, resolve_device
 
 
-class TrainSetupError(ValueError):
+class TrainSetupError(UserInputError):
     """The config asks for a run that cannot start (no data, no tokenizer, shapes that disagree)."""
 
 
