@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 
 err_console = Console(stderr=True)
@@ -45,3 +46,18 @@ def reports_errors(func: F) -> F:
             raise fail(str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class DefaultCommandGroup(typer.core.TyperGroup):
+    """A command group whose first argument, when it names no sub-command, goes to a default one.
+
+    So `jijian train deploy.toml` runs training while `jijian train report RUN_DIR` still works.
+    """
+
+    default_command = "run"
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Insert the default sub-command before an argument that is not a known sub-command."""
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)

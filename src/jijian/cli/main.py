@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from jijian.cli.common import err_console, reports_errors
+from jijian.cli.train import train_app
 
 app = typer.Typer(
     help="jijian (基建): infrastructure for large language models — train, feed, plan, retrieve, serve, guard.",
@@ -22,6 +23,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 # Sub-command groups that live in their own modules (jijian.cli.<area>), one line each:
+app.add_typer(train_app, name="train")
 
 
 @config_app.command("check")
@@ -78,23 +80,6 @@ def tokenizer_train(
         raise typer.Exit(code=2) from None
     tokenizer.save(out)
     err_console.print(f"trained on {len(files)} files: vocab {tokenizer.vocab_size} -> {out / 'tokenizer.json'}")
-
-
-@app.command()
-@reports_errors
-def train(config: Annotated[Path, typer.Argument(help="deploy.toml describing the run")]) -> None:
-    """Train [model] on [data].sources as [train] says; saves the model in Hugging Face format."""
-    from jijian.config import load_config
-    from jijian.train import run_training
-
-    run = run_training(load_config(config), console=err_console)
-    result = run.result
-    err_console.print(
-        f"trained {result.steps} steps ({result.tokens:,} tokens) in {result.elapsed_s:.0f} s; "
-        f"final loss {result.final_loss:.3f}"
-        + (f", validation loss {result.val_loss:.3f}" if result.val_loss is not None else "")
-    )
-    err_console.print(f"model: {run.model_dir}\nmetrics: {run.metrics_path}")
 
 
 @app.command()

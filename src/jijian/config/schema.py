@@ -197,6 +197,11 @@ class ParallelConfig(Section):
     pp: int = Field(default=1, ge=1)
     pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = "1f1b"
     pp_microbatches: int | None = Field(default=None, ge=1)
+    fsdp_reshard_after_forward: Literal["default", "always", "never"] = Field(
+        default="default",
+        description="free gathered parameters after forward (ZeRO-3, least memory) or keep them for backward "
+        "(one all-gather fewer, ZeRO-2-like); default: always, except under pipeline parallelism",
+    )
 
     @model_validator(mode="after")
     def _check_shard(self) -> ParallelConfig:

@@ -153,6 +153,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         pipeline_loss,
         param_dtype=torch.bfloat16 if fsdp_bf16 else None,
         initial_state=initial_state,
+        parallel_cfg=config.parallel,
     )
     peak, peak_source = peak_flops(device, config.hardware.peak_tflops)
     throughput = Throughput(flops_per_token(model_cfg, tcfg.seq_len), peak, layout.world_size)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jijian.config import ModelConfig, TrainConfig
+from jijian.config import ModelConfig, ParallelConfig, TrainConfig
 from jijian.model import CausalLM
+from jijian.train.layout import Layout
 from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
 from jijian.train.parallel.fsdp import apply_fsdp
 from jijian.train.parallel.init import init_parameters, load_full_state
@@ -51,6 +52,14 @@ class ModelParts:
             part.train(mode)
 
 
+def reshard_after_forward(layout: Layout, policy: str) -> bool:
+    """Whether FSDP frees gathered parameters after forward."""
+    if policy == "default":
+        # Pipeline stages run several microbatches back to back: re-gathering per microbatch costs more.
+        return layout.pp == 1
+    return policy == "always"
+
+
 def build_model_parts(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -60,12 +69,14 @@ def build_model_parts(
     *,
     param_dtype: torch.dtype | None = None,
     initial_state: dict[str, torch.Tensor] | None = None,
+    parallel_cfg: ParallelConfig | None = None,
 ) -> ModelParts:
     """Construct this rank's parts on the meta device, parallelise them, then materialise and initialise.
 
     `initial_state` (a full state dict, e.g. from a Hugging Face checkpoint) replaces the random init.
     """
     layout = dims.layout
+    parallel_cfg = parallel_cfg or ParallelConfig()
     n_stages = layout.pp * layout.stages_per_rank
     stage_ids = stage_indices(layout, dims.pp_rank) if layout.pp > 1 else [0]
     tp_mesh, fsdp_mesh = dims.submesh("tp"), dims.fsdp_mesh
@@ -91,8 +102,7 @@ def build_model_parts(
                 fsdp_mesh,
                 param_dtype=param_dtype,
                 cpu_offload=train_cfg.cpu_offload,
-                # Pipeline stages run several microbatches back to back: re-gathering per microbatch costs more.
-                reshard_after_forward=layout.pp == 1,
+                reshard_after_forward=reshard_after_forward(layout, parallel_cfg.fsdp_reshard_after_forward),
             )
         model.to_empty(device="cpu" if train_cfg.cpu_offload else device)
         model.tie_weights()

@@ -1,0 +1,116 @@
+"""`jijian train report`: PNG plots and a summary of a run, from its metrics.jsonl alone."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jijian.config import UserInputError
+
+
+class ReportError(UserInputError):
+    """The run directory has no readable metrics."""
+
+
+@dataclass
+class RunReport:
+    """Summary rows (label → formatted value) and the plots written."""
+
+    summary: dict[str, str] = field(default_factory=dict)
+    plots: list[Path] = field(default_factory=list)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl file; a malformed line is an error naming its number."""
+    if not path.is_file():
+        raise ReportError(f"{path}: no such file (is this a run directory?)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path}: line {number}: not JSON ({exc.msg})") from None
+    return records
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r and "step" in r]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def _plot(path: Path, title: str, ylabel: str, lines: dict[str, tuple[list[int], list[float]]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for label, (xs, ys) in lines.items():
+        if xs:
+            ax.plot(xs, ys, label=label, marker="." if len(xs) < 50 else None)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def build_report(run_dir: Path, out_dir: Path) -> RunReport:
+    """Write loss.png, throughput.png and mfu.png into `out_dir` and summarise the run."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    start = next((r for r in records if r.get("event") == "start"), {})
+    steps, losses = _series(records, "loss")
+    if not steps:
+        raise ReportError(f"{run_dir / 'metrics.jsonl'}: no training steps recorded yet")
+    report = RunReport()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report.plots.append(
+        _plot(
+            out_dir / "loss.png",
+            "loss",
+            "cross-entropy",
+            {"train": (steps, losses), "validation": _series(records, "val_loss")},
+        )
+    )
+    tps = _series(records, "tokens_per_s")
+    report.plots.append(_plot(out_dir / "throughput.png", "throughput", "tokens/s (all devices)", {"tokens/s": tps}))
+    mfu_steps, mfu = _series(records, "mfu")
+    if mfu:
+        report.plots.append(_plot(out_dir / "mfu.png", "model FLOPs utilisation", "MFU", {"MFU": (mfu_steps, mfu)}))
+    # The first logged step includes start-up and compilation: leave it out of the averages.
+    steady_tps = tps[1][1:] or tps[1]
+    steady_mfu = mfu[1:] or mfu
+    val = _series(records, "val_loss")[1]
+    s = report.summary
+    s["layout"] = str(start.get("layout", "single process"))
+    s["device"] = str(start.get("device", "?"))
+    s["parameters"] = f"{start['parameters']:,}" if "parameters" in start else "?"
+    s["steps"] = str(steps[-1])
+    s["final loss"] = f"{losses[-1]:.4f}"
+    if val:
+        s["validation loss"] = f"{val[-1]:.4f}"
+    if steady_tps:
+        s["tokens/s (median)"] = f"{statistics.median(steady_tps):,.0f}"
+    if steady_mfu:
+        peak = f"{start.get('peak_tflops_per_device', 0):.2f} TFLOP/s ({start.get('peak_source', '?')})"
+        s["MFU (median)"] = f"{100 * statistics.median(steady_mfu):.1f}% of {peak}"
+    _, memory = _series(records, "peak_memory_gb")
+    if memory:
+        s["peak memory per rank"] = f"{max(memory):.2f} GiB"
+    _, waits = _series(records, "data_wait_s")
+    if waits:
+        s["data wait (total)"] = f"{sum(waits):.2f} s"
+    last = max((r for r in records if "elapsed_s" in r), key=lambda r: r["elapsed_s"], default=None)
+    if last:
+        s["wall time"] = f"{last['elapsed_s']:.1f} s"
+    return report

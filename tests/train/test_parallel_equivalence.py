@@ -1,0 +1,142 @@
+"""Every parallel layout reproduces the single-process run: same seed, data and global batch, fp32 on CPU.
+
+Ranks are real processes started by torchrun (gloo); layouts of one world size share a launch.
+Per-step losses must match within 1e-4 over 20 steps, and the exported weights must agree too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from safetensors.torch import load_file
+
+from jijian.config import load_config
+from jijian.train.run import run_training
+
+STEPS = 20
+HELPER = Path(__file__).with_name("run_layouts.py")
+
+# name: (world size, [parallel], extra [train] keys, reference run)
+LAYOUTS = {
+    "dp_shard2": (2, {"dp_shard": 2}, {}, "single"),
+    "dp_replicate2": (2, {"dp_replicate": 2, "dp_shard": 1}, {}, "single"),
+    "tp2_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": True}, {}, "single"),
+    "tp2_no_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": False}, {}, "single"),
+    "pp2_gpipe": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 2}, {}, "single"),
+    "pp2_1f1b": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
+    "pp2_interleaved_ac_full": (
+        2,
+        {"dp_shard": 1, "pp": 2, "pp_schedule": "interleaved_1f1b", "pp_microbatches": 4},
+        {"ac": "full"},
+        "single",
+    ),
+    "dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {}, "single"),
+    "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
+    "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.02}, "single_lamb"),
+    "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2}, {"ac": "selective"}, "single"),
+    "dp_shard2_tp2_pp2": (
+        8,
+        {"dp_shard": 2, "tp": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2},
+        {},
+        "single",
+    ),
+}
+REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.02}}
+
+
+def write_config(
+    root: Path, name: str, parallel: dict, train_extra: dict, tokenizer_dir: Path, sources: list[str]
+) -> Path:
+    config = {
+        "model": {
+            "dim": 64,
+            "n_layers": 4,
+            "n_heads": 4,
+            "n_kv_heads": 2,
+            "ffn_dim": 160,
+            "vocab_size": 512,
+            "max_seq_len": 64,
+            "tie_embeddings": False,
+        },
+        "tokenizer": {"path": str(tokenizer_dir)},
+        "data": {"sources": sources},
+        "train": {
+            "output_dir": str(root / "runs" / name),
+            "steps": STEPS,
+            "batch_size": 8,
+            "seq_len": 32,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "log_every": 1,
+            "device": "cpu",
+            **train_extra,
+        },
+        "parallel": {"dp_shard": 1, **parallel},
+    }
+    path = root / f"{name}.toml"
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    return path
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer, stdlib_paths):
+    root = tmp_path_factory.mktemp("layouts")
+    tokenizer.save(root / "tokenizer")
+    sources = [str(p) for p in stdlib_paths[:10]]
+    configs = {
+        name: write_config(root, name, {"dp_shard": 1}, extra, root / "tokenizer", sources)
+        for name, extra in REFERENCES.items()
+    }
+    for name, (_, parallel, extra, _) in LAYOUTS.items():
+        configs[name] = write_config(root, name, parallel, extra, root / "tokenizer", sources)
+    for name in REFERENCES:
+        run_training(load_config(configs[name]))
+    return root, configs, {}
+
+
+def launch(workspace, world: int) -> subprocess.CompletedProcess:
+    root, configs, launched = workspace
+    if world not in launched:
+        names = [name for name, spec in LAYOUTS.items() if spec[0] == world]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            "TMPDIR": str(root),
+        }
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", str(HELPER)]
+        launched[world] = subprocess.run(
+            [*cmd, *(str(configs[n]) for n in names)], env=env, capture_output=True, text=True, timeout=900
+        )
+    return launched[world]
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layout_reproduces_the_single_process_run(workspace, name):
+    world, _, _, reference = LAYOUTS[name]
+    proc = launch(workspace, world)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    root = workspace[0]
+    ours, ref = step_losses(root / "runs" / name), step_losses(root / "runs" / reference)
+    assert sorted(ours) == list(range(1, STEPS + 1))
+    worst = max(abs(ours[s] - ref[s]) for s in ref)
+    assert worst < 1e-4, f"{name}: per-step loss differs by up to {worst:.2e}"
+    assert ref[STEPS] < ref[1] - 0.3  # the comparison is over a run that actually learns
+
+    # The exported Hugging Face model is the same model, whatever the layout that trained it.
+    ours_w = load_file(root / "runs" / name / "model" / "model.safetensors")
+    ref_w = load_file(root / "runs" / reference / "model" / "model.safetensors")
+    assert ours_w.keys() == ref_w.keys()
+    for key in ref_w:
+        assert (ours_w[key] - ref_w[key]).abs().max() < 1e-4, key
