@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -148,27 +149,48 @@ def _show(table: Table) -> None:
     console.print(table)
 
 
+def _num(value: float) -> str:
+    """Readable at any scale: 1,234,567 / 12.3 / 0.0123."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def _bytes(value: float) -> str:
+    for suffix, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {suffix}"
+    return f"{value:.0f} B"
+
+
+def _duration(days: float) -> str:
+    if days >= 1:
+        return f"{days:,.1f} d"
+    hours = days * 24
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.2g} min"
+
+
 def _money(value: float, currency: str) -> str:
     for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
             return f"{value / scale:,.2f}{suffix} {currency}"
-    return f"{value:,.2f} {currency}"
+    return f"{value:,.2f} {currency}" if value >= 0.01 else f"{value:.2g} {currency}"
 
 
 def _results_table(results: list[Estimate], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("#", "layout", "MFU", "step s", "tokens/s", "GB/dev", "days", "GPU-hours", "rent", "buy", "bound"):
+    for column in ("#", "layout", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy", "bound"):
         table.add_column(column, justify="left" if column in ("layout", "bound") else "right")
     for rank, e in enumerate(results, 1):
         table.add_row(
             str(rank),
             e.layout.describe(),
             f"{e.mfu:.1%}",
-            f"{e.step_time_s:.2f}",
+            _num(e.step_time_s),
             f"{e.tokens_per_s:,.0f}",
             f"{e.memory_per_device_gb:.1f}",
-            f"{e.days:,.1f}",
-            f"{e.gpu_hours:,.0f}",
+            _duration(e.days),
+            _num(e.gpu_hours),
             _money(e.cost_rent, e.currency),
             _money(e.cost_buy, e.currency),
             e.bottleneck,
@@ -280,13 +302,15 @@ def plan_train(
         print(json.dumps(payload, indent=2))
     else:
         _show(_results_table(results, f"jijian plan: {summary}"))
-        out_console.print(
-            f"tokens: {tokens_note}; compute {best.pf_days:,.0f} PF-days; best layout: {best.days:,.1f} days, "
-            f"{best.energy_kwh:,.0f} kWh (PUE {cluster.prices.pue}), electricity "
+        line = (
+            f"tokens: {tokens_note}; compute {_num(best.pf_days)} PF-days; best layout: {_duration(best.days)}, "
+            f"{_num(best.energy_kwh)} kWh (PUE {cluster.prices.pue}), electricity "
             f"{_money(best.cost_electricity, best.currency)}; {evaluated} layouts evaluated, {feasible} fit, "
-            f"in {elapsed:.2f} s",
-            soft_wrap=True,
+            f"in {elapsed:.2f} s"
         )
+        out_console.print(escape(line), soft_wrap=True)
+        traffic = ", ".join(f"{name} {_bytes(value)}" for name, value in best.comm_bytes_per_step.items() if value)
+        out_console.print(f"sent per device per step by the best layout: {traffic or 'nothing'}", soft_wrap=True)
     if emit:
         err_console.print(f"wrote \\[parallel] for {best.layout.describe()} to {emit}")
 

@@ -118,6 +118,16 @@ def stage_layers(shape: ModelShape, pp: int) -> int:
     return math.ceil(shape.layers / pp)
 
 
+def stage_params(shape: ModelShape, layout: Layout) -> float:
+    """Parameters on one device of the busiest stage: its layers and an embedding matrix, split by tp.
+
+    Without a pipeline the one stage holds both the input embedding and the output head; with one, the
+    first stage holds the embedding and the last the head (each as large as the other).
+    """
+    embeddings = shape.embedding_params if layout.pp == 1 else shape.vocab * shape.hidden
+    return (stage_layers(shape, layout.pp) * shape.layer_params + embeddings) / layout.tp
+
+
 def zero_sharding(layout: Layout) -> tuple[int, int]:
     """(ZeRO stage, ranks sharing the model states) implied by the layout."""
     if layout.fsdp > 1:
@@ -130,7 +140,6 @@ def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[s
     """Bytes per device on the busiest stage: model states, activations, logits and temporary buffers."""
     shape, tp = work.shape, layout.tp
     layers = stage_layers(shape, layout.pp)
-    stage_params = layers * shape.layer_params / tp + shape.vocab * shape.hidden / tp
     stage, shard = zero_sharding(layout)
     microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
     in_flight = pipeline_in_flight(layout.schedule, layout.pp, microbatches, PIPELINE_CHUNKS)
@@ -146,7 +155,7 @@ def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[s
     if layout.fsdp > 1:  # two unsharded layers (current + prefetched) and their unsharded gradients
         buffers = 2 * shape.layer_params / tp * (PARAM_BYTES + GRAD_BYTES)
     return {
-        "model_states": stage_params * model_state_bytes_per_param(stage, shard),
+        "model_states": stage_params(shape, layout) * model_state_bytes_per_param(stage, shard),
         "activations": activations,
         "logits": logits,
         "buffers": buffers,
@@ -189,12 +198,12 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     pipeline_s = microbatch_s * microbatches * (1.0 + bubble)
 
     # Data parallelism over the stage's parameters.
-    stage_params = (layers * shape.layer_params + shape.vocab * shape.hidden) / tp
-    grad_bytes = stage_params * GRAD_BYTES
+    params = stage_params(shape, layout)
+    grad_bytes = params * GRAD_BYTES
     fsdp_bytes = fsdp_exposed_s = 0.0
     if layout.fsdp > 1:
         gathers = 2 if pp == 1 else 1  # without a pipeline FSDP reshards after forward and gathers again
-        per_round = (gathers + 1) * all_gather_bytes(stage_params * PARAM_BYTES, layout.fsdp)
+        per_round = (gathers + 1) * all_gather_bytes(params * PARAM_BYTES, layout.fsdp)
         rounds = microbatches if pp == 1 else 1
         fsdp_bytes = per_round * rounds
         round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
@@ -203,7 +212,7 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     dp_s = transfer_time(dp_bytes, link(tp * pp * layout.fsdp, layout.dp), calib.link_efficiency)
     dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
     stage, shard = zero_sharding(layout)
-    optimizer_s = stage_params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
+    optimizer_s = params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
     optimizer_s /= device.memory_bandwidth_gbs * 1e9
     step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s
 
