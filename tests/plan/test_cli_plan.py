@@ -106,6 +106,8 @@ def test_impossible_requests_exit_2_with_an_alternative():
     assert too_big.exit_code == 2 and "nearest feasible" in too_big.output
     no_model = invoke("--gpus", "8")
     assert no_model.exit_code == 2 and "--model" in no_model.output
+    mismatch = invoke("--model", "llama3-70b", "--gpus", "1024", "--layout", "fsdp=32,tp=8", "--tokens", "1T")
+    assert mismatch.exit_code == 2 and "nearest: --layout fsdp=128,tp=8" in mismatch.output
     bad_shape = invoke("--layers", "2", "--hidden", "100", "--heads", "3", "--ffn", "64")
     assert bad_shape.exit_code == 2 and "model shape" in bad_shape.output
 

@@ -41,6 +41,11 @@ def test_costs_follow_from_time_and_prices():
     assert result.energy_kwh == pytest.approx(result.gpu_hours * 11.0 / 8 * 1.2)
     assert result.cost_electricity == pytest.approx(result.energy_kwh * 0.3)
     assert result.cost_buy > result.cost_electricity
+    owned = make_cluster(
+        "H800", hardware.model_copy(update={"purchase_price_per_device": 1e5, "amortization_years": 2.0})
+    )
+    bought = estimate(WORK, Layout(fsdp=32, tp=8), owned)
+    assert bought.cost_buy == pytest.approx(bought.gpu_hours * 1e5 / (2 * 24 * 365) + bought.cost_electricity)
     assert result.pf_days == pytest.approx(pf_days(training_flops(LLAMA_70B, 4096, 1e12)))
     assert 0 < result.mfu < 1
 

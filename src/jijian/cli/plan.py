@@ -177,6 +177,19 @@ def _money(value: float, currency: str) -> str:
     return f"{value:,.2f} {currency}" if value >= 0.01 else f"{value:.2g} {currency}"
 
 
+def _layout_mismatch(text: str, degrees: dict[str, int], count: int) -> str:
+    """Say that a layout does not use --gpus devices, and which data-parallel degree would."""
+    from jijian.plan.search import layout_gpus
+
+    message = f"--layout {text!r} uses {layout_gpus(degrees)} devices but --gpus is {count}"
+    key = "fsdp" if "fsdp" in degrees or "dp" not in degrees else "dp"  # the data-parallel degree to adjust
+    others = layout_gpus({k: v for k, v in degrees.items() if k != key})
+    if count % others == 0:
+        fixed = {**degrees, key: count // others}
+        message += "; nearest: --layout " + ",".join(f"{k}={v}" for k, v in fixed.items() if k != "mb" or v > 1)
+    return message
+
+
 def _results_table(results: list[Estimate], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("#", "layout", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy", "bound"):
@@ -266,7 +279,7 @@ def plan_train(
         gpus = layout_gpus(degrees)
     count = _gpus(cfg, gpus, cluster)
     if degrees and layout_gpus(degrees) != count:
-        raise PlanError(f"--layout {layout!r} uses {layout_gpus(degrees)} devices but --gpus is {count}")
+        raise PlanError(_layout_mismatch(layout or "", degrees, count))
     work, tokens_note = _workload(cfg, shape, count, seq, global_batch, tokens)
 
     start = time.perf_counter()
