@@ -431,6 +431,7 @@ def plan_scaling(
                 p.best.bottleneck,
             )
         _show(table)
-        out_console.print(f"efficiency = tokens/s per device relative to {points[0].gpus} devices")
+        best = max(points, key=lambda p: p.efficiency)
+        out_console.print(f"efficiency = tokens/s per device relative to the best per device ({best.gpus} devices)")
     if png:
         err_console.print(f"wrote {png}")

@@ -1,4 +1,4 @@
-"""Scaling report: the best layout's throughput from 8 devices up to N, as efficiency against linear."""
+"""Scaling report: the best layout's throughput from 8 devices up to N, as efficiency against linear scaling."""
 
 from __future__ import annotations
 
@@ -31,25 +31,27 @@ def device_counts(start: int, stop: int) -> list[int]:
 
 
 def scaling_report(work: Workload, cluster: Cluster, max_gpus: int, start: int = 8) -> list[ScalingPoint]:
-    """Best layout at each device count; efficiency = throughput / (first throughput x devices / first devices)."""
+    """Best layout at each device count; efficiency = tokens/s per device over the sweep's best per device.
+
+    The reference is the best per-device rate rather than the smallest count's, because at small counts
+    a large model is memory-starved (forced recomputation, deep pipelines) and every later point would
+    look super-linear against it.
+    """
     if max_gpus < start:
         raise PlanError(f"--gpus must be at least {start} for a scaling report (got {max_gpus})")
-    points: list[ScalingPoint] = []
+    found: list[tuple[int, Estimate]] = []
     skipped: list[str] = []
     for gpus in device_counts(start, max_gpus):
         try:
-            best = search(work, cluster, gpus, top=1).best[0]
+            found.append((gpus, search(work, cluster, gpus, top=1).best[0]))
         except PlanError as exc:
-            if points:  # a larger count failing after a smaller one fitted is a real limit: report it
+            if found:  # a larger count failing after a smaller one fitted is a real limit: report it
                 raise
             skipped.append(f"{gpus}: {exc}")
-            continue
-        base = points[0] if points else None
-        ideal = base.best.tokens_per_s * gpus / base.gpus if base else best.tokens_per_s
-        points.append(ScalingPoint(gpus, best, best.tokens_per_s / ideal))
-    if not points:
+    if not found:
         raise PlanError("no device count up to --gpus fits the model; " + skipped[-1])
-    return points
+    best_rate = max(best.tokens_per_s / gpus for gpus, best in found)
+    return [ScalingPoint(gpus, best, best.tokens_per_s / gpus / best_rate) for gpus, best in found]
 
 
 def plot_scaling(points: list[ScalingPoint], path: Path, title: str) -> Path:
