@@ -12,6 +12,14 @@ the planner's own FLOP count, so both sides use one definition:
 - Tokens per second per GPU (torchtitan) are used as they are.
 - A reported MFU (Llama 3) is used as it is (their definition is the same 6N + attention count).
 
+Layout details a source does not state are assumptions, applied the same way to every run: micro-batch
+1 (BLOOM: 2, its training script's value), the interleaved 1F1B schedule wherever the layers split into
+2 chunks per stage (else 1F1B), ZeRO-1 for the DeepSpeed runs (MT-NLG, BLOOM), FSDP-style sharding for
+Llama 3's data parallelism, Megatron-2021 runs without sequence parallelism (it came in 2022). Where a
+cluster differs from the catalogue entry (BLOOM's Omni-Path network; torchtitan's 96 GB, 2.4 TB/s H100s)
+the run overrides those figures. Not modelled: the 500 W power cap of the torchtitan H100 run (its
+largest miss).
+
 The step-time model has three calibration constants (hardware.toml [calibration]). `--fit` fits them
 here by grid search (minimising the mean absolute log error of MFU over all runs) and prints them;
 because the same runs are then used to evaluate, the full run also reports a leave-one-out figure:
