@@ -265,8 +265,14 @@ def main() -> None:
             f"{run.name:<36} {run.device:<10} {run.layout.describe():<44} "
             f"{observed:8.1%} {predicted:9.1%} {predicted / observed - 1:+7.1%}"
         )
-    median_error = statistics.median(relative_errors(RUNS, calib)) * 100
+    errors = relative_errors(RUNS, calib)
+    median_error = statistics.median(errors) * 100
     print(f"median relative error of MFU over {len(RUNS)} runs: {median_error:.1f}%")
+    by_source: dict[str, list[float]] = {}
+    for run, error in zip(RUNS, errors, strict=True):
+        by_source.setdefault(run.source.split(",")[0].split(" (")[0], []).append(error)
+    for source, errs in by_source.items():
+        print(f"  {source[:60]:<60} {len(errs):2d} runs, median error {statistics.median(errs):.1%}")
     loo = None
     if not args.quick:
         loo = statistics.median(leave_one_out(RUNS)) * 100
