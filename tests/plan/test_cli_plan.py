@@ -25,7 +25,7 @@ def write_deploy(tmp_path: Path) -> Path:
     path = tmp_path / "deploy.toml"
     path.write_text(
         '[model]\npreset = "llama3-8b"\n'
-        "[train]\nsteps = 1000\nbatch_size = 2\ngrad_accum_steps = 2\nseq_len = 4096\nwarmup_steps = 10\n"
+        "[train]\nsteps = 1000\nbatch_size = 32\ngrad_accum_steps = 2\nseq_len = 4096\nwarmup_steps = 10\n"
         '[hardware]\naccelerator = "A100-80GB"\nnodes = 2\ndevices_per_node = 8\nrent_per_device_hour = 12.5\n',
         encoding="utf-8",
     )
@@ -38,7 +38,7 @@ def test_plan_deploy_toml_searches_its_model_and_cluster(tmp_path):
     payload = json.loads(result.output)
     request = payload["request"]
     assert request["gpus"] == 16 and request["accelerator"] == "A100-80GB" and request["seq"] == 4096
-    # [train] gives the run: global batch = 2 x 2 x 16 data ranks (dp_shard = -1 takes them all), 1000 steps.
+    # [train] gives the run: global batch = batch_size 32 (over all data ranks) x 2 accumulation, 1000 steps.
     assert request["global_batch"] == 64 and request["tokens"] == 1000 * 64 * 4096
     best = payload["results"][0]
     assert best["cost_rent"] == best["gpu_hours"] * 12.5

@@ -91,3 +91,21 @@ def test_parallel_section_is_valid_for_jijian_train():
     }
     assert result.microbatches == 1024 // (16 * result.layout.micro_batch)
     ParallelConfig.model_validate(section)
+
+
+def test_searched_layouts_pass_jijian_trains_own_layout_check():
+    from jijian.config import parse_config
+    from jijian.plan.train_config import train_settings
+    from jijian.train.layout import resolve_layout
+
+    work = Workload(shape("llama3-70b"), 4096, 512, 1e12)
+    found = search(work, make_cluster("H800"), 256, top=50)
+    assert any(e.layout.pp > 1 for e in found.best) and any(e.layout.pp == 1 for e in found.best)
+    for result in found.best:
+        train = {**train_settings(result), "seq_len": 4096, "warmup_steps": 0}
+        config = parse_config({"model": {"preset": "llama3-70b"}, "train": train, "parallel": parallel_section(result)})
+        resolved = resolve_layout(config, 256)
+        assert (resolved.dp, resolved.tp, resolved.pp) == (result.layout.data_ranks, result.layout.tp, result.layout.pp)
+        assert train["batch_size"] * train["grad_accum_steps"] == 512  # the planned global batch
+        if result.layout.pp > 1:
+            assert resolved.pp_microbatches == result.microbatches

@@ -124,10 +124,8 @@ def _workload(
 
     seq = seq or (cfg.train.seq_len if cfg else DEFAULT_SEQ)
     if batch is None and cfg is not None:
-        # The run's own global batch: micro-batch x accumulation x the data-parallel ranks of [parallel].
-        par = cfg.parallel
-        shard = par.dp_shard if par.dp_shard > 0 else max(1, gpus // (par.dp_replicate * par.tp * par.pp))
-        batch = cfg.train.batch_size * cfg.train.grad_accum_steps * par.dp_replicate * shard
+        # The run's own global batch: [train] batch_size counts all data-parallel ranks, times accumulation.
+        batch = cfg.train.batch_size * cfg.train.grad_accum_steps
     batch = batch or DEFAULT_GLOBAL_BATCH
     if tokens is not None:
         total, note = parse_count(tokens), "--tokens"
@@ -218,16 +216,16 @@ def _write_parallel(path: Path, best: Estimate, summary: str, force: bool) -> No
     import tomli_w
 
     from jijian.plan import PlanError, parallel_section
+    from jijian.plan.train_config import train_settings
 
     if path.exists() and not force:
         raise PlanError(f"--emit: {path} exists; pass --force to overwrite it")
-    layout = best.layout
+    train = train_settings(best)
     header = (
         f"# [parallel] for `jijian train`, written by `jijian plan`: {summary}\n"
         f"# predicted MFU {best.mfu:.1%}, {best.memory_per_device_gb:.1f} GB per device.\n"
-        f"# Matching [train] settings: batch_size = {layout.micro_batch}"
-        + (f", grad_accum_steps = {best.microbatches}" if layout.pp == 1 else "")
-        + f"; activation recomputation: {layout.recompute}.\n"
+        f"# Matching [train] settings: batch_size = {train['batch_size']}, "
+        f'grad_accum_steps = {train["grad_accum_steps"]}, ac = "{train["ac"]}"\n'
     )
     text = header + tomli_w.dumps({"parallel": parallel_section(best)})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,11 @@ class TrainConfig(Section):
 
     output_dir: OutputPath = Path("runs/train")
     steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=8, ge=1, description="sequences per micro-batch (per data-parallel rank)")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="sequences per micro-batch across all data-parallel ranks (the layout never changes the math)",
+    )
     grad_accum_steps: int = Field(default=1, ge=1)
     seq_len: int = Field(default=256, ge=2)
     lr: float = Field(default=3e-4, gt=0)
@@ -161,7 +165,20 @@ class TrainConfig(Section):
     eval_every: int = Field(default=0, ge=0, description="steps between validation passes; 0 = only at the end")
     eval_batches: int = Field(default=8, ge=1)
     max_minutes: float | None = Field(default=None, gt=0, description="stop early after this wall time")
-    compile: bool = False
+    compile: bool = Field(default=False, description="torch.compile each transformer block")
+    optimizer: Literal["adamw", "lamb", "lars"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="LARS momentum")
+    trust_coefficient: float = Field(default=0.001, gt=0, description="LARS trust coefficient (eta)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="decay after warmup, down to min_lr_ratio"
+    )
+    ac: Literal["none", "full", "selective"] = Field(
+        default="none", description="activation checkpointing: none, every block, or keep matmul outputs only"
+    )
+    cpu_offload: bool = Field(default=False, description="keep sharded parameters and optimizer state in CPU memory")
+    collective_timeout_s: float = Field(
+        default=600.0, gt=0, description="a collective waiting longer than this fails the rank (then restarts)"
+    )
 
     @model_validator(mode="after")
     def _check_warmup(self) -> TrainConfig:
@@ -239,6 +256,9 @@ class HardwareConfig(Section):
     purchase_price_per_device: float | None = Field(default=None, ge=0)
     amortization_years: float | None = Field(default=None, gt=0)
     currency: str = "CNY"
+    peak_tflops: float | None = Field(
+        default=None, gt=0, description="dense peak TFLOP/s per device for MFU; default: known GPUs, measured on CPU"
+    )
 
 
 class DeployConfig(Section):

@@ -1,1 +1,4 @@
-"""Guardrails (injection defence, ACLs, PII redaction, audit). Built by the guard issue; principals and the read rule exist (principals.py)."""
+"""Guardrails: injection defence, ACLs, PII redaction, audit (built by the guard issue).
+
+Principals and the one read rule for ACLs live in `jijian.guard.principals`.
+"""

@@ -198,26 +198,29 @@ class CausalLM(nn.Module):
         h = self.model(tokens, cache, start_pos)
         return self.lm_head(h) if self.lm_head is not None else h
 
+    def init_std(self, name: str) -> float | None:
+        """How parameter `name` starts: normal(0, std) for this std, or None for ones (norm weights).
+
+        One rule per name, so an initialiser that fills a parameter shard by shard (`jijian.train`)
+        and `init_weights` below produce the same model.
+        """
+        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            return None
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            # Residual-branch outputs shrink with depth so the residual stream's variance stays put.
+            return self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
+        return self.cfg.init_std
+
     @torch.no_grad()
     def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
         """Fresh initialisation: normal(0, init_std), residual outputs scaled by depth, norms at one."""
-        std = self.cfg.init_std
-        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
         self.model.inv_freq = rope_inverse_frequencies(self.cfg, device=buffer_device or self.model.inv_freq.device)
-        if self.model.embed_tokens is not None:
-            nn.init.normal_(self.model.embed_tokens.weight, std=std)
-        for layer in self.model.layers.values():
-            attn, mlp = layer.self_attn, layer.mlp
-            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-                nn.init.normal_(linear.weight, std=std)
-            for linear in (attn.o_proj, mlp.down_proj):
-                nn.init.normal_(linear.weight, std=residual_std)
-            layer.input_layernorm.reset_parameters()
-            layer.post_attention_layernorm.reset_parameters()
-        if self.model.norm is not None:
-            self.model.norm.reset_parameters()
-        if self.lm_head is not None and not self.cfg.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=std)
+        for name, param in self.named_parameters():
+            std = self.init_std(name)
+            if std is None:
+                nn.init.ones_(param)
+            else:
+                nn.init.normal_(param, std=std)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (tied weights counted once)."""

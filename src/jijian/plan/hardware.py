@@ -121,6 +121,8 @@ def make_cluster(
     """The cluster for `accelerator`, with `[hardware]`'s price fields overriding the catalogue's."""
     device = get_accelerator(accelerator)
     hardware = hardware or HardwareConfig(accelerator=device.name)
+    if hardware.peak_tflops is not None:  # the same figure jijian train divides by for its MFU
+        device = replace(device, bf16_tflops=hardware.peak_tflops)
     defaults = _catalogue()["defaults"]
     rate = currency_rate(hardware.currency)
 

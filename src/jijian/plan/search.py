@@ -9,6 +9,7 @@ from jijian.plan.errors import PlanError
 from jijian.plan.estimate import PIPELINE_CHUNKS, Estimate, Layout, Workload, estimate
 from jijian.plan.hardware import Cluster, accelerator_names, make_cluster
 from jijian.plan.memory import RECOMPUTE_POLICIES
+from jijian.plan.shape import ModelShape
 
 MAX_MICRO_BATCH = 16
 MAX_GPUS = 1 << 17
@@ -29,31 +30,55 @@ def divisors(n: int) -> list[int]:
     return sorted({*small, *(n // d for d in small)})
 
 
+def tp_problem(shape: ModelShape, tp: int, seq: int) -> str | None:
+    """Why `jijian train` could not split the model `tp` ways (None when it can)."""
+    for name, size in (("attention heads", shape.heads), ("key/value heads", shape.kv_heads), ("MLP width", shape.ffn)):
+        if size % tp:
+            return f"tp={tp} does not divide the {size} {name}"
+    if seq % tp:
+        return f"tp={tp} does not divide the sequence length {seq} (sequence parallelism splits it)"
+    return None
+
+
+def pipeline_problem(shape: ModelShape, pp: int, schedule: str, microbatches: int) -> str | None:
+    """Why `jijian train` could not run this pipeline (None when it can)."""
+    if pp == 1:
+        return None
+    if shape.tied_embeddings:
+        return "pp > 1 puts the embedding and the output head on different stages: tied embeddings need pp=1"
+    chunks = PIPELINE_CHUNKS if schedule == "interleaved_1f1b" else 1
+    if pp * chunks > shape.layers:
+        return f"pp={pp} needs {pp * chunks} stages, more than the {shape.layers} layers"
+    if schedule != "gpipe" and microbatches < pp:
+        return f"{schedule} needs at least pp={pp} micro-batches per step, the batch gives {microbatches}"
+    if schedule == "interleaved_1f1b" and (microbatches % pp or shape.layers % (pp * chunks)):
+        return f"interleaved_1f1b needs micro-batches ({microbatches}) and layers ({shape.layers}) in multiples of pp"
+    return None
+
+
 def candidate_layouts(work: Workload, gpus: int, devices_per_node: int, recompute: str | None) -> Iterator[Layout]:
-    """Every layout of `gpus` devices worth estimating for `work`."""
+    """Every layout of `gpus` devices worth estimating for `work` that `jijian train` can run."""
     shape = work.shape
     policies = (recompute,) if recompute else RECOMPUTE_POLICIES
     if recompute is None and shape.flash_attention:
         # Flash attention stores no score matrix, so selective recomputation saves nothing over none.
         policies = ("none", "full")
     for tp in divisors(gpus):
-        # Tensor parallelism stays inside a node and must split the attention heads evenly.
-        if tp > devices_per_node or shape.heads % tp:
+        if tp > devices_per_node or tp_problem(shape, tp, work.seq):  # tensor parallelism stays inside a node
             continue
         for pp in divisors(gpus // tp):
             if pp > shape.layers:
                 break
-            schedules = ["1f1b"]
-            if pp > 1 and shape.layers % (pp * PIPELINE_CHUNKS) == 0:
-                schedules.append("interleaved_1f1b")
             data = gpus // (tp * pp)
             if work.global_batch % data:
                 continue
             per_rank = work.global_batch // data
             for fsdp in divisors(data):
                 for micro_batch in (m for m in divisors(per_rank) if m <= MAX_MICRO_BATCH):
-                    for policy in policies:
-                        for schedule in schedules:
+                    for schedule in ("1f1b", "interleaved_1f1b") if pp > 1 else ("1f1b",):
+                        if pipeline_problem(shape, pp, schedule, per_rank // micro_batch):
+                            continue
+                        for policy in policies:
                             yield Layout(data // fsdp, fsdp, tp, pp, micro_batch, policy, schedule)
 
 
@@ -202,10 +227,9 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
     check_workload(work, gpus)
     dp, fsdp, tp, pp = (degrees.get(k, 1) for k in ("dp", "fsdp", "tp", "pp"))
     shape = work.shape
-    if shape.heads % tp:
-        raise PlanError(f"--layout: tp={tp} does not divide the {shape.heads} attention heads")
-    if pp > shape.layers:
-        raise PlanError(f"--layout: pp={pp} is more than the {shape.layers} layers")
+    problem = tp_problem(shape, tp, work.seq)
+    if problem:
+        raise PlanError(f"--layout: {problem}")
     data = dp * fsdp
     if work.global_batch % data:
         raise PlanError(
@@ -216,13 +240,19 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
     micro_batches = [degrees["mb"]] if "mb" in degrees else [m for m in divisors(per_rank) if m <= MAX_MICRO_BATCH]
     if per_rank % micro_batches[0]:
         raise PlanError(f"--layout: mb={micro_batches[0]} does not divide the {per_rank} sequences per data rank")
-    schedules = ["1f1b"] + (["interleaved_1f1b"] if pp > 1 and shape.layers % (pp * PIPELINE_CHUNKS) == 0 else [])
+    variants = [
+        (mb, schedule)
+        for mb in micro_batches
+        for schedule in (("1f1b", "interleaved_1f1b") if pp > 1 else ("1f1b",))
+        if not pipeline_problem(shape, pp, schedule, per_rank // mb)
+    ]
+    if not variants:
+        raise PlanError(f"--layout: {pipeline_problem(shape, pp, '1f1b', per_rank // micro_batches[0])}")
     policies = (recompute,) if recompute else RECOMPUTE_POLICIES
     tried = [
         estimate(work, Layout(dp, fsdp, tp, pp, mb, policy, schedule), cluster)
-        for mb in micro_batches
+        for mb, schedule in variants
         for policy in policies
-        for schedule in schedules
     ]
     fitting = [e for e in tried if e.fits]
     if fitting:

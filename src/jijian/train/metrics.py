@@ -85,7 +85,14 @@ class MetricsLogger:
             self._progress.update(self._task, completed=step)
 
 
-_SHOWN = {"loss": "loss", "val_loss": "val", "lr": "lr", "grad_norm": "gnorm", "tokens_per_s": "tok/s"}
+_SHOWN = {
+    "loss": "loss",
+    "val_loss": "val",
+    "lr": "lr",
+    "grad_norm": "gnorm",
+    "tokens_per_s": "tok/s",
+    "mfu": "mfu",
+}
 
 
 def _fmt(value: Any) -> str:

@@ -1,23 +1,30 @@
-"""A single-process training run from a DeployConfig: data, model, loop, HF export."""
+"""A training run from a DeployConfig, as one process or as one rank of many: data, model, loop, export."""
 
 from __future__ import annotations
 
 import json
 import random
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.console import Console
+from torch.distributed.tensor import DTensor
 
-from jijian.config import DeployConfig, UserInputError, dump_config
+from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
 from jijian.data import TokenWindows, read_documents, resolve_sources, tokenize_documents
-from jijian.model import CausalLM, build_model
-from jijian.model.hf import load_hf, save_hf
+from jijian.model import CausalLM
+from jijian.model.hf import load_hf, save_hf_state_dict
 from jijian.model.tokenizer import Tokenizer
+from jijian.train.distributed import env_world_size, init_distributed, is_rank0
+from jijian.train.flops import flops_per_token, peak_flops
+from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
-from jijian.train.trainer import Trainer, TrainResult, resolve_device
+from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
+from jijian.train.trainer import Throughput, Trainer, TrainResult, cross_entropy_loss, resolve_device
 
 
 class TrainSetupError(UserInputError):
@@ -54,14 +61,6 @@ def load_tokenizer(config: DeployConfig) -> Tokenizer:
     )
 
 
-def build_or_load_model(config: DeployConfig, device: torch.device) -> CausalLM:
-    """Start from [model].hf_path when given, else a freshly initialised model of [model]'s shape."""
-    if config.model.hf_path is not None:
-        model, _ = load_hf(config.model.hf_path, device=device)
-        return model
-    return build_model(config.model, device=device)
-
-
 def split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
     """Every k-th document goes to validation (deterministic, spread over the whole corpus)."""
     if fraction <= 0 or len(documents) < 2:
@@ -72,26 +71,24 @@ def split_documents(documents: list[str], fraction: float) -> tuple[list[str], l
     return train, val
 
 
-def run_training(config: DeployConfig, *, console: Console | None = None) -> TrainRun:
-    """Train [model] on [data].sources per [train]; write metrics, the resolved config and the HF model."""
-    tcfg = config.train
-    device = resolve_device(tcfg.device)
-    seed_everything(tcfg.seed)
-    tokenizer = load_tokenizer(config)
-    model = build_or_load_model(config, device)
-    if tokenizer.vocab_size > model.cfg.vocab_size:
-        raise TrainSetupError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model.cfg.vocab_size}"
-        )
-    if tcfg.seq_len > model.cfg.max_seq_len:
-        raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model.cfg.max_seq_len})")
+def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+    """The model shape, and the weights to start from when [model].hf_path is given (else random init)."""
+    if config.model.hf_path is None:
+        return config.model, None
+    model, _ = load_hf(config.model.hf_path, device="cpu")
+    return model.cfg, {k: v.detach() for k, v in model.state_dict().items()}
 
+
+def _batches(config: DeployConfig) -> tuple[TokenWindows, list | None, int, int]:
+    tcfg = config.train
+    tokenizer = load_tokenizer(config)
     files = resolve_sources(config.data.sources)
     if not files:
         raise TrainSetupError("data.sources is empty: name the files, directories or globs to train on")
     documents = list(read_documents(files, config.data.text_field))
     train_docs, val_docs = split_documents(documents, config.data.validation_fraction)
     train_tokens = tokenize_documents(train_docs, tokenizer)
+    # Every rank draws the same global batches and keeps its own rows: the layout never changes the data.
     batches = TokenWindows(train_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed)
     eval_batches = None
     if val_docs:
@@ -100,26 +97,108 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
             eval_batches = TokenWindows(val_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed).fixed_batches(
                 tcfg.eval_batches
             )
+    return batches, eval_batches, len(train_tokens), len(files)
+
+
+def gather_full_state(parts: ModelParts, dims: ParallelDims) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on CPU, assembled on rank 0 (other ranks get an empty dict)."""
+    state: dict[str, torch.Tensor] = {}
+    for part in parts.parts:
+        for name, tensor in part.state_dict().items():
+            # full_tensor() is a collective over the stage's mesh: every rank of the stage calls it in order.
+            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            state[name] = full.detach().to("cpu", copy=True)
+    # One rank per pipeline stage (the one at data- and tensor-parallel position 0) sends it to rank 0.
+    if dims.layout.pp > 1 and dims.dp_rank == 0 and dims.tp_rank == 0:
+        gathered: list | None = [None] * dims.layout.pp if dist.get_rank() == 0 else None
+        dist.gather_object(state, gathered, dst=0, group=dims.pp_group)
+        if gathered is not None:
+            state = {k: v for stage_state in gathered for k, v in stage_state.items()}
+    return state if is_rank0() else {}
+
+
+def run_training(config: DeployConfig, *, console: Console | None = None) -> TrainRun:
+    """Train [model] on [data].sources per [train] and [parallel]; rank 0 writes metrics and the HF model."""
+    tcfg = config.train
+    world_size = env_world_size()
+    layout = resolve_layout(config, world_size)
+    device = resolve_device(tcfg.device)
+    if world_size > 1:
+        device = init_distributed(device, tcfg.collective_timeout_s)
+    dims = build_parallel_dims(layout, device.type)
+    seed_everything(tcfg.seed)
+    tokenizer = load_tokenizer(config)
+    model_cfg, initial_state = _starting_point(config)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise TrainSetupError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}"
+        )
+    if tcfg.seq_len > model_cfg.max_seq_len:
+        raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
+    batches, eval_batches, train_tokens, n_files = _batches(config)
+
+    accum = tcfg.grad_accum_steps
+
+    def pipeline_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(logits, targets) / accum
+
+    # Multi-rank CUDA runs keep bf16 parameters under FSDP's policy; one GPU uses autocast instead.
+    bf16 = device.type == "cuda" and tcfg.dtype in ("auto", "bfloat16")
+    fsdp_bf16 = bf16 and dims.fsdp_mesh is not None
+    parts = build_model_parts(
+        model_cfg,
+        tcfg,
+        dims,
+        device,
+        pipeline_loss,
+        param_dtype=torch.bfloat16 if fsdp_bf16 else None,
+        initial_state=initial_state,
+    )
+    peak, peak_source = peak_flops(device, config.hardware.peak_tflops)
+    throughput = Throughput(flops_per_token(model_cfg, tcfg.seq_len), peak, layout.world_size)
 
     output_dir = tcfg.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "deploy.toml").write_text(dump_config(config), encoding="utf-8")
     metrics_path = output_dir / "metrics.jsonl"
-    if tcfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-    with MetricsLogger(metrics_path, tcfg.steps, console=console) as logger:
-        logger.log(
-            {
-                "step": 0,
-                "event": "start",
-                "device": str(device),
-                "parameters": model.num_parameters(),
-                "train_tokens": len(train_tokens),
-                "files": len(files),
-            }
-        )
-        result = Trainer(model, tcfg, batches, device=device, eval_batches=eval_batches, logger=logger).fit()
-    model_dir = save_hf(getattr(model, "_orig_mod", model), tokenizer, output_dir / "model")
-    summary = {k: v for k, v in asdict(result).items() if k != "losses"}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if is_rank0():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "deploy.toml").write_text(dump_config(config), encoding="utf-8")
+    trainer = Trainer(
+        parts,
+        tcfg,
+        batches,
+        device=device,
+        dims=dims,
+        eval_batches=eval_batches,
+        logger=None,
+        throughput=throughput,
+        autocast=torch.bfloat16 if bf16 and not fsdp_bf16 else None,
+    )
+    logging = MetricsLogger(metrics_path, tcfg.steps, console=console) if is_rank0() else nullcontext(None)
+    with logging as logger:
+        trainer.logger = logger
+        if logger is not None:
+            with torch.device("meta"):
+                n_params = CausalLM(model_cfg).num_parameters()
+            logger.log(
+                {
+                    "step": 0,
+                    "event": "start",
+                    "device": str(device),
+                    "layout": layout.describe(),
+                    "parameters": n_params,
+                    "train_tokens": train_tokens,
+                    "files": n_files,
+                    "flops_per_token": throughput.flops_per_token,
+                    "peak_tflops_per_device": peak / 1e12,
+                    "peak_source": peak_source,
+                }
+            )
+        result = trainer.fit()
+    state = gather_full_state(parts, dims)
+    model_dir = output_dir / "model"
+    if is_rank0():
+        save_hf_state_dict(state, model_cfg, tokenizer, model_dir)
+        summary = {k: v for k, v in asdict(result).items() if k != "losses"}
+        summary["layout"] = layout.describe()
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainRun(output_dir=output_dir, model_dir=model_dir, metrics_path=metrics_path, result=result)

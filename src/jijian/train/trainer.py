@@ -1,4 +1,4 @@
-"""The training loop. It receives a model that is already placed (and, later, parallelised) from outside."""
+"""The training loop. It receives model parts that are already placed and parallelised from outside."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from jijian.config import TrainConfig
+from jijian.train.flops import peak_memory_bytes
 from jijian.train.metrics import MetricsLogger
+from jijian.train.norms import clip_grad_norm_
 from jijian.train.optim import build_lr_scheduler, build_optimizer
+from jijian.train.parallel.mesh import ParallelDims
+from jijian.train.parallel.parallelize import ModelParts
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -49,6 +54,8 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     val_loss: float | None = None
     stopped_early: bool = False
+    data_wait_s: float = 0.0
+    peak_memory_bytes: int = 0
 
     def loss_at(self, step: int) -> float:
         """Training loss of optimiser step `step` (1-based)."""
@@ -60,79 +67,150 @@ class TrainResult:
         return self.losses[max(self.losses)]
 
 
+@dataclass
+class Throughput:
+    """Turns tokens per second into MFU: model FLOPs per token and the device's peak FLOP/s."""
+
+    flops_per_token: float
+    peak_flops_per_device: float
+    devices: int
+
+
 class Trainer:
-    """AdamW + warmup/cosine, global-norm clipping, gradient accumulation, optional bf16 autocast."""
+    """One optimiser step = `grad_accum_steps` micro-batches of the global batch, split over data-parallel ranks.
+
+    Works on a plain model (one process) and on `ModelParts` (FSDP / TP / pipeline stages) alike;
+    the loss it reports is the global-batch mean, identical across layouts.
+    """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | ModelParts,
         cfg: TrainConfig,
         batches: Iterator[Batch],
         *,
         device: torch.device,
+        dims: ParallelDims | None = None,
         eval_batches: Sequence[Batch] | None = None,
         logger: MetricsLogger | None = None,
+        throughput: Throughput | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
-        self.model = model
+        self.parts = model if isinstance(model, ModelParts) else ModelParts(parts=[model], stage_ids=[0], n_stages=1)
+        self.model = self.parts.parts[0]
         self.cfg = cfg
         self.batches = batches
         self.device = device
+        self.dims = dims
         self.eval_batches = list(eval_batches or [])
         self.logger = logger
-        self.optimizer = build_optimizer(model, cfg)
+        self.throughput = throughput
+        self.optimizer = build_optimizer(self.parts.parameters(), cfg)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg)
-        self.autocast = autocast_dtype(cfg.dtype, device)
+        self.autocast = autocast if autocast is not None else autocast_dtype(cfg.dtype, device)
         self.step = 0
         self.tokens_seen = 0
+        self.data_wait_s = 0.0
+
+    # -- data-parallel bookkeeping ------------------------------------------------------------
+
+    def _local_rows(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a global batch (data-parallel ranks read disjoint rows)."""
+        if self.dims is None or self.dims.layout.dp == 1:
+            return batch
+        rows = batch.shape[0] // self.dims.layout.dp
+        start = self.dims.dp_rank * rows
+        return batch[start : start + rows]
+
+    def _global_mean(self, local_mean: torch.Tensor) -> torch.Tensor:
+        """Average a loss held by the last pipeline stage over data-parallel ranks, and give it to every rank."""
+        if self.dims is None or not self.dims.distributed:
+            return local_mean
+        holds = self.parts.has_last_stage and self.dims.tp_rank == 0
+        value = (local_mean.detach().float() / self.dims.layout.dp) if holds else torch.zeros((), device=self.device)
+        value = value.reshape(()).clone()
+        dist.all_reduce(value)
+        return value
 
     def _compute_context(self) -> AbstractContextManager:
         if self.autocast is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
 
+    def _next_batch(self) -> Batch:
+        start = time.perf_counter()
+        inputs, targets = next(self.batches)
+        self.data_wait_s += time.perf_counter() - start
+        self.tokens_seen += inputs.numel()
+        inputs, targets = self._local_rows(inputs), self._local_rows(targets)
+        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def _pipeline_step(self, inputs: torch.Tensor, targets: torch.Tensor, *, train: bool) -> torch.Tensor:
+        """Run the pipeline schedule on one micro-batch; returns the mean loss on the last stage, else 0."""
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if self.parts.has_first_stage else ()
+        kwargs = {"target": targets, "losses": losses} if self.parts.has_last_stage else {}
+        schedule = self.parts.schedule
+        with self._compute_context():
+            schedule.step(*args, **kwargs) if train else schedule.eval(*args, **kwargs)  # type: ignore[attr-defined]
+        if not losses:
+            return torch.zeros((), device=self.device)
+        return torch.stack([loss.detach().float() for loss in losses]).mean()
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step over `grad_accum_steps` micro-batches; returns (loss, grad norm), unsynced."""
-        self.model.train()
+        """One optimiser step; returns (global mean loss, global gradient norm)."""
+        self.parts.train()
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.cfg.grad_accum_steps
         total = torch.zeros((), device=self.device)
         for _ in range(accum):
-            inputs, targets = next(self.batches)
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = self._next_batch()
+            if self.parts.schedule is not None:
+                # The schedule's loss_fn divides by accum (see run.py), so micro-step losses add up.
+                total += self._pipeline_step(inputs, targets, train=True)
+                continue
             with self._compute_context():
                 logits = self.model(inputs)
             # Each micro-batch has the same token count, so the mean of means is the full-batch mean.
             loss = cross_entropy_loss(logits, targets) / accum
             loss.backward()
             total += loss.detach()
-            self.tokens_seen += inputs.numel()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        pp_group = self.dims.pp_group if self.dims is not None else None
+        grad_norm = clip_grad_norm_(self.parts.parameters(), max_norm, pp_group)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return total, grad_norm
+        return self._global_mean(total), grad_norm
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean loss over the fixed evaluation batches (None when there are none)."""
         if not self.eval_batches:
             return None
-        self.model.eval()
+        self.parts.train(False)
         losses = []
         for inputs, targets in self.eval_batches:
-            with self._compute_context():
-                logits = self.model(inputs.to(self.device))
-            losses.append(cross_entropy_loss(logits, targets.to(self.device)))
-        self.model.train()
+            inputs = self._local_rows(inputs).to(self.device)
+            targets = self._local_rows(targets).to(self.device)
+            if self.parts.schedule is not None:
+                local = self._pipeline_step(inputs, targets, train=False)
+            else:
+                with self._compute_context():
+                    local = cross_entropy_loss(self.model(inputs), targets)
+            losses.append(self._global_mean(local))
+        self.parts.train()
         return float(torch.stack(losses).mean())
+
+    # -- the loop -----------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         """Train until `steps` (or `max_minutes`), logging every `log_every` steps."""
         cfg = self.cfg
         start = last_time = time.perf_counter()
-        last_tokens = self.tokens_seen
+        last_tokens, last_wait = self.tokens_seen, self.data_wait_s
         losses: dict[int, float] = {}
         pending: list[tuple[int, torch.Tensor]] = []
         stopped_early = False
@@ -142,7 +220,7 @@ class Trainer:
             loss, grad_norm = self.train_step()
             pending.append((self.step, loss))
             last_step = self.step == cfg.steps
-            out_of_time = cfg.max_minutes is not None and time.perf_counter() - start > cfg.max_minutes * 60
+            out_of_time = self._out_of_time(start)
             if self.step % cfg.log_every == 0 or self.step == 1 or last_step or out_of_time:
                 # Synchronise with the device only when logging, so GPU steps can queue up in between.
                 for step, value in pending:
@@ -151,16 +229,19 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {float(loss)} at step {self.step}")
                 now = time.perf_counter()
+                tokens_per_s = (self.tokens_seen - last_tokens) / max(now - last_time, 1e-9)
                 self._log(
                     step=self.step,
                     loss=losses[self.step],
                     lr=lr,
                     grad_norm=float(grad_norm),
-                    tokens_per_s=(self.tokens_seen - last_tokens) / max(now - last_time, 1e-9),
                     tokens=self.tokens_seen,
                     elapsed_s=now - start,
+                    data_wait_s=self.data_wait_s - last_wait,
+                    peak_memory_gb=peak_memory_bytes(self.device) / 2**30,
+                    **self._speed(tokens_per_s),
                 )
-                last_time, last_tokens = now, self.tokens_seen
+                last_time, last_tokens, last_wait = now, self.tokens_seen, self.data_wait_s
             elif self.logger is not None:
                 self.logger.advance(self.step)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
@@ -181,7 +262,28 @@ class Trainer:
             losses=losses,
             val_loss=val_loss,
             stopped_early=stopped_early,
+            data_wait_s=self.data_wait_s,
+            peak_memory_bytes=peak_memory_bytes(self.device),
         )
+
+    def _out_of_time(self, start: float) -> bool:
+        if self.cfg.max_minutes is None:
+            return False
+        late = torch.tensor(float(time.perf_counter() - start > self.cfg.max_minutes * 60))
+        if self.dims is not None and self.dims.distributed:
+            # Every rank must stop at the same step, or the others wait forever in a collective.
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late)
+
+    def _speed(self, tokens_per_s: float) -> dict[str, float]:
+        if self.throughput is None:
+            return {"tokens_per_s": tokens_per_s}
+        per_device = tokens_per_s / self.throughput.devices
+        return {
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device,
+            "mfu": per_device * self.throughput.flops_per_token / self.throughput.peak_flops_per_device,
+        }
 
     def _log(self, **record: object) -> None:
         if self.logger is not None:

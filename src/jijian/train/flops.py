@@ -1,0 +1,80 @@
+"""Model FLOPs per token and the device's peak, for model FLOPs utilisation (MFU)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from jijian.config import ModelConfig
+
+# Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
+KNOWN_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,  # SXM; the PCIe card is lower — set [hardware] peak_tflops for it
+    "H800": 989.0,
+    "H20": 148.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "B200": 2250.0,
+    "MI300X": 1307.0,
+}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per weight of every matmul plus the attention score and value products.
+
+    The PaLM-paper count (Chowdhery et al. 2022, appendix B): 6N + 12·L·H·Q·T, with N the
+    parameters except the input embedding (a lookup, not a matmul). Recompute is not counted —
+    that is what makes it *model* FLOPs utilisation.
+    """
+    params = (
+        cfg.n_layers
+        * (
+            cfg.dim * cfg.n_heads * cfg.head_size * 2  # q and o projections
+            + cfg.dim * cfg.kv_heads * cfg.head_size * 2  # k and v projections
+            + cfg.dim * cfg.ffn_dim * 3  # gate, up, down
+        )
+        + cfg.dim * cfg.vocab_size
+    )  # LM head
+    return 6.0 * params + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
+
+
+def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:
+    """FLOP/s of a square fp32 matmul, measured (the honest peak of a CPU, whose datasheet rarely applies)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up: thread pool and caches
+    runs, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * size**3 * runs / elapsed
+
+
+def peak_flops(device: torch.device, configured_tflops: float | None) -> tuple[float, str]:
+    """Peak FLOP/s per device and where the figure came from."""
+    if configured_tflops is not None:
+        return configured_tflops * 1e12, "[hardware] peak_tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in KNOWN_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"datasheet bf16 dense for {name}"
+        return measure_matmul_flops(device, size=4096), f"measured fp32 matmul on {name}"
+    return measure_matmul_flops(device), "measured fp32 matmul on this CPU"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this rank so far: allocated on the GPU, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

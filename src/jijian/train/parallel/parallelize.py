@@ -1,0 +1,107 @@
+"""Build the model parts a rank trains: meta construction, TP/SP, AC, compile, FSDP2, init, pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jijian.config import ModelConfig, TrainConfig
+from jijian.model import CausalLM
+from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
+from jijian.train.parallel.fsdp import apply_fsdp
+from jijian.train.parallel.init import init_parameters, load_full_state
+from jijian.train.parallel.mesh import ParallelDims
+from jijian.train.parallel.pipeline import build_schedule, prune_to_stage, stage_indices
+from jijian.train.parallel.tensor_parallel import apply_tensor_parallel
+
+
+@dataclass
+class ModelParts:
+    """What one rank trains: its model parts (the whole model, or its pipeline stages) and the schedule."""
+
+    parts: list[CausalLM]
+    stage_ids: list[int]
+    n_stages: int
+    schedule: object | None = None
+
+    @property
+    def has_first_stage(self) -> bool:
+        """This rank feeds token ids into the pipeline."""
+        return 0 in self.stage_ids
+
+    @property
+    def has_last_stage(self) -> bool:
+        """This rank computes logits and the loss."""
+        return self.n_stages - 1 in self.stage_ids
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every trainable parameter of this rank (tied weights once)."""
+        seen: dict[int, nn.Parameter] = {}
+        for part in self.parts:
+            for param in part.parameters():
+                seen.setdefault(id(param), param)
+        return list(seen.values())
+
+    def train(self, mode: bool = True) -> None:
+        """Set training mode on every part."""
+        for part in self.parts:
+            part.train(mode)
+
+
+def build_model_parts(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dims: ParallelDims,
+    device: torch.device,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    param_dtype: torch.dtype | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> ModelParts:
+    """Construct this rank's parts on the meta device, parallelise them, then materialise and initialise.
+
+    `initial_state` (a full state dict, e.g. from a Hugging Face checkpoint) replaces the random init.
+    """
+    layout = dims.layout
+    n_stages = layout.pp * layout.stages_per_rank
+    stage_ids = stage_indices(layout, dims.pp_rank) if layout.pp > 1 else [0]
+    tp_mesh, fsdp_mesh = dims.submesh("tp"), dims.fsdp_mesh
+    parts = []
+    for stage_id in stage_ids:
+        with torch.device("meta"):
+            model = CausalLM(model_cfg)
+        if layout.pp > 1:
+            prune_to_stage(model, stage_id, n_stages)
+        blocks = list(model.model.layers.values())
+        if tp_mesh is not None:
+            apply_tensor_parallel(
+                model, tp_mesh, layout.sequence_parallel, first=stage_id == 0, last=stage_id == n_stages - 1
+            )
+        apply_activation_checkpointing(blocks, train_cfg.ac)
+        if train_cfg.compile:
+            for block in blocks:
+                block.compile()
+        if fsdp_mesh is not None:
+            apply_fsdp(
+                model,
+                blocks,
+                fsdp_mesh,
+                param_dtype=param_dtype,
+                cpu_offload=train_cfg.cpu_offload,
+                # Pipeline stages run several microbatches back to back: re-gathering per microbatch costs more.
+                reshard_after_forward=layout.pp == 1,
+            )
+        model.to_empty(device="cpu" if train_cfg.cpu_offload else device)
+        model.tie_weights()
+        if initial_state is None:
+            init_parameters(model, train_cfg.seed, device)
+        else:
+            load_full_state(model, initial_state, device)
+        parts.append(model)
+    schedule = None
+    if layout.pp > 1:
+        schedule = build_schedule(parts, stage_ids, layout, device, dims.pp_group, loss_fn)
+    return ModelParts(parts=parts, stage_ids=stage_ids, n_stages=n_stages, schedule=schedule)

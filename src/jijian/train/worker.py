@@ -1,0 +1,37 @@
+"""Entry point of one training rank under torchrun: `python -m jijian.train.worker deploy.toml`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the config named on the command line as one rank of the job; exit 2 on bad input."""
+    from rich.console import Console
+
+    from jijian.config import ConfigError, UserInputError, load_config
+    from jijian.train.distributed import is_rank0, shutdown
+    from jijian.train.run import run_training
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m jijian.train.worker DEPLOY_TOML", file=sys.stderr)
+        return 2
+    console = Console(stderr=True)
+    try:
+        run_training(load_config(Path(args[0])), console=console if is_rank0() else None)
+    except (ConfigError, UserInputError) as exc:
+        if is_rank0():
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        shutdown(barrier=False)
+        return 2
+    except BaseException:
+        shutdown(barrier=False)  # peers may be dead: a barrier could wait until the timeout
+        raise
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":  # the guard matters: process-based async checkpointing re-imports this module
+    sys.exit(main())
