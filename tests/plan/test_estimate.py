@@ -82,3 +82,8 @@ def test_every_catalogue_entry_has_a_source_and_sane_figures():
         assert device.source, name
         assert device.bf16_tflops > 0 and device.memory_gb > 0 and device.memory_bandwidth_gbs > 0, name
         assert device.link_gbs >= device.network_gbs or name == "cpu", name
+
+
+def test_a_batch_that_does_not_split_is_an_error_not_a_crash():
+    with pytest.raises(PlanError, match="does not split"):
+        estimate(Workload(LLAMA_70B, 4096, 100, 1e12), Layout(fsdp=64, tp=4), make_cluster("H800"))

@@ -21,6 +21,7 @@ from jijian.plan.comms import (
     pipeline_in_flight,
     transfer_time,
 )
+from jijian.plan.errors import PlanError
 from jijian.plan.hardware import GB, Cluster, capital_cost_per_device_hour, kwh_per_device_hour
 from jijian.plan.memory import (
     GRAD_BYTES,
@@ -166,6 +167,11 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     """Predict memory, step time, MFU, duration, energy and cost of training `work` with `layout`."""
     shape, device, calib = work.shape, cluster.accelerator, cluster.calibration
     tp, pp, per_node = layout.tp, layout.pp, cluster.devices_per_node
+    if work.global_batch % (layout.data_ranks * layout.micro_batch):
+        raise PlanError(
+            f"the global batch of {work.global_batch} sequences does not split into micro-batches of "
+            f"{layout.micro_batch} over {layout.data_ranks} data-parallel ranks"
+        )
     microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
     tokens_mb = work.seq * layout.micro_batch
     layers = stage_layers(shape, pp)
