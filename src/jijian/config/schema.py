@@ -258,6 +258,8 @@ class HardwareConfig(Section):
     electricity_price_per_kwh: float | None = Field(default=None, ge=0)
     pue: float | None = Field(default=None, ge=1)
     rent_per_device_hour: float | None = Field(default=None, ge=0)
+    purchase_price_per_device: float | None = Field(default=None, ge=0)
+    amortization_years: float | None = Field(default=None, gt=0)
     currency: str = "CNY"
     peak_tflops: float | None = Field(
         default=None, gt=0, description="dense peak TFLOP/s per device for MFU; default: known GPUs, measured on CPU"

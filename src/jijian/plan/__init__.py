@@ -1,1 +1,42 @@
-"""Capacity and cost planning (pure Python, no torch). Built by the planner issue; nothing here yet."""
+"""Capacity and cost planning: memory, FLOPs, communication, step time, MFU, energy, money, best layout.
+
+Pure Python over `jijian.config` (no torch), so a whole layout search answers in well under a second.
+"""
+
+from jijian.plan.errors import PlanError
+from jijian.plan.estimate import Estimate, Layout, Workload, estimate
+from jijian.plan.hardware import Accelerator, Cluster, accelerator_names, get_accelerator, make_cluster
+from jijian.plan.scaling import ScalingPoint, plot_scaling, scaling_report
+from jijian.plan.search import SearchResult, evaluate_layout, parse_count, parse_layout, search
+from jijian.plan.serving import ServePlan, Traffic, plan_serving
+from jijian.plan.shape import ModelShape, pf_days, training_flops, training_flops_per_token
+from jijian.plan.train_config import parallel_section
+
+__all__ = [
+    "Accelerator",
+    "Cluster",
+    "Estimate",
+    "Layout",
+    "ModelShape",
+    "PlanError",
+    "ScalingPoint",
+    "SearchResult",
+    "ServePlan",
+    "Traffic",
+    "Workload",
+    "accelerator_names",
+    "estimate",
+    "evaluate_layout",
+    "get_accelerator",
+    "make_cluster",
+    "parallel_section",
+    "parse_count",
+    "parse_layout",
+    "pf_days",
+    "plan_serving",
+    "plot_scaling",
+    "scaling_report",
+    "search",
+    "training_flops",
+    "training_flops_per_token",
+]

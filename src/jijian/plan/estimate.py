@@ -1,0 +1,283 @@
+"""Step time, memory, MFU, energy and money of one parallel layout: the planner's performance model.
+
+Per micro-batch, the busiest pipeline stage spends matmul time (FLOPs over the calibrated fraction of
+peak), memory-bound time (norms, activations, residuals: calibrated bytes per token over HBM
+bandwidth), tensor-parallel collectives (not overlapped, as in Megatron-LM) and pipeline
+point-to-point sends. A step runs m micro-batches plus the pipeline bubble. Data-parallel gradient
+all-reduce overlaps the last micro-batch's backward; FSDP all-gathers and reduce-scatters overlap the
+compute of the micro-batch they belong to; only what sticks out of that compute is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from jijian.plan.comms import (
+    all_gather_bytes,
+    all_reduce_bytes,
+    bubble_fraction,
+    group_is_intra_node,
+    pipeline_in_flight,
+    transfer_time,
+)
+from jijian.plan.errors import PlanError
+from jijian.plan.hardware import GB, Cluster, capital_cost_per_device_hour, kwh_per_device_hour
+from jijian.plan.memory import (
+    GRAD_BYTES,
+    PARAM_BYTES,
+    activation_bytes_per_layer,
+    model_state_bytes_per_param,
+)
+from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
+
+PIPELINE_CHUNKS = 2  # model chunks per stage in the interleaved schedule
+# AdamW touches bf16 params and grads and fp32 master, m and v: ~16 bytes read and ~14 written per parameter.
+OPTIMIZER_TRAFFIC_BYTES = 30
+# Bottleneck = the largest loss unless every loss is smaller than this share of the step.
+COMPUTE_BOUND_SHARE = 0.15
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A parallel layout: degrees of each dimension, micro-batch, recomputation and pipeline schedule."""
+
+    dp: int = 1  # replicated data parallel (gradient all-reduce)
+    fsdp: int = 1  # fully-sharded data parallel (ZeRO-3)
+    tp: int = 1
+    pp: int = 1
+    micro_batch: int = 1
+    recompute: str = "none"  # none | selective | full
+    schedule: str = "1f1b"  # 1f1b | interleaved_1f1b | gpipe
+    sequence_parallel: bool = True
+    zero_stage: int | None = None  # for dp without fsdp: ZeRO stage over dp ranks (default 0)
+
+    @property
+    def gpus(self) -> int:
+        """Devices the layout uses."""
+        return self.dp * self.fsdp * self.tp * self.pp
+
+    @property
+    def data_ranks(self) -> int:
+        """Ranks that see different data."""
+        return self.dp * self.fsdp
+
+    def describe(self) -> str:
+        """Short text such as 'fsdp=32,tp=8 mb=1 recompute=selective'."""
+        degrees = [f"{k}={v}" for k, v in (("dp", self.dp), ("fsdp", self.fsdp), ("tp", self.tp), ("pp", self.pp))]
+        shown = [d for d in degrees if not d.endswith("=1")] or ["dp=1"]
+        extra = f" {self.schedule}" if self.pp > 1 else ""
+        return f"{','.join(shown)} mb={self.micro_batch} recompute={self.recompute}{extra}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is trained: the model shape, sequence length, global batch (sequences) and total tokens."""
+
+    shape: ModelShape
+    seq: int
+    global_batch: int
+    tokens: float
+
+
+@dataclass
+class Estimate:
+    """Everything the planner predicts for one layout."""
+
+    layout: Layout
+    gpus: int
+    microbatches: int
+    fits: bool
+    memory_per_device_gb: float
+    memory_breakdown_gb: dict[str, float]
+    step_time_s: float
+    time_breakdown_s: dict[str, float]
+    mfu: float
+    hfu: float
+    tokens_per_s: float
+    bottleneck: str
+    steps: int
+    days: float
+    gpu_hours: float
+    pf_days: float
+    energy_kwh: float
+    cost_electricity: float
+    cost_rent: float
+    cost_buy: float
+    currency: str
+    comm_bytes_per_step: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form; `layout` also appears as its short text."""
+        out = asdict(self)
+        out["layout"] = {**asdict(self.layout), "text": self.layout.describe()}
+        return out
+
+
+def stage_layers(shape: ModelShape, pp: int) -> int:
+    """Layers on the busiest pipeline stage."""
+    return math.ceil(shape.layers / pp)
+
+
+def stage_params(shape: ModelShape, layout: Layout) -> float:
+    """Parameters on one device of the busiest stage: its layers and an embedding matrix, split by tp.
+
+    Without a pipeline the one stage holds both the input embedding and the output head; with one, the
+    first stage holds the embedding and the last the head (each as large as the other).
+    """
+    embeddings = shape.embedding_params if layout.pp == 1 else shape.vocab * shape.hidden
+    return (stage_layers(shape, layout.pp) * shape.layer_params + embeddings) / layout.tp
+
+
+def zero_sharding(layout: Layout) -> tuple[int, int]:
+    """(ZeRO stage, ranks sharing the model states) implied by the layout."""
+    if layout.fsdp > 1:
+        return 3, layout.fsdp
+    stage = layout.zero_stage or 0
+    return stage, (layout.dp if stage else 1)
+
+
+def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[str, float]:
+    """Bytes per device on the busiest stage: model states, activations, logits and temporary buffers."""
+    shape, tp = work.shape, layout.tp
+    layers = stage_layers(shape, layout.pp)
+    stage, shard = zero_sharding(layout)
+    microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
+    in_flight = pipeline_in_flight(layout.schedule, layout.pp, microbatches, PIPELINE_CHUNKS)
+    per_layer = activation_bytes_per_layer(
+        shape, work.seq, layout.micro_batch, tp, layout.sequence_parallel, layout.recompute
+    )
+    activations = per_layer * layers * in_flight
+    if layout.recompute == "full":  # one layer's activations exist again while it is recomputed
+        activations += activation_bytes_per_layer(shape, work.seq, layout.micro_batch, tp, layout.sequence_parallel)
+    tokens = work.seq * layout.micro_batch
+    logits = tokens * shape.vocab / tp * 4 * 2  # fp32 logits and their gradient
+    buffers = 0.0
+    if layout.fsdp > 1:  # two unsharded layers (current + prefetched) and their unsharded gradients
+        buffers = 2 * shape.layer_params / tp * (PARAM_BYTES + GRAD_BYTES)
+    return {
+        "model_states": stage_params(shape, layout) * model_state_bytes_per_param(stage, shard),
+        "activations": activations,
+        "logits": logits,
+        "buffers": buffers,
+    }
+
+
+def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
+    """Predict memory, step time, MFU, duration, energy and cost of training `work` with `layout`."""
+    shape, device, calib = work.shape, cluster.accelerator, cluster.calibration
+    tp, pp, per_node = layout.tp, layout.pp, cluster.devices_per_node
+    if work.global_batch % (layout.data_ranks * layout.micro_batch):
+        raise PlanError(
+            f"the global batch of {work.global_batch} sequences does not split into micro-batches of "
+            f"{layout.micro_batch} over {layout.data_ranks} data-parallel ranks"
+        )
+    microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
+    tokens_mb = work.seq * layout.micro_batch
+    layers = stage_layers(shape, pp)
+
+    # Compute of one micro-batch on the busiest stage (which also holds the output head).
+    layer_matmul = 2.0 * (shape.attention_params + shape.mlp_params)
+    layer_scores = 4.0 * shape.heads * shape.head_dim * work.seq
+    recompute_share = {"none": 0.0, "selective": layer_scores, "full": layer_matmul + layer_scores}[layout.recompute]
+    layer_flops = 3.0 * (layer_matmul + layer_scores) + recompute_share
+    head_flops = 3.0 * 2.0 * shape.vocab * shape.hidden
+    matmul_s = tokens_mb * (layers * layer_flops + head_flops) / tp / (device.peak_flops * calib.gemm_efficiency)
+    elementwise = calib.elementwise_bytes_per_hidden * shape.hidden * (1.0 + (layout.recompute == "full") / 3.0)
+    split = tp if layout.sequence_parallel else 1
+    memory_s = tokens_mb * layers * elementwise / split / (device.memory_bandwidth_gbs * 1e9)
+
+    def link(stride: int, size: int) -> float:
+        return device.link_gbs if group_is_intra_node(stride, size, per_node) else device.network_gbs
+
+    # Tensor parallelism: 2 all-reduces per layer forward, 2 backward, 2 more when recomputing fully
+    # (with sequence parallelism each becomes an all-gather + reduce-scatter: the same bytes).
+    collectives = 4 + (2 if layout.recompute == "full" else 0)
+    tp_bytes = collectives * layers * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
+    tp_s = transfer_time(tp_bytes, link(1, tp), calib.link_efficiency)
+    chunks = PIPELINE_CHUNKS if layout.schedule == "interleaved_1f1b" else 1
+    pp_bytes = 0.0 if pp == 1 else 2.0 * chunks * tokens_mb * shape.hidden * PARAM_BYTES / split
+    pp_s = transfer_time(pp_bytes, link(tp, pp), calib.link_efficiency)
+    microbatch_s = matmul_s + memory_s + tp_s + pp_s
+
+    bubble = bubble_fraction(layout.schedule, pp, microbatches, PIPELINE_CHUNKS)
+    pipeline_s = microbatch_s * microbatches * (1.0 + bubble)
+
+    # Data parallelism over the stage's parameters.
+    params = stage_params(shape, layout)
+    grad_bytes = params * GRAD_BYTES
+    fsdp_bytes = fsdp_exposed_s = 0.0
+    if layout.fsdp > 1:
+        gathers = 2 if pp == 1 else 1  # without a pipeline FSDP reshards after forward and gathers again
+        per_round = (gathers + 1) * all_gather_bytes(params * PARAM_BYTES, layout.fsdp)
+        rounds = microbatches if pp == 1 else 1
+        fsdp_bytes = per_round * rounds
+        round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
+        fsdp_exposed_s = rounds * max(0.0, round_s - microbatch_s)
+    dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
+    dp_s = transfer_time(dp_bytes, link(tp * pp * layout.fsdp, layout.dp), calib.link_efficiency)
+    dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
+    stage, shard = zero_sharding(layout)
+    optimizer_s = params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
+    optimizer_s /= device.memory_bandwidth_gbs * 1e9
+    step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s
+
+    tokens_per_step = work.global_batch * work.seq
+    model_flops = training_flops_per_token(shape, work.seq) * tokens_per_step
+    hardware_flops = model_flops + tokens_per_step * shape.layers * recompute_share
+    peak_total = device.peak_flops * layout.gpus
+    memory = memory_breakdown(work, layout, cluster)
+    used = sum(memory.values())
+
+    losses = {
+        "memory": (memory_s * microbatches + optimizer_s),
+        "network": (tp_s + pp_s) * microbatches + fsdp_exposed_s + dp_exposed_s,
+        "bubble": microbatch_s * microbatches * bubble,
+    }
+    worst = max(losses, key=losses.__getitem__)
+    bottleneck = worst if losses[worst] >= COMPUTE_BOUND_SHARE * step_s else "compute"
+
+    steps = math.ceil(work.tokens / tokens_per_step)
+    hours = steps * step_s / 3600
+    prices = cluster.prices
+    energy_kwh = layout.gpus * hours * kwh_per_device_hour(cluster)
+    electricity = energy_kwh * prices.electricity_price_per_kwh
+    amortized = layout.gpus * hours * capital_cost_per_device_hour(cluster)
+    return Estimate(
+        layout=layout,
+        gpus=layout.gpus,
+        microbatches=microbatches,
+        fits=used <= device.memory_bytes * calib.usable_memory_fraction,
+        memory_per_device_gb=used / GB,
+        memory_breakdown_gb={k: v / GB for k, v in memory.items()},
+        step_time_s=step_s,
+        time_breakdown_s={
+            "matmul": matmul_s * microbatches,
+            "memory_bound": memory_s * microbatches,
+            "tensor_parallel": tp_s * microbatches,
+            "pipeline_p2p": pp_s * microbatches,
+            "bubble": microbatch_s * microbatches * bubble,
+            "fsdp_exposed": fsdp_exposed_s,
+            "dp_exposed": dp_exposed_s,
+            "optimizer": optimizer_s,
+        },
+        mfu=model_flops / (step_s * peak_total),
+        hfu=hardware_flops / (step_s * peak_total),
+        tokens_per_s=tokens_per_step / step_s,
+        bottleneck=bottleneck,
+        steps=steps,
+        days=hours / 24,
+        gpu_hours=hours * layout.gpus,
+        pf_days=training_flops_per_token(shape, work.seq) * work.tokens / PF_DAY,
+        energy_kwh=energy_kwh,
+        cost_electricity=electricity,
+        cost_rent=hours * layout.gpus * prices.rent_per_device_hour,
+        cost_buy=amortized + electricity,
+        currency=prices.currency,
+        comm_bytes_per_step={
+            "tensor_parallel": tp_bytes * microbatches,
+            "pipeline_p2p": pp_bytes * microbatches,
+            "fsdp": fsdp_bytes,
+            "data_parallel": dp_bytes,
+        },
+    )

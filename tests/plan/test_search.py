@@ -1,0 +1,111 @@
+"""Layout search, single-layout evaluation, impossible requests and the emitted [parallel] section."""
+
+from __future__ import annotations
+
+import pytest
+
+from jijian.config import ModelConfig, ParallelConfig
+from jijian.plan import PlanError, Workload, evaluate_layout, make_cluster, parallel_section, parse_layout, search
+from jijian.plan.search import parse_count
+from jijian.plan.shape import ModelShape
+
+
+def shape(preset: str) -> ModelShape:
+    return ModelShape.from_config(ModelConfig(preset=preset))
+
+
+def test_search_returns_fitting_layouts_fastest_first():
+    work = Workload(shape("llama3-70b"), 4096, 1024, 2e12)
+    cluster = make_cluster("H800")
+    result = search(work, cluster, 1024, top=5)
+    assert result.evaluated > 1000 and 0 < result.feasible <= result.evaluated
+    speeds = [e.tokens_per_s for e in result.best]
+    assert speeds == sorted(speeds, reverse=True)
+    usable = cluster.accelerator.memory_gb * cluster.calibration.usable_memory_fraction
+    for e in result.best:
+        assert e.gpus == 1024 and e.fits and e.memory_per_device_gb <= usable
+        assert e.layout.tp <= 8  # tensor parallelism stays inside a node
+
+
+def test_fixed_recompute_policy_is_respected():
+    work = Workload(shape("llama3-8b"), 4096, 256, 1e11)
+    result = search(work, make_cluster("A100-80GB"), 64, recompute="full")
+    assert {e.layout.recompute for e in result.best} == {"full"}
+
+
+def test_model_that_fits_nowhere_names_the_nearest_feasible_request():
+    work = Workload(shape("llama3-405b"), 4096, 64, 1e12)
+    with pytest.raises(PlanError, match=r"fits no layout on 8 x A100-40GB.*nearest feasible: --gpus \d+"):
+        search(work, make_cluster("A100-40GB"), 8)
+
+
+def test_zero_tokens_is_refused_with_a_suggestion():
+    work = Workload(shape("llama3-8b"), 4096, 64, 0)
+    with pytest.raises(PlanError, match=r"tokens must be positive.*--tokens 161B"):
+        search(work, make_cluster("H800"), 64)
+
+
+def test_batch_that_splits_over_no_layout():
+    work = Workload(shape("llama-tiny"), 1024, 3, 1e9)  # tp <= 4 heads and pp <= 4 layers: >= 4 data ranks
+    with pytest.raises(PlanError, match="--global-batch 64"):
+        search(work, make_cluster("H800"), 64, recompute="none")
+
+
+def test_parse_layout_and_counts():
+    assert parse_layout("fsdp=32, tp=8") == {"fsdp": 32, "tp": 8}
+    assert parse_layout("dp=2,pp=4,mb=2") == {"dp": 2, "pp": 4, "mb": 2}
+    for bad in ("fsdp32", "cp=2", "tp=two", "tp=0", ""):
+        with pytest.raises(PlanError, match="--layout"):
+            parse_layout(bad)
+    assert parse_count("2T") == 2e12 and parse_count("300B") == 3e11 and parse_count("1.5e9") == 1.5e9
+    with pytest.raises(PlanError, match="2T"):
+        parse_count("lots")
+
+
+def test_evaluate_layout_picks_a_fitting_variant_or_says_what_would_fit():
+    work = Workload(shape("llama3-70b"), 4096, 1024, 2e12)
+    cluster = make_cluster("H800")
+    result = evaluate_layout(work, cluster, {"fsdp": 32, "tp": 8}, None)
+    assert (result.layout.fsdp, result.layout.tp, result.gpus) == (32, 8, 256) and result.fits
+    with pytest.raises(PlanError, match=r"needs [0-9.]+ GB per device; H800 has 72 GB usable; nearest feasible layout"):
+        evaluate_layout(work, cluster, {"dp": 32}, "none")  # 70B replicated on every device
+    with pytest.raises(PlanError, match=r"fits no layout on 8 x H800.*nearest feasible: --gpus"):
+        evaluate_layout(work, cluster, {"dp": 8}, None)
+    with pytest.raises(PlanError, match="does not divide"):
+        evaluate_layout(work, cluster, {"fsdp": 8, "tp": 3}, None)
+
+
+def test_parallel_section_is_valid_for_jijian_train():
+    work = Workload(shape("llama3-70b"), 4096, 1024, 2e12)
+    cluster = make_cluster("H800")
+    result = evaluate_layout(work, cluster, {"dp": 2, "fsdp": 8, "tp": 8, "pp": 8}, None)
+    section = parallel_section(result)
+    assert section == {
+        "dp_replicate": 2,
+        "dp_shard": 8,
+        "tp": 8,
+        "sequence_parallel": True,
+        "pp": 8,
+        "pp_schedule": result.layout.schedule,
+        "pp_microbatches": result.microbatches,
+    }
+    assert result.microbatches == 1024 // (16 * result.layout.micro_batch)
+    ParallelConfig.model_validate(section)
+
+
+def test_searched_layouts_pass_jijian_trains_own_layout_check():
+    from jijian.config import parse_config
+    from jijian.plan.train_config import train_settings
+    from jijian.train.layout import resolve_layout
+
+    work = Workload(shape("llama3-70b"), 4096, 512, 1e12)
+    found = search(work, make_cluster("H800"), 256, top=50)
+    assert any(e.layout.pp > 1 for e in found.best) and any(e.layout.pp == 1 for e in found.best)
+    for result in found.best:
+        train = {**train_settings(result), "seq_len": 4096, "warmup_steps": 0}
+        config = parse_config({"model": {"preset": "llama3-70b"}, "train": train, "parallel": parallel_section(result)})
+        resolved = resolve_layout(config, 256)
+        assert (resolved.dp, resolved.tp, resolved.pp) == (result.layout.data_ranks, result.layout.tp, result.layout.pp)
+        assert train["batch_size"] * train["grad_accum_steps"] == 512  # the planned global batch
+        if result.layout.pp > 1:
+            assert resolved.pp_microbatches == result.microbatches
