@@ -65,7 +65,7 @@ def verify_audit_command(path: Annotated[Path, typer.Argument(help="audit log (J
 
     verdict = verify_audit(path)
     if verdict.ok:
-        err_console.print(f"[green]ok:[/] {path}: {verdict.entries} entries, hash chain intact")
+        err_console.print(f"[green]ok:[/] {path}: {verdict.entries} entries, hash chain intact", soft_wrap=True)
         return
     err_console.print(f"[bold red]TAMPERED:[/] {path}:{verdict.bad_line}: {verdict.reason}", soft_wrap=True)
     raise typer.Exit(code=1)

@@ -113,22 +113,26 @@ def shannon_entropy(text: str) -> float:
 
 
 # --- recognisers: each yields (start, end) of validated matches ---------------------------------
+# Boundaries are ASCII on purpose: in Python's regexes a CJK character is a word character, and
+# Chinese text runs values straight into words ("手机13812345678").
 
 _EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![A-Za-z0-9_.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,24}(?![A-Za-z0-9_-])"
 )
 # Mainland mobile: 1[3-9]x xxxx xxxx, optionally +86/0086, with spaces or dashes as people type them.
-_CN_MOBILE = re.compile(r"(?<![\w+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![\w])")
+_CN_MOBILE = re.compile(r"(?<![A-Za-z0-9_+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![A-Za-z0-9_])")
 # E.164: a plus sign, a non-zero country code, 7 to 15 digits in all, separators allowed between groups.
-_E164 = re.compile(r"(?<![\w+])\+[1-9](?:[ -]?\(?\d\)?){6,14}(?![\w])")
-_CN_ID = re.compile(r"(?<![\w])\d{17}[\dXx](?![\w])")
-_CARD = re.compile(r"(?<![\w-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\w-])")
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
-_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![\w])")
+_E164 = re.compile(r"(?<![A-Za-z0-9_+])\+[1-9](?:[ -]?\d){0,2}(?:[ -]?\(\d{1,4}\))?(?:[ -]?\d){5,13}(?![A-Za-z0-9_])")
+_CN_ID = re.compile(r"(?<![A-Za-z0-9_])\d{17}[\dXx](?![A-Za-z0-9_])")
+_CARD = re.compile(r"(?<![A-Za-z0-9_-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![A-Za-z0-9_-])")
+_IPV4 = re.compile(r"(?<![A-Za-z0-9_.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9_]|\.\d)")
+_IPV6 = re.compile(
+    r"(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![A-Za-z0-9_:])"
+)
+_IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9_])")
 _SECRET_PREFIXED = re.compile(
-    r"(?<![\w-])(?:"
+    r"(?<![A-Za-z0-9_-])(?:"
     r"AKIA[0-9A-Z]{16}"  # AWS access key id
     r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}"  # GitHub tokens
     r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style keys
@@ -138,7 +142,7 @@ _SECRET_PREFIXED = re.compile(
     r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
     r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # JSON web token
-    r")(?![\w-])"
+    r")(?![A-Za-z0-9_-])"
 )
 _PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", re.S)
 _SECRET_ASSIGNED = re.compile(

@@ -180,6 +180,8 @@ _TEMPLATES = [
     "记录显示：{}（已核实）",
     "Log line 2024-05-01 12:00:03 user=42 field={} status=ok",
     "备注：{} 来自上周的表单",
+    "联系方式{}请勿外传",
+    "He wrote ({}) in the form.",
 ]
 
 
