@@ -118,3 +118,18 @@ def test_dataset_splits_are_disjoint_and_documented_fields_present():
     for split in ("train", "test"):
         labels = [r["label"] for r in rows if r["split"] == split]
         assert 0 < sum(labels) < len(labels)
+
+
+def test_cached_classifier_equals_a_fresh_training(tmp_path, monkeypatch):
+    from jijian.guard import classifier
+
+    monkeypatch.setenv("JIJIAN_CACHE_DIR", str(tmp_path))
+    classifier.default_classifier.cache_clear()
+    try:
+        trained = classifier.default_classifier()
+        assert len(list((tmp_path / "jijian" / "guard").glob("classifier-*.npz"))) == 1
+        classifier.default_classifier.cache_clear()
+        loaded = classifier.default_classifier()
+        assert np.array_equal(trained.weights, loaded.weights) and trained.bias == loaded.bias
+    finally:
+        classifier.default_classifier.cache_clear()

@@ -5,17 +5,20 @@ spelling changes. They are hashed into 2**18 buckets with a fixed polynomial has
 whole arrays of code points at once (Python's own `hash` is salted per process, so it would not
 be reproducible), so featurising 1 KB costs well under a millisecond. Training is full-batch Adam
 from zero weights, with classes weighted equally: deterministic, so the same dataset always gives
-the same model. scikit-learn would do the same job but would add a 30 MB dependency for ~80 lines.
+the same model, and the trained weights are cached per machine.
+scikit-learn would do the same job but would add a 30 MB dependency for ~80 lines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +30,7 @@ _PRIME = np.uint64(1_000_003)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 DATASET = "injection_dataset.jsonl"
 TRAINING_SPLITS = ("train", "dev")
+TRAINING_STEPS = 300
 
 
 def featurize(text: str) -> np.ndarray:
@@ -103,14 +107,38 @@ def load_dataset(*splits: str) -> list[dict[str, object]]:
     return [r for r in rows if not splits or r["split"] in splits]
 
 
+def _cache_dir() -> Path:
+    base = os.environ.get("JIJIAN_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jijian" / "guard"
+
+
 @lru_cache(maxsize=1)
 def default_classifier() -> InjectionClassifier:
-    """The classifier trained on the train and dev splits of the shipped dataset (once per process, ~1 s).
+    """The classifier trained on the train and dev splits of the shipped dataset, once per machine.
 
     The test split is never trained on: `benchmarks/guard_eval.py` measures the detector on it.
     Texts are normalised as the detector normalises them, so training sees what detection sees.
+    Training is deterministic, so the cached weights (keyed by the dataset's and the training
+    settings' hash) are exactly what retraining from the shipped file gives.
     """
     raw = files("jijian.guard").joinpath("data", DATASET).read_bytes()
+    settings = repr((HASH_BITS, NGRAM_SIZES, TRAINING_SPLITS, TRAINING_STEPS)).encode()
+    key = hashlib.sha256(raw + settings).hexdigest()
+    cached = _cache_dir() / f"classifier-{key[:16]}.npz"
+    try:
+        with np.load(cached) as data:
+            return InjectionClassifier(data["weights"], float(data["bias"]), key)
+    except (OSError, KeyError, ValueError):
+        pass  # not cached yet (or unreadable): train
     rows = load_dataset(*TRAINING_SPLITS)
-    weights, bias = train_classifier([normalize(str(r["text"]))[0] for r in rows], [int(r["label"]) for r in rows])  # type: ignore[call-overload]
-    return InjectionClassifier(weights, bias, hashlib.sha256(raw).hexdigest())
+    weights, bias = train_classifier(
+        [normalize(str(r["text"]))[0] for r in rows], [int(r["label"]) for r in rows], steps=TRAINING_STEPS
+    )  # type: ignore[call-overload]
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.npz")
+        np.savez(tmp, weights=weights, bias=np.float64(bias))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home is fine: we simply train again next time
+    return InjectionClassifier(weights, bias, key)
