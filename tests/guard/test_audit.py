@@ -113,3 +113,24 @@ def test_cli_verify_audit_names_the_first_bad_line(log):
     assert bad.exit_code == 1 and f"{log.path}:4" in bad.output.replace("\n", "")
     missing = runner.invoke(app, ["guard", "verify-audit", str(log.path) + ".nope"])
     assert missing.exit_code == 2
+
+
+def _append_from_process(path, k):
+    log = AuditLog(path)
+    for i in range(20):
+        log.append({"process": k, "i": i})
+
+
+def test_concurrent_appends_from_processes_keep_one_chain(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "audit.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_from_process, args=(path, k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    verdict = verify_audit(path)
+    assert verdict.ok and verdict.entries == 60

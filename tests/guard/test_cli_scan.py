@@ -51,3 +51,13 @@ def test_scan_bad_input_exits_2(tmp_path):
     assert runner.invoke(app, ["guard", "scan", "x", "--file", "y"]).exit_code == 2
     missing = runner.invoke(app, ["guard", "scan", "--file", str(tmp_path / "nope.txt")])
     assert missing.exit_code == 2 and "nope.txt" in missing.output
+
+
+def test_scan_threshold_from_config(tmp_path):
+    deploy = tmp_path / "deploy.toml"
+    deploy.write_text("[guard]\ninjection_threshold = 0.0\n", encoding="utf-8")
+    result = runner.invoke(app, ["guard", "scan", "--json", "--config", str(deploy), "What is the capital of France?"])
+    assert json.loads(result.stdout)["injection"]["flagged"] is True  # threshold 0 flags everything
+    deploy.write_text("[guard]\ninjection_threshold = 2\n", encoding="utf-8")
+    bad = runner.invoke(app, ["guard", "scan", "--config", str(deploy), "x"])
+    assert bad.exit_code == 2 and "injection_threshold" in bad.output

@@ -116,3 +116,26 @@ def test_cli_round_trip_and_wrong_key_exit_code(tmp_path, monkeypatch):
     wrong = runner.invoke(app, ["guard", "decrypt", str(tmp_path / "doc.enc"), str(tmp_path / "x"),
                                 "--key-file", str(tmp_path / "other")])  # fmt: skip
     assert wrong.exit_code == 2 and "wrong key" in wrong.output and not (tmp_path / "x").exists()
+
+
+def test_directory_helpers_and_config_key(tmp_path, key, monkeypatch):
+    from jijian.config import GuardConfig
+    from jijian.guard.crypto import decrypt_tree, encrypt_tree, key_from_config
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"dim": 8}')
+    (model / "sub" / "weights.bin").write_bytes(os.urandom(2500))
+    originals = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    assert len(encrypt_tree(model, key)) == 2 and encrypt_tree(model, key) == []  # idempotent
+    assert all(is_encrypted(p) for p in originals)
+    with pytest.raises(DecryptionError):
+        decrypt_tree(model, os.urandom(32))
+    assert len(decrypt_tree(model, key)) == 2
+    assert {p: p.read_bytes() for p in originals} == originals
+
+    assert key_from_config(GuardConfig()) is None
+    (tmp_path / "k").write_text(base64.b64encode(key).decode())
+    monkeypatch.delenv("MY_KEY", raising=False)
+    config = GuardConfig(encrypt_at_rest=True, key_env="MY_KEY", key_file=tmp_path / "k")
+    assert key_from_config(config) == key

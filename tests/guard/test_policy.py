@@ -173,3 +173,9 @@ def test_role_allowlists():
         lists.check_tool(alice, "calculator")
     config = GuardConfig(role_collections={"hr": ["people"]})
     assert not GuardPolicy(config).allowlists.may_use_collection(alice, "people")
+
+
+def test_kb_ingestion_scrubbing_is_configurable():
+    text = "Contact li@example.com, ID 11010519491231002X"
+    assert GuardPolicy(GuardConfig()).scrub_for_ingestion(text) == text
+    assert GuardPolicy(GuardConfig(redact_kb_ingestion=True)).scrub_for_ingestion(text) == "Contact [EMAIL], ID [CN_ID]"

@@ -34,13 +34,20 @@ def scan(
     text: Annotated[str | None, typer.Argument(help="text to scan (one input)")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="scan each line of FILE ('-': stdin)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
-    threshold: Annotated[float, typer.Option(help="injection score at which an input is flagged", min=0, max=1)] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="injection score at which an input is flagged [default: 0.5]", min=0, max=1)
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="deploy.toml whose [guard] injection_threshold to use")] = None,
 ) -> None:
     """Score inputs for prompt injection and list PII spans (type and character offsets)."""
-    from jijian.guard.injection import InjectionDetector
+    from jijian.guard.injection import DEFAULT_THRESHOLD, InjectionDetector
     from jijian.guard.pii import find_pii
 
-    detector = InjectionDetector(threshold)
+    if threshold is None and config is not None:
+        from jijian.config import load_config
+
+        threshold = load_config(config).guard.injection_threshold
+    detector = InjectionDetector(DEFAULT_THRESHOLD if threshold is None else threshold)
     for line in _inputs(text, file):
         verdict = detector.scan(line)
         spans = find_pii(line)

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jijian.config.errors import UserInputError
+from jijian.config.schema import GuardConfig
 
 MAGIC = b"JJENC1"
 VERSION = 1
@@ -86,6 +87,11 @@ def load_key(key_file: str | os.PathLike[str] | None = None, key_env: str = DEFA
             raise KeyMaterialError(f"key file not found: {path}")
         return parse_key(path.read_bytes(), f"key file {path}")
     raise KeyMaterialError(f"no encryption key: set {key_env} or configure [guard] key_file")
+
+
+def key_from_config(config: GuardConfig) -> bytes | None:
+    """The key `[guard]` asks for (`key_env`, then `key_file`), or None when `encrypt_at_rest` is off."""
+    return load_key(config.key_file, config.key_env) if config.encrypt_at_rest else None
 
 
 def _nonce(prefix: bytes, index: int) -> bytes:
@@ -171,3 +177,27 @@ def decrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: 
 def decrypt_bytes(src: str | os.PathLike[str], key: bytes) -> bytes:
     """The whole plaintext of an encrypted file, in memory (for small files such as KB metadata)."""
     return b"".join(decrypt_chunks(src, key))
+
+
+def encrypt_tree(root: str | os.PathLike[str], key: bytes) -> list[Path]:
+    """Encrypt every not-yet-encrypted file under `root` (a file or a directory, e.g. an exported model) in place."""
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    done = []
+    for path in paths:
+        if not is_encrypted(path):
+            encrypt_file(path, path, key)
+            done.append(path)
+    return done
+
+
+def decrypt_tree(root: str | os.PathLike[str], key: bytes) -> list[Path]:
+    """Decrypt every encrypted file under `root` in place; stops at the first file that does not authenticate."""
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    done = []
+    for path in paths:
+        if is_encrypted(path):
+            decrypt_file(path, path, key)
+            done.append(path)
+    return done

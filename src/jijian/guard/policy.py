@@ -105,6 +105,12 @@ class GuardPolicy:
             return {"prompt": self._redact(text, spans), "prompt_sha256": digest}
         return {"prompt_sha256": digest}
 
+    def scrub_for_ingestion(self, text: str) -> str:
+        """Document text as the knowledge base should store it: PII redacted if `redact_kb_ingestion`."""
+        return (
+            redact_spans(text, find_pii(text), self.config.redaction_mode) if self.config.redact_kb_ingestion else text
+        )
+
     def audit(self, event: dict[str, Any]) -> None:
         """Append an event to the audit log, if one is configured."""
         if self.audit_log is not None:
