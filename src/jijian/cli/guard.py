@@ -97,6 +97,10 @@ def keygen(
     err_console.print(f"wrote {out}")
 
 
+KeyFileOption = Annotated[Path | None, typer.Option(help="key file (else the environment variable)")]
+KeyEnvOption = Annotated[str, typer.Option(help="environment variable holding the key")]
+
+
 def _key(key_file: Path | None, key_env: str) -> bytes:
     from jijian.guard.crypto import load_key
 
@@ -108,8 +112,8 @@ def _key(key_file: Path | None, key_env: str) -> bytes:
 def encrypt(
     src: Annotated[Path, typer.Argument(help="file to encrypt")],
     dst: Annotated[Path, typer.Argument(help="encrypted output (may be SRC itself)")],
-    key_file: Annotated[Path | None, typer.Option(help="key file (else the environment variable)")] = None,
-    key_env: Annotated[str, typer.Option(help="environment variable holding the key")] = "JIJIAN_GUARD_KEY",
+    key_file: KeyFileOption = None,
+    key_env: KeyEnvOption = "JIJIAN_GUARD_KEY",
 ) -> None:
     """Encrypt a file with AES-256-GCM (atomic write)."""
     from jijian.guard.crypto import encrypt_file
@@ -123,8 +127,8 @@ def encrypt(
 def decrypt(
     src: Annotated[Path, typer.Argument(help="encrypted file")],
     dst: Annotated[Path, typer.Argument(help="plaintext output (written only if the whole file authenticates)")],
-    key_file: Annotated[Path | None, typer.Option(help="key file (else the environment variable)")] = None,
-    key_env: Annotated[str, typer.Option(help="environment variable holding the key")] = "JIJIAN_GUARD_KEY",
+    key_file: KeyFileOption = None,
+    key_env: KeyEnvOption = "JIJIAN_GUARD_KEY",
 ) -> None:
     """Decrypt a file; a wrong key or a modified file is an error and DST is left untouched."""
     from jijian.guard.crypto import decrypt_file

@@ -16,6 +16,8 @@ import unicodedata
 _INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 # Unicode "tag" characters U+E0000..U+E007F mirror ASCII and are invisible: "ASCII smuggling".
 _TAGS = re.compile("[\U000e0000-\U000e007f]")
+# A zero-width joiner between two symbols is how emoji sequences such as 👨‍👩‍👧 are written: not a trick.
+_EMOJI_JOINER = re.compile("(?<=[^\\w\\s])\u200d(?=[^\\w\\s])")
 _HOMOGLYPHS = str.maketrans(
     "аеорсухіјѕԁһԛԝӏАВЕКМНОРСТХІЈЅԚԜαεορτυνικΑΒΕΖΗΙΚΜΝΟΡΤΥΧɡɑ",
     "aeopcyxijsdhqwlABEKMHOPCTXIJSQWaeoptuvikABEZHIKMNOPTYXga",
@@ -33,6 +35,7 @@ def normalize(text: str) -> tuple[str, list[str]]:
         text = _TAGS.sub(
             lambda m: chr(ord(m.group()) - 0xE0000) if 0x20 <= ord(m.group()) - 0xE0000 < 0x7F else "", text
         )
+    text = _EMOJI_JOINER.sub("", text)
     if _INVISIBLE.search(text):
         tricks.append("zero-width or direction-control characters")
         text = _INVISIBLE.sub("", text)
