@@ -133,3 +133,9 @@ def test_cached_classifier_equals_a_fresh_training(tmp_path, monkeypatch):
         assert np.array_equal(trained.weights, loaded.weights) and trained.bias == loaded.bias
     finally:
         classifier.default_classifier.cache_clear()
+
+
+def test_emoji_joiners_and_flag_tags_are_not_tricks():
+    assert normalize("family 👨\u200d👩\u200d👧 photo")[1] == []
+    england = "\U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in "gbeng") + "\U000e007f"
+    assert normalize(f"go {england} go") == ("go \U0001f3f4 go", [])

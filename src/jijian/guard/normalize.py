@@ -16,6 +16,8 @@ import unicodedata
 _INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 # Unicode "tag" characters U+E0000..U+E007F mirror ASCII and are invisible: "ASCII smuggling".
 _TAGS = re.compile("[\U000e0000-\U000e007f]")
+# Subdivision flags (🏴 + tag letters + cancel tag, e.g. England's) are the one honest use of tags.
+_FLAG_TAGS = re.compile("(?<=\U0001f3f4)[\U000e0020-\U000e007e]+\U000e007f")
 # A zero-width joiner between two symbols is how emoji sequences such as 👨‍👩‍👧 are written: not a trick.
 _EMOJI_JOINER = re.compile("(?<=[^\\w\\s])\u200d(?=[^\\w\\s])")
 _HOMOGLYPHS = str.maketrans(
@@ -30,6 +32,7 @@ _LATIN = re.compile(r"[A-Za-z]")
 def normalize(text: str) -> tuple[str, list[str]]:
     """The text as a model would read it, and the names of the hiding tricks that were undone."""
     tricks = []
+    text = _FLAG_TAGS.sub("", text)
     if _TAGS.search(text):
         tricks.append("unicode tag characters")
         text = _TAGS.sub(
