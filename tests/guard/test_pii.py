@@ -103,3 +103,15 @@ def test_generated_set_recall_and_precision():
     assert tp / (tp + fn) >= 0.95
     assert tp / (tp + fp) >= 0.95
     assert set(GENERATORS) == set(PII_TYPES)
+
+
+@pytest.mark.parametrize(
+    "code_or_prose",
+    ["pwd = os.getcwd()", "token = get_cache_token()", "see section 7.1.4.34", "version 1.2.3.4", "v2.0.1.3"],
+)
+def test_code_and_section_numbers_are_not_pii(code_or_prose):
+    assert find_pii(code_or_prose) == []
+
+
+def test_addresses_next_to_words_that_end_in_v_are_still_found():
+    assert kinds("dev 10.0.0.1 is down") == [("IP", "10.0.0.1")]

@@ -18,6 +18,7 @@ from jijian.guard.injection_rules import match_rules
 from jijian.guard.normalize import normalize
 
 DEFAULT_THRESHOLD = 0.5
+MAX_PAYLOADS = 8
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){8,}")
 _ROT13_HINT = re.compile(r"rot-?13|caesar|凯撒", re.IGNORECASE)
@@ -80,7 +81,8 @@ class InjectionDetector:
         probability = self.classifier.probability(normalized)
         evidence.append((f"classifier {probability:.2f}", probability))
         if depth == 0:
-            for encoding, decoded in _decoded_payloads(normalized):
+            # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.
+            for encoding, decoded in _decoded_payloads(normalized)[:MAX_PAYLOADS]:
                 inner = self._evidence(decoded, depth + 1)
                 strongest = max(weight for _, weight in inner)
                 if strongest >= 0.5:
@@ -96,7 +98,7 @@ class InjectionDetector:
         return evidence
 
     def scan(self, text: str) -> InjectionVerdict:
-        """Score one text; reasons list the evidence that counted (the classifier's always, as the last)."""
+        """Score one text; reasons list the evidence that counted (the classifier's probability always)."""
         evidence = self._evidence(text, 0)
         score = max(weight for _, weight in evidence)
         if any(reason.startswith("hidden text") for reason, _ in evidence) and score >= 0.4:

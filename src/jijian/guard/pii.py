@@ -151,6 +151,12 @@ _SECRET_ASSIGNED = re.compile(
 )
 
 
+# Dotted or snake_case names without digits are variables and attributes in code.
+_IDENTIFIER = re.compile(r"[A-Za-z_]+(?:\.[A-Za-z_]+)*")
+# "section 7.1.4.34", "RFC 3.2.1.5", "version 1.2.3.4": a dotted quad that is a number in a document.
+_NOT_AN_ADDRESS = re.compile(r"(?i)(?:\b(?:section|sec\.|rfc|version|ver\.|v)|§|章节|第)\s*$")
+
+
 def _emails(text: str) -> Iterator[tuple[int, int]]:
     for m in _EMAIL.finditer(text):
         yield m.span()
@@ -190,6 +196,8 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
             candidate = m.group()
             if candidate.count(":") >= 2 and candidate.strip(":") == "":
                 continue  # a bare "::" is punctuation in code, not an address anyone would redact
+            if _NOT_AN_ADDRESS.search(text, max(0, m.start() - 12), m.start()):
+                continue
             try:
                 ipaddress.ip_address(candidate)
             except ValueError:
@@ -212,6 +220,8 @@ def _secrets(text: str) -> Iterator[tuple[int, int]]:
         yield m.span()
     for m in _SECRET_ASSIGNED.finditer(text):
         value = m.group(1)
+        if _IDENTIFIER.fullmatch(value):
+            continue  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
         classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
         if classes >= 2 and shannon_entropy(value) >= 2.8:
             yield m.span(1)
