@@ -40,6 +40,8 @@ def scan(
     config: Annotated[Path | None, typer.Option(help="deploy.toml whose [guard] injection_threshold to use")] = None,
 ) -> None:
     """Score inputs for prompt injection and list PII spans (type and character offsets)."""
+    from rich.markup import escape
+
     from jijian.guard.injection import DEFAULT_THRESHOLD, InjectionDetector
     from jijian.guard.pii import find_pii
 
@@ -57,7 +59,8 @@ def scan(
             continue
         label = "[bold red]INJECTION[/]" if verdict.flagged else "[green]ok[/]"
         preview = line if len(line) <= 60 else line[:57] + "..."
-        out_console.print(f"{label} {verdict.score:.2f}  {preview}", markup=True, highlight=False, soft_wrap=True)
+        # The input is untrusted text: escape it, or "[/system]" in a prompt would be read as Rich markup.
+        out_console.print(f"{label} {verdict.score:.2f}  {escape(preview)}", highlight=False, soft_wrap=True)
         for reason in verdict.reasons:
             out_console.print(f"    reason: {reason}", markup=False, highlight=False)
         for span in spans:
@@ -68,13 +71,18 @@ def scan(
 @reports_errors
 def verify_audit_command(path: Annotated[Path, typer.Argument(help="audit log (JSON lines)")]) -> None:
     """Check an audit log's hash chain; exit 1 and name the first bad line if it was tampered with."""
+    from rich.markup import escape
+
     from jijian.guard.audit import verify_audit
 
     verdict = verify_audit(path)
     if verdict.ok:
-        err_console.print(f"[green]ok:[/] {path}: {verdict.entries} entries, hash chain intact", soft_wrap=True)
+        err_console.print(
+            f"[green]ok:[/] {escape(str(path))}: {verdict.entries} entries, hash chain intact", soft_wrap=True
+        )
         return
-    err_console.print(f"[bold red]TAMPERED:[/] {path}:{verdict.bad_line}: {verdict.reason}", soft_wrap=True)
+    where = escape(f"{path}:{verdict.bad_line}: {verdict.reason}")
+    err_console.print(f"[bold red]TAMPERED:[/] {where}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
