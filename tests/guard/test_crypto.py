@@ -56,7 +56,7 @@ def test_wrong_key_is_a_clear_error_and_leaves_the_target_alone(tmp_path, key):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate_chunk", "drop_last_chunk", "swap_chunks"])
+@pytest.mark.parametrize("damage", ["flip", "truncate_chunk", "drop_last_chunk", "swap_chunks", "header"])
 def test_tampering_is_detected(tmp_path, key, damage):
     (tmp_path / "plain").write_bytes(os.urandom(3500))
     encrypt_file(tmp_path / "plain", tmp_path / "enc", key)
@@ -66,6 +66,8 @@ def test_tampering_is_detected(tmp_path, key, damage):
         blob[header + 5] ^= 1
     elif damage == "truncate_chunk":
         blob = blob[:-7]
+    elif damage == "header":
+        blob[7:11] = (2**31).to_bytes(4, "big")  # a huge chunk size must not make us read gigabytes
     elif damage == "drop_last_chunk":
         blob = blob[: header + 3 * sealed]
     else:

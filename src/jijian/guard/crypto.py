@@ -31,6 +31,7 @@ MAGIC = b"JJENC1"
 VERSION = 1
 HEADER = struct.Struct(">6sBI8s")
 CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 1 << 26
 TAG_SIZE = 16
 KEY_SIZE = 32
 DEFAULT_KEY_ENV = "JIJIAN_GUARD_KEY"
@@ -160,6 +161,8 @@ def decrypt_chunks(src: str | os.PathLike[str], key: bytes) -> Iterator[bytes]:
         _, version, chunk_size, prefix = HEADER.unpack(header)
         if version != VERSION:
             raise NotEncryptedError(f"{src}: encryption format version {version} is not supported (expected {VERSION})")
+        if not 0 < chunk_size <= MAX_CHUNK_SIZE:  # the header is not authenticated until the first chunk is
+            raise DecryptionError(f"{src}: damaged header (chunk size {chunk_size})")
         for index, (sealed, last) in enumerate(_read_chunks(f, chunk_size + TAG_SIZE)):
             try:
                 yield aead.decrypt(_nonce(prefix, index), sealed, _aad(header, last))
