@@ -179,3 +179,8 @@ def test_kb_ingestion_scrubbing_is_configurable():
     text = "Contact li@example.com, ID 11010519491231002X"
     assert GuardPolicy(GuardConfig()).scrub_for_ingestion(text) == text
     assert GuardPolicy(GuardConfig(redact_kb_ingestion=True)).scrub_for_ingestion(text) == "Contact [EMAIL], ID [CN_ID]"
+
+
+def test_loggable_follows_redact_pii():
+    assert GuardPolicy(GuardConfig()).loggable("mail li@example.com") == "mail [EMAIL]"
+    assert GuardPolicy(GuardConfig(redact_pii=False)).loggable("mail li@example.com") == "mail li@example.com"
