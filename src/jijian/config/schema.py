@@ -245,8 +245,23 @@ class GuardConfig(Section):
     """Safety policy applied to requests and responses."""
 
     injection_threshold: float = Field(default=0.5, ge=0, le=1)
-    redact_pii: bool = True
+    block_injections: bool = Field(default=True, description="refuse requests flagged as injections")
+    redact_pii: bool = Field(default=True, description="redact PII from everything written to logs and the audit log")
+    log_prompts: Literal["none", "redacted", "clear"] = Field(
+        default="redacted", description="how prompts appear in the audit log; never in clear unless asked"
+    )
+    redaction_mode: Literal["mask", "hash", "placeholder"] = "placeholder"
+    redact_responses: bool = False
+    redact_kb_ingestion: bool = False
+    leakage_ngram: int = Field(default=8, ge=3, description="words (or CJK characters) per n-gram in the leak check")
+    leakage_min_shared: int = Field(default=3, ge=1)
     audit_log: OutputPath | None = None
+    api_keys: OutputPath | None = None
+    role_collections: dict[str, list[str]] = Field(default_factory=dict)
+    role_tools: dict[str, list[str]] = Field(default_factory=dict)
+    encrypt_at_rest: bool = False
+    key_env: str = Field(default="JIJIAN_GUARD_KEY", min_length=1)
+    key_file: OutputPath | None = None
 
 
 class HardwareConfig(Section):
