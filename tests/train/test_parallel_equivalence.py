@@ -134,6 +134,15 @@ def test_layout_reproduces_the_single_process_run(workspace, name):
     assert worst < 1e-4, f"{name}: per-step loss differs by up to {worst:.2e}"
     assert ref[STEPS] < ref[1] - 0.3  # the comparison is over a run that actually learns
 
+    # Sharding divides what each rank stores (rank 0 reports its own shards).
+    starts = [json.loads(line) for line in (root / "runs" / name / "metrics.jsonl").read_text().splitlines()[:1]]
+    ref_start = json.loads((root / "runs" / reference / "metrics.jsonl").read_text().splitlines()[0])
+    divided = starts[0]["parameter_bytes_per_rank"] / ref_start["parameter_bytes_per_rank"]
+    shards = LAYOUTS[name][1]
+    expected = 1 / (shards.get("dp_shard", 1) * shards.get("tp", 1))
+    if shards.get("pp", 1) == 1:
+        assert divided == pytest.approx(expected, rel=0.1), divided
+
     # The exported Hugging Face model is the same model, whatever the layout that trained it.
     ours_w = load_file(root / "runs" / name / "model" / "model.safetensors")
     ref_w = load_file(root / "runs" / reference / "model" / "model.safetensors")

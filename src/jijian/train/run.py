@@ -23,6 +23,7 @@ from jijian.train.distributed import env_world_size, init_distributed, is_rank0
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
+from jijian.train.norms import local_part
 from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
 from jijian.train.trainer import Throughput, Trainer, TrainResult, cross_entropy_loss, resolve_device
 
@@ -125,6 +126,11 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     device = resolve_device(tcfg.device)
     if world_size > 1:
         device = init_distributed(device, tcfg.collective_timeout_s)
+    if tcfg.cpu_offload and (device.type != "cuda" or layout.dp == 1):
+        raise TrainSetupError(
+            "train.cpu_offload moves FSDP-sharded parameters and optimizer state from GPU to host memory: "
+            "it needs train.device = cuda and dp_replicate x dp_shard > 1"
+        )
     dims = build_parallel_dims(layout, device.type)
     seed_everything(tcfg.seed)
     tokenizer = load_tokenizer(config)
@@ -187,6 +193,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "device": str(device),
                     "layout": layout.describe(),
                     "parameters": n_params,
+                    "parameter_bytes_per_rank": _local_parameter_bytes(parts),
                     "train_tokens": train_tokens,
                     "files": n_files,
                     "flops_per_token": throughput.flops_per_token,
@@ -203,3 +210,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         summary["layout"] = layout.describe()
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainRun(output_dir=output_dir, model_dir=model_dir, metrics_path=metrics_path, result=result)
+
+
+def _local_parameter_bytes(parts: ModelParts) -> int:
+    """Bytes of parameters this rank stores (its shards only): shows how far sharding divides the model."""
+    return sum(local_part(p).numel() * local_part(p).element_size() for p in parts.parameters())
