@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from jijian.config import DeployConfig, UserInputError, dump_config
-from jijian.data import TokenWindows, read_documents, resolve_sources, tokenize_documents
+from jijian.data import open_train_loader
 from jijian.model import CausalLM, build_model
 from jijian.model.hf import load_hf, save_hf
 from jijian.model.tokenizer import Tokenizer
@@ -86,20 +86,9 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     if tcfg.seq_len > model.cfg.max_seq_len:
         raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model.cfg.max_seq_len})")
 
-    files = resolve_sources(config.data.sources)
-    if not files:
-        raise TrainSetupError("data.sources is empty: name the files, directories or globs to train on")
-    documents = list(read_documents(files, config.data.text_field))
-    train_docs, val_docs = split_documents(documents, config.data.validation_fraction)
-    train_tokens = tokenize_documents(train_docs, tokenizer)
-    batches = TokenWindows(train_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed)
-    eval_batches = None
-    if val_docs:
-        val_tokens = tokenize_documents(val_docs, tokenizer)
-        if len(val_tokens) > tcfg.seq_len:
-            eval_batches = TokenWindows(val_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed).fixed_batches(
-                tcfg.eval_batches
-            )
+    # The data pipeline builds (or reuses) packed shards of [data] and serves this rank's batches.
+    data = open_train_loader(config, tokenizer, console=console)
+    batches, eval_batches = data.loader, data.eval_batches or None
 
     output_dir = tcfg.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +103,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                 "event": "start",
                 "device": str(device),
                 "parameters": model.num_parameters(),
-                "train_tokens": len(train_tokens),
-                "files": len(files),
+                "train_tokens": data.train_tokens,
+                "data_dir": str(data.directory),
             }
         )
         result = Trainer(model, tcfg, batches, device=device, eval_batches=eval_batches, logger=logger).fit()
