@@ -222,3 +222,19 @@ def test_shards_refuse_another_tokenizer_naming_both_fingerprints(tmp_path, toke
     with pytest.raises(DatasetError) as info:
         PackedTokens(result.directory, tokenizer_fingerprint="f" * 64)
     assert tokenizer.fingerprint() in str(info.value) and "f" * 64 in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail a.b@example.com now", "mail <EMAIL> now"),
+        ("call +86 138 0013 8000.", "call <PHONE>."),
+        ("(555) 123-4567", "<PHONE>"),
+        ("tel 13800138000", "tel <PHONE>"),
+        ("python 3.11.7, port 8080, 2024-01-15, x13800138000, @decorator", None),
+    ],
+)
+def test_default_pii_redaction(text, expected):
+    from jijian.data.pii import redact_contacts
+
+    assert redact_contacts(text) == (text if expected is None else expected)

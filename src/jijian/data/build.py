@@ -49,6 +49,7 @@ from jijian.model.tokenizer import Tokenizer
 
 STATE_FILE = "build_state.pkl"
 REPORT_FILE = "report.json"
+TOKENIZER_DIR = "tokenizer"
 CHUNK_RECORDS = 64
 CHUNK_BYTES = 1 << 20
 MAX_LISTED_ERRORS = 100
@@ -253,6 +254,8 @@ def build_dataset(
         "sources": {k: dict(zip(("records", "kept", "bytes"), v, strict=True)) for k, v in state.sources.items()},
     }
     write_json_atomic(out / REPORT_FILE, report)
+    # The dataset carries its tokenizer, so `jijian data inspect` can decode it with nothing else at hand.
+    tokenizer.save(out / TOKENIZER_DIR)
     write_json_atomic(out / MANIFEST, manifest)
     (out / STATE_FILE).unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
@@ -320,7 +323,7 @@ def _load_state(out: Path, key: str) -> _State | None:
 def _clear(out: Path) -> None:
     # Only our own files: an output_dir pointed at a populated directory must not lose anything else.
     for path in out.iterdir():
-        if path.name in (MANIFEST, REPORT_FILE, STATE_FILE) or (
+        if path.name in (MANIFEST, REPORT_FILE, STATE_FILE, TOKENIZER_DIR) or (
             path.name.startswith(tuple(f"{s}_" for s in SPLITS)) and (".bin" in path.name or ".idx" in path.name)
         ):
             path.unlink() if path.is_file() else shutil.rmtree(path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 # C0/C1 control characters except tab, newline and carriage return, which text legitimately holds.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def normalize_text(text: str) -> str:
@@ -42,7 +43,7 @@ class QualityFilter:
             return "short_lines"
         if mean_line > self.max_mean_line_length:
             return "long_lines"
-        alnum = sum(ch.isalnum() for ch in text)
+        alnum = len(_NOT_ALNUM.sub("", text))
         if alnum < self.min_alnum_fraction * len(text):
             return "low_alnum"
         # Boilerplate and spam repeat whole lines; code repeats a few short ones, hence the stripped count.

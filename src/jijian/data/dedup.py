@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -14,6 +15,8 @@ MINHASH_SEED = 1
 # The permutation scheme travels apart from the hash values (they cross process boundaries as arrays).
 MINHASH_SCHEME = "affine32"
 _WORD = re.compile(r"\w+")
+# An odd 64-bit multiplier (from splitmix64) that spreads word hashes across the window.
+_MIX = 0x9E3779B97F4A7C15
 
 
 def content_hash(text: str) -> str:
@@ -21,15 +24,25 @@ def content_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def minhash_signature(text: str, num_perm: int) -> np.ndarray:
-    """MinHash of the document's lower-cased word 5-grams (the whole word set for shorter documents)."""
+def shingle_hashes(text: str) -> np.ndarray:
+    """Distinct 32-bit hashes of the document's lower-cased word 5-grams (of all its words when shorter)."""
     words = _WORD.findall(text.lower())
-    if len(words) <= SHINGLE_WORDS:
-        shingles = {" ".join(words)}
-    else:
-        shingles = {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
-    minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
-    minhash.update_batch([s.encode("utf-8") for s in shingles])
+    # Hash each word once (C speed), then combine windows of words with numpy: no Python string per shingle.
+    word_hashes = np.array([zlib.crc32(w.encode("utf-8")) for w in words] or [0], dtype=np.uint64)
+    width = min(SHINGLE_WORDS, len(word_hashes))
+    count = len(word_hashes) - width + 1
+    combined = np.zeros(count, dtype=np.uint64)
+    for k in range(width):
+        combined = combined * np.uint64(_MIX) + word_hashes[k : k + count]
+    folded = (combined >> np.uint64(32)) ^ (combined & np.uint64(0xFFFFFFFF))
+    return np.unique(folded.astype(np.uint32))
+
+
+def minhash_signature(text: str, num_perm: int) -> np.ndarray:
+    """MinHash signature of the document's word 5-gram set."""
+    # The shingles arrive already hashed, so the hash function is the identity (`int`).
+    minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, hashfunc=int)
+    minhash.update_batch(shingle_hashes(text).tolist())
     return minhash.hashvalues
 
 
