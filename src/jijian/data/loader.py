@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from jijian.data.shards import DatasetError, check_tokenizer, read_manifest, split_shards
+
+GROUP_TOKENS = 1 << 18
 
 
 class PackedTokens:
@@ -39,7 +42,8 @@ class PackedTokens:
             path = self.directory / shard.file
             if not path.is_file() or path.stat().st_size != shard.tokens * dtype.itemsize:
                 raise DatasetError(f"{path}: missing or not {shard.tokens} tokens long; rebuild the dataset")
-            self.shards.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard.tokens,)))
+            # A plain ndarray view of the mapping: slicing an np.memmap runs Python-level bookkeeping each time.
+            self.shards.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard.tokens,)).view(np.ndarray))
             starts.append(np.load(self.directory / shard.index_file))
         sizes = np.array([s.tokens for s in shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -106,7 +110,10 @@ class PackedLoader:
                 f"seq_len {seq_len}; need at least one per rank ({world_size})"
             )
         self.batches_yielded = 0
+        # Global stream positions of a batch's rows, relative to the batch's first position.
+        self._row_positions = np.arange(batch_size, dtype=np.int64) * world_size + rank
         self._epoch_cache: tuple[int, np.ndarray] | None = None
+        self._ready: deque[tuple[torch.Tensor, ...]] = deque()
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
@@ -118,8 +125,13 @@ class PackedLoader:
 
     def sequence_indices(self, batch: int) -> np.ndarray:
         """Indices of the sequences in this rank's batch number `batch` (a pure function: no state)."""
-        positions = (batch * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
-        epochs, within = np.divmod(positions, self.num_sequences)
+        positions = batch * self.batch_size * self.world_size + self._row_positions
+        n = self.num_sequences
+        first_epoch, last_epoch = int(positions[0]) // n, int(positions[-1]) // n
+        if first_epoch == last_epoch:  # the usual case: the whole batch inside one epoch
+            within = positions - first_epoch * n
+            return self._permutation(first_epoch)[within] if self.shuffle else within
+        epochs, within = np.divmod(positions, n)
         if not self.shuffle:
             return within
         return np.array([self._permutation(int(e))[int(i)] for e, i in zip(epochs, within, strict=True)])
@@ -135,13 +147,26 @@ class PackedLoader:
         window = self.seq_len + 1
         out = np.empty((self.batch_size, window), dtype=np.int64)
         starts = self.sequence_indices(batch) * self.seq_len
-        for row, start in enumerate(starts):
-            self.tokens.read_into(int(start), out[row])
-        data = torch.from_numpy(out)
-        inputs, targets = data[:, :-1], data[:, 1:]
+        tokens = self.tokens
+        offsets = tokens.offsets
+        if len(tokens.shards) == 1:
+            shard_ids = np.zeros(len(starts), dtype=np.int64)
+        else:
+            shard_ids = np.searchsorted(offsets, starts, side="right") - 1
+        # Plain slice copies (with the cast to int64 fused in) for windows inside one shard; only the rare
+        # window that straddles two shards takes the general path.
+        for row, (shard_id, start) in enumerate(zip(shard_ids.tolist(), starts.tolist(), strict=True)):
+            begin = start - int(offsets[shard_id])
+            shard = tokens.shards[shard_id]
+            if begin + window <= len(shard):
+                out[row] = shard[begin : begin + window]
+            else:
+                tokens.read_into(start, out[row])
+        # Views of one buffer (numpy slicing + from_numpy is several times cheaper than slicing a tensor).
+        inputs, targets = torch.from_numpy(out[:, :-1]), torch.from_numpy(out[:, 1:])
         if not self.with_document_ids:
             return inputs, targets
-        docs = np.stack([self.tokens.document_ids(int(s), self.seq_len) for s in starts])
+        docs = np.stack([tokens.document_ids(int(s), self.seq_len) for s in starts])
         return inputs, targets, torch.from_numpy(docs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -151,12 +176,15 @@ class PackedLoader:
         if self.prefetch <= 0:
             batch = self.make_batch(self.batches_yielded)
         else:
-            if self._thread is None:
-                self._start_prefetch()
-            assert self._queue is not None
-            batch = self._queue.get()
-            if isinstance(batch, BaseException):
-                raise batch
+            if not self._ready:
+                if self._thread is None:
+                    self._start_prefetch()
+                assert self._queue is not None
+                group = self._queue.get()
+                if isinstance(group, BaseException):
+                    raise group
+                self._ready.extend(group)
+            batch = self._ready.popleft()
         self.batches_yielded += 1
         return batch
 
@@ -170,10 +198,13 @@ class PackedLoader:
         self._thread.start()
 
     def _produce(self, first: int, out: queue.Queue, stop: threading.Event) -> None:
+        # Batches travel in groups of about GROUP_TOKENS tokens: one hand-over between threads costs
+        # more than gathering a small batch, so handing them over one by one would halve throughput.
+        group_size = max(1, GROUP_TOKENS // (self.batch_size * (self.seq_len + 1)))
         batch = first
         while not stop.is_set():
             try:
-                item: Any = self.make_batch(batch)
+                item: Any = [self.make_batch(b) for b in range(batch, batch + group_size)]
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 item = exc
             while not stop.is_set():
@@ -184,7 +215,7 @@ class PackedLoader:
                     continue
             if isinstance(item, BaseException):
                 return
-            batch += 1
+            batch += group_size
 
     def close(self) -> None:
         """Stop the prefetch thread (it is a daemon, so forgetting this never blocks exit)."""
@@ -193,6 +224,7 @@ class PackedLoader:
             self._thread.join()
             self._thread = None
             self._queue = None
+        self._ready.clear()
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank is in the stream, for checkpoints."""
