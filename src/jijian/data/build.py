@@ -23,7 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -45,7 +45,11 @@ from jijian.data.shards import (
     write_json_atomic,
 )
 from jijian.data.sources import BadRecord, Record, SourceError, iter_records, resolve_inputs, source_size
-from jijian.model.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # at run time workers never import jijian.model, which would pull in torch (seconds)
+    from tokenizers import Tokenizer as Backend
+
+    from jijian.model.tokenizer import Tokenizer
 
 STATE_FILE = "build_state.pkl"
 REPORT_FILE = "report.json"
@@ -106,19 +110,19 @@ class _State:
     elapsed_s: float = 0.0
 
 
-_worker: tuple[Tokenizer, DocumentSettings, Redactor | None] | None = None
+_worker: tuple[Backend, int, DocumentSettings, Redactor | None] | None = None
 
 
-def _init_worker(tokenizer: Tokenizer, settings: DocumentSettings, redactor: Redactor | None) -> None:
+def _init_worker(backend: Backend, eos_id: int, settings: DocumentSettings, redactor: Redactor | None) -> None:
     # One tokenizer thread per worker: parallelism comes from the worker count, not from oversubscription.
     os.environ["RAYON_NUM_THREADS"] = "1"
     global _worker
-    _worker = (tokenizer, settings, redactor)
+    _worker = (backend, eos_id, settings, redactor)
 
 
 def _process_chunk(chunk: list[Record | BadRecord]) -> list[Processed]:
     assert _worker is not None, "worker not initialised"
-    tokenizer, settings, redactor = _worker
+    backend, eos_id, settings, redactor = _worker
     results: list[Processed] = []
     texts: list[str] = []
     kept: list[Processed] = []
@@ -141,8 +145,10 @@ def _process_chunk(chunk: list[Record | BadRecord]) -> list[Processed]:
             kept.append(item)
         results.append(item)
     if texts:
-        for item, ids in zip(kept, tokenizer.encode_batch(texts, add_eos=True), strict=True):
-            item.tokens = np.asarray(ids, dtype=settings.dtype)
+        # The raw `tokenizers` backend, as Tokenizer.encode_batch uses it (no special tokens), plus EOS.
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        for item, encoding in zip(kept, encode(texts, add_special_tokens=False), strict=True):
+            item.tokens = np.array([*encoding.ids, eos_id], dtype=settings.dtype)
     return results
 
 
@@ -210,7 +216,7 @@ def build_dataset(
 
     clock = [time.perf_counter()]
     stats = state.stats
-    with progress, _executor(config.workers, tokenizer, settings, redactor) as run_chunk:
+    with progress, _executor(config.workers, (tokenizer.backend, tokenizer.eos_id, settings, redactor)) as run_chunk:
         for file_index, item_index, item in _ordered_results(
             inputs, state, config.text_field, run_chunk, config.workers
         ):
@@ -379,13 +385,13 @@ def _drain_one(in_flight: deque) -> Iterator[tuple[int, int, Processed]]:
 
 @contextmanager
 def _executor(
-    workers: int, tokenizer: Tokenizer, settings: DocumentSettings, redactor: Redactor | None
+    workers: int, worker_args: tuple[Backend, int, DocumentSettings, Redactor | None]
 ) -> Iterator[Callable[[list], Future | list[Processed]]]:
     """A function that processes one chunk: in a process pool of `workers`, or inline for 0."""
     if workers == 0:
         global _worker
         saved = _worker
-        _worker = (tokenizer, settings, redactor)
+        _worker = worker_args
         try:
             yield _process_chunk
         finally:
@@ -395,9 +401,7 @@ def _executor(
     # that may hold torch/OpenMP or tokenizer threads (unsafe to fork).
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(tokenizer, settings, redactor)
-    )
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=worker_args)
     try:
         yield lambda chunk: pool.submit(_process_chunk, chunk)
     finally:
