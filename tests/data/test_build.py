@@ -199,12 +199,16 @@ def test_an_interrupted_build_resumes_without_redoing_finished_shards(tmp_path, 
 
 def test_a_finished_build_is_reused_until_its_inputs_or_settings_change(tmp_path, tokenizer):
     corpus = write_jsonl(tmp_path / "c.jsonl", [prose(1), prose(2)])
+    (tmp_path / "out").mkdir()
+    for name in ("notes.txt", "train_data.bin"):  # not the build's own: a rebuild must leave them alone
+        (tmp_path / "out" / name).write_text("keep me")
     assert not build_dataset(config(tmp_path, [corpus]), tokenizer).reused
     assert build_dataset(config(tmp_path, [corpus]), tokenizer).reused
     assert not build_dataset(config(tmp_path, [corpus], min_chars=100), tokenizer).reused
     write_jsonl(corpus, [prose(1), prose(2), prose(3)])
     again = build_dataset(config(tmp_path, [corpus], min_chars=100), tokenizer)
     assert not again.reused and again.manifest["stats"]["totals"]["kept_documents"] == 3
+    assert all((tmp_path / "out" / name).read_text() == "keep me" for name in ("notes.txt", "train_data.bin"))
 
 
 def test_worker_processes_produce_identical_shards(tmp_path, tokenizer, corpus_texts):

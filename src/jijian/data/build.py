@@ -15,7 +15,7 @@ import json
 import multiprocessing
 import os
 import pickle
-import shutil
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +57,9 @@ TOKENIZER_DIR = "tokenizer"
 CHUNK_RECORDS = 64
 CHUNK_BYTES = 1 << 20
 MAX_LISTED_ERRORS = 100
+_OWN_FILE = re.compile(
+    r"((train|val)_\d{5}\.(bin|idx\.npy)|manifest\.json|report\.json|build_state\.pkl)(\.tmp(\.npy)?)?"
+)
 
 
 @dataclass(frozen=True)
@@ -327,12 +330,10 @@ def _load_state(out: Path, key: str) -> _State | None:
 
 
 def _clear(out: Path) -> None:
-    # Only our own files: an output_dir pointed at a populated directory must not lose anything else.
+    # Only files this module writes: an output_dir pointed at a populated directory keeps everything else.
     for path in out.iterdir():
-        if path.name in (MANIFEST, REPORT_FILE, STATE_FILE, TOKENIZER_DIR) or (
-            path.name.startswith(tuple(f"{s}_" for s in SPLITS)) and (".bin" in path.name or ".idx" in path.name)
-        ):
-            path.unlink() if path.is_file() else shutil.rmtree(path)
+        if path.is_file() and _OWN_FILE.fullmatch(path.name):
+            path.unlink()
 
 
 def _read_items(inputs: list[str], state: _State, text_field: str) -> Iterator[tuple[int, int, Record | BadRecord]]:
