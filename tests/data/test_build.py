@@ -242,3 +242,14 @@ def test_default_pii_redaction(text, expected):
     from jijian.data.pii import redact_contacts
 
     assert redact_contacts(text) == (text if expected is None else expected)
+
+
+def test_a_build_with_a_bound_redactor_is_reused(tmp_path, tokenizer):
+    import functools
+
+    from jijian.data.pii import redact_contacts
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [prose(1)])
+    hook = functools.partial(redact_contacts)
+    assert not build_dataset(config(tmp_path, [corpus]), tokenizer, redactor=hook).reused
+    assert build_dataset(config(tmp_path, [corpus]), tokenizer, redactor=functools.partial(redact_contacts)).reused

@@ -10,6 +10,7 @@ build resumes from the last shard instead of starting again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -293,11 +294,20 @@ def _build_key(
 ) -> str:
     # Everything that changes the output bytes; a different key means "stale: build again".
     settings = config.model_dump(mode="json", exclude={"sources", "output_dir", "workers", "strict"})
-    redactor_name = None if redactor is None else getattr(redactor, "__qualname__", repr(redactor))
+    redactor_name = None if redactor is None else _callable_name(redactor)
     blob = json.dumps(
         [settings, inputs, sizes, tokenizer.fingerprint(), redactor_name, shard_tokens], sort_keys=True
     ).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
+
+
+def _callable_name(func: Callable) -> str:
+    # Stable across processes (no memory addresses): module, qualified name and a partial's bound arguments.
+    bound = ""
+    if isinstance(func, functools.partial):
+        bound = repr((func.args, sorted(func.keywords.items())))
+        func = func.func
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', type(func).__qualname__)}{bound}"
 
 
 def _is_validation(digest: str, fraction: float) -> bool:
