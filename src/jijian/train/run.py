@@ -15,7 +15,7 @@ from rich.console import Console
 from torch.distributed.tensor import DTensor
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
-from jijian.data import TokenWindows, read_documents, resolve_sources, tokenize_documents
+from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
 from jijian.model.hf import load_hf, save_hf_state_dict
 from jijian.model.tokenizer import Tokenizer
@@ -62,16 +62,6 @@ def load_tokenizer(config: DeployConfig) -> Tokenizer:
     )
 
 
-def split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Every k-th document goes to validation (deterministic, spread over the whole corpus)."""
-    if fraction <= 0 or len(documents) < 2:
-        return documents, []
-    every = max(2, round(1 / fraction))
-    val = documents[::every]
-    train = [doc for i, doc in enumerate(documents) if i % every]
-    return train, val
-
-
 def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
     """The model shape, and the weights to start from when [model].hf_path is given (else random init)."""
     if config.model.hf_path is None:
@@ -80,25 +70,19 @@ def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.
     return model.cfg, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def _batches(config: DeployConfig) -> tuple[TokenWindows, list | None, int, int]:
-    tcfg = config.train
-    tokenizer = load_tokenizer(config)
-    files = resolve_sources(config.data.sources)
-    if not files:
-        raise TrainSetupError("data.sources is empty: name the files, directories or globs to train on")
-    documents = list(read_documents(files, config.data.text_field))
-    train_docs, val_docs = split_documents(documents, config.data.validation_fraction)
-    train_tokens = tokenize_documents(train_docs, tokenizer)
+def _batches(
+    config: DeployConfig, tokenizer: Tokenizer, console: Console | None
+) -> tuple[PackedLoader, list | None, int, int]:
+    """The packed shards of [data] (built or reused by rank 0 first) as global batches and validation batches."""
     # Every rank draws the same global batches and keeps its own rows: the layout never changes the data.
-    batches = TokenWindows(train_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed)
-    eval_batches = None
-    if val_docs:
-        val_tokens = tokenize_documents(val_docs, tokenizer)
-        if len(val_tokens) > tcfg.seq_len:
-            eval_batches = TokenWindows(val_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed).fixed_batches(
-                tcfg.eval_batches
-            )
-    return batches, eval_batches, len(train_tokens), len(files)
+    # Only rank 0 builds, so ranks never write the same shard files; the others open them afterwards.
+    if is_rank0():
+        data = open_train_loader(config, tokenizer, console=console)
+    if dist.is_initialized():
+        dist.barrier()
+    if not is_rank0():
+        data = open_train_loader(config, tokenizer, build=False)
+    return data.loader, data.eval_batches or None, data.train_tokens, data.manifest["stats"]["input_files"]
 
 
 def gather_full_state(parts: ModelParts, dims: ParallelDims) -> dict[str, torch.Tensor]:
@@ -141,7 +125,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         )
     if tcfg.seq_len > model_cfg.max_seq_len:
         raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-    batches, eval_batches, train_tokens, n_files = _batches(config)
+    batches, eval_batches, train_tokens, n_files = _batches(config, tokenizer, console)
 
     accum = tcfg.grad_accum_steps
 
@@ -194,6 +178,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "layout": layout.describe(),
                     "parameters": n_params,
                     "parameter_bytes_per_rank": _local_parameter_bytes(parts),
+                    "data_dir": str(config.data.output_dir),
                     "train_tokens": train_tokens,
                     "files": n_files,
                     "flops_per_token": throughput.flops_per_token,
