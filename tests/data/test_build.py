@@ -90,7 +90,7 @@ def test_pii_hook_redacts_by_default_and_accepts_another_redactor(tmp_path, toke
     corpus = write_jsonl(tmp_path / "c.jsonl", [text])
     result = build_dataset(config(tmp_path, [corpus]), tokenizer)
     [doc] = documents(result.directory, tokenizer)
-    assert doc == "Write to <EMAIL> or call <PHONE> about version 3.11.7 of the release.\n"
+    assert doc == "Write to [EMAIL] or call [PHONE] about version 3.11.7 of the release.\n"
     assert result.manifest["stats"]["pii_redacted_documents"] == 1
     custom = build_dataset(config(tmp_path, [corpus], output_dir=tmp_path / "custom"), tokenizer, redactor=str.upper)
     assert documents(custom.directory, tokenizer) == [text.upper()]
@@ -231,25 +231,25 @@ def test_shards_refuse_another_tokenizer_naming_both_fingerprints(tmp_path, toke
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("mail a.b@example.com now", "mail <EMAIL> now"),
-        ("call +86 138 0013 8000.", "call <PHONE>."),
-        ("(555) 123-4567", "<PHONE>"),
-        ("tel 13800138000", "tel <PHONE>"),
+        ("mail a.b@example.com now", "mail [EMAIL] now"),
+        ("call +86 138 0013 8000.", "call [PHONE]."),
+        ("tel 13800138000", "tel [PHONE]"),
+        ("card 4111 1111 1111 1111 ok", "card [CREDIT_CARD] ok"),
         ("python 3.11.7, port 8080, 2024-01-15, x13800138000, @decorator", None),
     ],
 )
 def test_default_pii_redaction(text, expected):
-    from jijian.data.pii import redact_contacts
+    from jijian.data.pii import redact_pii
 
-    assert redact_contacts(text) == (text if expected is None else expected)
+    assert redact_pii(text) == (text if expected is None else expected)
 
 
 def test_a_build_with_a_bound_redactor_is_reused(tmp_path, tokenizer):
     import functools
 
-    from jijian.data.pii import redact_contacts
+    from jijian.data.pii import redact_pii
 
     corpus = write_jsonl(tmp_path / "c.jsonl", [prose(1)])
-    hook = functools.partial(redact_contacts)
+    hook = functools.partial(redact_pii)
     assert not build_dataset(config(tmp_path, [corpus]), tokenizer, redactor=hook).reused
-    assert build_dataset(config(tmp_path, [corpus]), tokenizer, redactor=functools.partial(redact_contacts)).reused
+    assert build_dataset(config(tmp_path, [corpus]), tokenizer, redactor=functools.partial(redact_pii)).reused

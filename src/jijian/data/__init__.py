@@ -14,7 +14,7 @@ _EXPORTS = {
     "build_dataset": "jijian.data.build",
     "PackedLoader": "jijian.data.loader",
     "PackedTokens": "jijian.data.loader",
-    "redact_contacts": "jijian.data.pii",
+    "redact_pii": "jijian.data.pii",
     "DatasetError": "jijian.data.shards",
     "read_manifest": "jijian.data.shards",
     "python_stdlib_files": "jijian.data.sources",
@@ -39,7 +39,7 @@ __all__ = [
     "python_stdlib_files",
     "read_documents",
     "read_manifest",
-    "redact_contacts",
+    "redact_pii",
     "resolve_inputs",
     "resolve_sources",
     "tokenize_documents",
@@ -48,7 +48,7 @@ __all__ = [
 if TYPE_CHECKING:
     from jijian.data.build import BuildResult, build_dataset
     from jijian.data.loader import PackedLoader, PackedTokens
-    from jijian.data.pii import redact_contacts
+    from jijian.data.pii import redact_pii
     from jijian.data.shards import DatasetError, read_manifest
     from jijian.data.sources import python_stdlib_files, read_documents, resolve_inputs, resolve_sources
     from jijian.data.tokens import TokenWindows, tokenize_documents

@@ -32,7 +32,7 @@ from rich.console import Console
 from jijian.config import DataConfig
 from jijian.data.clean import QualityFilter, normalize_text
 from jijian.data.dedup import Deduplicator, content_hash, minhash_signature
-from jijian.data.pii import Redactor, redact_contacts
+from jijian.data.pii import Redactor, redact_pii
 from jijian.data.progress import BuildProgress
 from jijian.data.shards import (
     FORMAT,
@@ -163,7 +163,7 @@ def build_dataset(
     sources: Sequence[str] | None = None,
     output_dir: Path | None = None,
     base_dir: Path | None = None,
-    redactor: Redactor | None = redact_contacts,
+    redactor: Redactor | None = redact_pii,
     force: bool = False,
     console: Console | None = None,
     on_shard: Callable[[ShardInfo], None] | None = None,

@@ -12,7 +12,7 @@ from rich.console import Console
 from jijian.config import DeployConfig
 from jijian.data.build import build_dataset
 from jijian.data.loader import PackedLoader, PackedTokens
-from jijian.data.pii import Redactor, redact_contacts
+from jijian.data.pii import Redactor, redact_pii
 from jijian.data.shards import DatasetError
 from jijian.model.tokenizer import Tokenizer
 
@@ -40,7 +40,7 @@ def open_train_loader(
     *,
     build: bool = True,
     console: Console | None = None,
-    redactor: Redactor | None = redact_contacts,
+    redactor: Redactor | None = redact_pii,
 ) -> TrainingData:
     """Shards of [data] (built from its sources first when they are missing or stale) as this rank's loader.
 
