@@ -22,6 +22,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 # Sub-command groups that live in their own modules (jijian.cli.<area>), one line each:
+from jijian.cli.kb import kb_app  # noqa: E402
+
+app.add_typer(kb_app, name="kb")
 
 
 @config_app.command("check")

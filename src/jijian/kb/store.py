@@ -28,6 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from jijian.config import KBConfig
 from jijian.config.errors import UserInputError
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import parse_filter, to_sql
@@ -544,3 +545,17 @@ class KnowledgeBase:
         for collection in self._open.values():
             collection.close()
         self._open.clear()
+
+
+def open_knowledge_base(config: KBConfig) -> KnowledgeBase:
+    """The store described by a `[kb]` config section."""
+    if config.backend == "milvus":
+        from jijian.kb.milvus import MilvusKnowledgeBase
+
+        return MilvusKnowledgeBase(config)  # type: ignore[return-value]
+    defaults = IndexParams(
+        kind=config.index, metric=config.metric, hnsw_m=config.hnsw_m, ef_construction=config.ef_construction,
+        ef_search=config.ef_search, nlist=config.nlist, pq_m=config.pq_m, nprobe=config.nprobe,
+    )  # fmt: skip
+    options = SearchOptions(exact_below=config.exact_search_below, checkpoint_rows=config.checkpoint_rows)
+    return KnowledgeBase(config.path, options, defaults)
