@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
@@ -166,7 +167,12 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
 
 def create_kb_app(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None = None) -> FastAPI:
     """A standalone app serving only the knowledge base (OpenAPI docs at /docs)."""
-    app = FastAPI(title="jijian knowledge base", version="0.1.0")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        kb.close()  # checkpoint the indexes so the next start replays nothing
+
+    app = FastAPI(title="jijian knowledge base", version="0.1.0", lifespan=lifespan)
     app.include_router(create_kb_router(kb, embedder))
-    app.add_event_handler("shutdown", kb.close)
     return app
