@@ -19,6 +19,9 @@ from rich.table import Table
 
 from jijian.config import ModelConfig, TrainConfig, parse_config
 from jijian.data import python_stdlib_files
+from jijian.kb import KnowledgeBase
+from jijian.kb.embed import load_embedder
+from jijian.kb.stdlib_docs import SAMPLE_QUERY, build_stdlib_docs, sample_search
 from jijian.model import build_model, generate
 from jijian.model.hf import load_hf
 from jijian.model.tokenizer import train_tokenizer
@@ -38,6 +41,7 @@ def run_quickstart(
     console: Console,
     vocab_size: int = 4096,
     corpus_files: list[Path] | None = None,
+    kb_docs: int = 800,
 ) -> dict:
     """Build corpus → tokenizer → trained model → sample under `out`; returns the summary it writes.
 
@@ -114,6 +118,9 @@ def run_quickstart(
     sample = PROMPT + saved_tokenizer.decode(new)
     console.print(sample, markup=False, highlight=False)
 
+    console.rule("[bold]+ knowledge base: standard-library docstrings")
+    kb_summary = build_docs_kb(out / "kb", files, console, max_docs=kb_docs)
+
     first = result.losses.get(10, result.losses[min(result.losses)])
     # Single-step losses jitter by about ±0.2 here; the final loss is the mean of the last 10 steps.
     last_steps = sorted(result.losses)[-10:]
@@ -129,6 +136,7 @@ def run_quickstart(
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "total_seconds": round(time.perf_counter() - started, 1),
         "sample": sample,
+        "kb": kb_summary,
     }
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
@@ -146,12 +154,26 @@ def run_quickstart(
     table.add_row("model (HF format)", str(run.model_dir))
     table.add_row("metrics (JSON lines)", str(run.metrics_path))
     table.add_row("resolved config", str(out / "deploy.toml"))
+    table.add_row("knowledge base", f"{kb_summary['path']} ({kb_summary['docs']} docstrings)")
     table.add_row("summary", str(out / "quickstart.json"))
     console.print(table)
     console.print(
         f"next: [bold]jijian generate {run.model_dir} 'import os'[/]  or  [bold]jijian train {out / 'deploy.toml'}[/]"
     )
     return summary
+
+
+def build_docs_kb(kb_dir: Path, files: list[Path], console: Console, max_docs: int) -> dict:
+    """Embed up to `max_docs` stdlib docstrings into a knowledge base and run a sample search."""
+    kb = KnowledgeBase(kb_dir)
+    embedder = load_embedder()
+    docs, seconds = build_stdlib_docs(kb, files, embedder, max_docs=max_docs)
+    hits = sample_search(kb, embedder)
+    kb.close()
+    console.print(f"{docs} docstrings embedded in {seconds:.0f} s -> {kb_dir}; search {SAMPLE_QUERY!r}:")
+    for hit in hits:
+        console.print(f"  {hit.id}  ({hit.metadata['source']}:{hit.metadata['line']})", markup=False, highlight=False)
+    return {"path": str(kb_dir), "docs": docs, "query": SAMPLE_QUERY, "hits": [hit.id for hit in hits]}
 
 
 def seconds_per_step(
