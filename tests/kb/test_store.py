@@ -213,3 +213,16 @@ def test_directory_layout(tmp_path):
     kb.close()
     assert {p.name for p in (tmp_path / "c").iterdir()} >= {"collection.json", "rows.sqlite", "index.faiss"}
     assert isinstance(Path(tmp_path / "c" / "rows.sqlite").stat().st_size, int)
+
+
+def test_batch_search_equals_single_searches(tmp_path):
+    col = KnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
+    rows = records(120)
+    col.insert(rows)
+    col.delete(["doc3"])
+    queries = np.stack([rows[i].vector for i in (3, 10, 50)])
+    batched = col.search_batch(queries, k=4)
+    assert [[h.id for h in hits] for hits in batched] == [[h.id for h in col.search(q, k=4)] for q in queries]
+    assert "doc3" not in [h.id for h in batched[0]]
+    with pytest.raises(KBError, match="shape"):
+        col.search_batch(np.ones((2, 3)), k=4)

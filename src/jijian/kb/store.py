@@ -336,21 +336,38 @@ class Collection:
             return None
         return " AND ".join(clauses), params
 
-    def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
-        if not ranked:
-            return []
-        rows = {
-            row[0]: row
-            for row in self.db.execute(
-                "SELECT rowid, id, text, metadata, readers FROM rows WHERE rowid IN (SELECT value FROM json_each(?))",
-                (json.dumps([rowid for rowid, _ in ranked]),),
-            )
-        }
+    def _rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, tuple]:
+        if not rowids:
+            return {}
+        found = self.db.execute(
+            "SELECT rowid, id, text, metadata, readers FROM rows WHERE rowid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(rowids)),),
+        )
+        return {row[0]: row for row in found}
+
+    @staticmethod
+    def _to_hits(ranked: list[tuple[int, float]], rows: dict[int, tuple]) -> list[Hit]:
         return [
             Hit(row[1], float(score), row[2], json.loads(row[3]), None if row[4] is None else json.loads(row[4]))
             for rowid, score in ranked
             if (row := rows.get(rowid)) is not None
         ]
+
+    def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
+        return self._to_hits(ranked, self._rows_by_rowid([rowid for rowid, _ in ranked]))
+
+    def search_batch(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Unfiltered vector search for many queries at once (one FAISS call, one SQLite read)."""
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
+        selector = None
+        if self.tombstones:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64)))
+        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, selector)
+        ranked = [self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)]
+        rows = self._rows_by_rowid(sorted({rowid for ranking in ranked for rowid, _ in ranking}))
+        return [self._to_hits(ranking, rows) for ranking in ranked]
 
     def _vector_ranking(
         self, query: np.ndarray, k: int, condition: tuple[str, list[Any]] | None
