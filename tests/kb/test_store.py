@@ -226,3 +226,14 @@ def test_batch_search_equals_single_searches(tmp_path):
     assert "doc3" not in [h.id for h in batched[0]]
     with pytest.raises(KBError, match="shape"):
         col.search_batch(np.ones((2, 3)), k=4)
+
+
+def test_filtered_results_follow_writes(tmp_path):
+    col = KnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
+    rows = records(50)
+    col.insert(rows)
+    assert len(col.search(rows[0].vector, k=50, filter="group == 'cat'")) == 13
+    col.insert([Record("new", rows[0].vector, "", {"group": "cat"})])
+    assert "new" in [h.id for h in col.search(rows[0].vector, k=50, filter="group == 'cat'")]
+    col.delete(["new", "doc0"])
+    assert len(col.search(rows[0].vector, k=50, filter="group == 'cat'")) == 12

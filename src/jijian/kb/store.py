@@ -21,11 +21,10 @@ import sqlite3
 import struct
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from jijian.config import KBConfig
@@ -113,6 +112,7 @@ class Collection:
         self.index, self.watermark = self._load_index()
         self.rows_since_checkpoint = self._replay()
         self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
+        self._filter_cache: dict[tuple[str, str], tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]] = {}
 
     def _create_tables(self) -> None:
         self.db.executescript(
@@ -194,6 +194,10 @@ class Collection:
         self.db.execute("DELETE FROM tombstones")
         self.tombstones = set()
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the HNSW search breadth of this open collection (recall/speed trade-off)."""
+        self.params = self.index.params = replace(self.params, ef_search=ef_search)
+
     def compact(self) -> int:
         """Rebuild the index from live rows (drops tombstones); returns how many were dropped."""
         dropped = len(self.tombstones)
@@ -240,6 +244,7 @@ class Collection:
         if len(set(ids)) != len(ids):
             raise KBError("records: the same id appears twice in one request")
         new_rowids = []
+        self._filter_cache.clear()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             if replace:
@@ -292,6 +297,7 @@ class Collection:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete records by id; returns how many existed."""
+        self._filter_cache.clear()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             deleted = self._delete_rows(ids)
@@ -361,10 +367,7 @@ class Collection:
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
-        selector = None
-        if self.tombstones:
-            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64)))
-        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, selector)
+        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self.tombstones)
         ranked = [self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)]
         rows = self._rows_by_rowid(sorted({rowid for ranking in ranked for rowid, _ in ranking}))
         return [self._to_hits(ranking, rows) for ranking in ranked]
@@ -374,28 +377,41 @@ class Collection:
     ) -> list[tuple[int, float]]:
         query = prepare(query.reshape(1, -1), self.params.metric)
         if condition is None:
-            selector = None
-            if self.tombstones:
-                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64)))
-            scores, rowids = self.index.search(query, k, selector)
+            scores, rowids = self.index.search(query, k, exclude=self.tombstones)
             return self._ranked(scores[0], rowids[0])
-        sql, params = condition
-        allowed = np.array(
-            [row[0] for row in self.db.execute(f"SELECT rowid FROM rows WHERE {sql}", params)], dtype=np.int64
-        )
+        allowed = self._allowed(condition)
         if len(allowed) == 0:
             return []
         if len(allowed) > self.options.exact_below:
-            selector = faiss.IDSelectorBatch(allowed)
-            scores, rowids = self.index.search(query, k, selector, ef_search=max(self.params.ef_search, 4 * k))
+            scores, rowids = self.index.search(query, k, allow=allowed, ef_search=max(self.params.ef_search, 4 * k))
             ranked = self._ranked(scores[0], rowids[0])
             if len(ranked) >= min(k, len(allowed)):
                 return ranked
         # Exact search over the allowed set: selective filters keep full recall and never return < k.
-        rowids, vectors = self._live_rows(rowids=allowed.tolist())
+        rowids, vectors = self._allowed_vectors(condition, allowed)
         scores = -((vectors - query) ** 2).sum(axis=1) if self.params.metric == "l2" else vectors @ query[0]
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(rowids[i]), self._similarity(float(scores[i]), exact=True)) for i in top]
+
+    def _allowed(self, condition: tuple[str, list[Any]]) -> np.ndarray:
+        # Evaluating a JSON filter scans every row; the same filter (or principal) usually repeats,
+        # so its rowids are kept until the next write.
+        key = (condition[0], json.dumps(condition[1]))
+        if key not in self._filter_cache:
+            if len(self._filter_cache) >= 64:
+                self._filter_cache.clear()
+            found = self.db.execute(f"SELECT rowid FROM rows WHERE {condition[0]}", condition[1])
+            self._filter_cache[key] = (np.array([row[0] for row in found], dtype=np.int64), None)
+        return self._filter_cache[key][0]
+
+    def _allowed_vectors(self, condition: tuple[str, list[Any]], allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (condition[0], json.dumps(condition[1]))
+        cached = self._filter_cache.get(key)
+        if cached is not None and cached[1] is not None:
+            return cached[1]
+        rows = self._live_rows(rowids=allowed.tolist())
+        self._filter_cache[key] = (allowed, rows)
+        return rows
 
     def _similarity(self, score: float, exact: bool = False) -> float:
         # FAISS L2 returns squared distances; report "higher is better" for every metric.

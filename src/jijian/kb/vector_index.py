@@ -6,6 +6,8 @@ exact (flat) index and are rebuilt as IVF once `train_min_rows` vectors exist.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import faiss
@@ -45,32 +47,36 @@ def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
 
 
 class VectorIndex:
-    """A FAISS index over (rowid, vector) pairs with search restricted by an optional ID selector."""
+    """A FAISS index whose i-th vector is the row with rowid `labels[i]`; search can be limited to rowids.
 
-    def __init__(self, dim: int, params: IndexParams, index: faiss.Index | None = None) -> None:
+    Rowids are added in increasing order, so `labels` stays sorted and a rowid's position is a binary
+    search away. (An IndexIDMap would do the translation inside FAISS, but it runs an OpenMP loop per
+    call, which costs 10x on one-query searches on a busy machine.)
+    """
+
+    def __init__(self, dim: int, params: IndexParams, index: faiss.Index | None = None, labels=None) -> None:
         self.dim, self.params = dim, params
+        # deserialize_index already returns the concrete class (IndexHNSWFlat...), which owns the C++ object.
         self.index = index if index is not None else self._empty(trained=False)
+        self.labels = np.zeros(0, dtype=np.int64) if labels is None else labels
 
     def _empty(self, trained: bool) -> faiss.Index:
         p, metric = self.params, _faiss_metric(self.params.metric)
         if p.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, p.hnsw_m, metric)
-            inner.hnsw.efConstruction = p.ef_construction
-            inner.hnsw.efSearch = p.ef_search
+            index = faiss.IndexHNSWFlat(self.dim, p.hnsw_m, metric)
+            index.hnsw.efConstruction = p.ef_construction
+            index.hnsw.efSearch = p.ef_search
         elif p.kind.startswith("ivf") and trained:
             quantizer = faiss.IndexFlat(self.dim, metric)
             if p.kind == "ivf_flat":
-                inner = faiss.IndexIVFFlat(quantizer, self.dim, p.nlist, metric)
+                index = faiss.IndexIVFFlat(quantizer, self.dim, p.nlist, metric)
             else:
-                inner = faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, 8, metric)
-            inner.nprobe = p.nprobe
-            inner.own_fields = True
+                index = faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, 8, metric)
+            index.nprobe = p.nprobe
+            index.own_fields = True
             quantizer.this.disown()
         else:
-            inner = faiss.IndexFlat(self.dim, metric)
-        index = faiss.IndexIDMap2(inner)
-        inner.this.disown()
-        index.own_fields = True
+            index = faiss.IndexFlat(self.dim, metric)
         return index
 
     @property
@@ -81,43 +87,73 @@ class VectorIndex:
     @property
     def needs_training(self) -> bool:
         """True while an IVF collection still runs on its exact stand-in."""
-        inner = faiss.downcast_index(self.index.index)
-        return self.params.kind.startswith("ivf") and not isinstance(inner, faiss.IndexIVF)
+        return self.params.kind.startswith("ivf") and not isinstance(self.index, faiss.IndexIVF)
 
     def add(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add prepared vectors under their rowids."""
-        if len(rowids):
-            self.index.add_with_ids(vectors, np.ascontiguousarray(rowids, dtype=np.int64))
+        """Add prepared vectors under their rowids (larger than any already present)."""
+        if not len(rowids):
+            return
+        rowids = np.asarray(rowids, dtype=np.int64)
+        if (len(self.labels) and rowids[0] <= self.labels[-1]) or np.any(np.diff(rowids) <= 0):
+            raise ValueError("rowids must be added in increasing order")
+        self.index.add(vectors)
+        self.labels = np.concatenate([self.labels, rowids])
 
     def rebuild(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the index with one over exactly these vectors (compaction, IVF training)."""
         trained = self.params.kind.startswith("ivf") and len(rowids) >= self.params.train_min_rows
-        self.index = self._empty(trained=trained)
+        self.index, self.labels = self._empty(trained=trained), np.zeros(0, dtype=np.int64)
         if trained:
             self.index.train(vectors)
         self.add(rowids, vectors)
 
+    def _selector(
+        self, allow: np.ndarray | None, exclude: Iterable[int] | None
+    ) -> tuple[faiss.IDSelector, np.ndarray] | None:
+        if allow is None and not exclude:
+            return None
+        mask = np.zeros(len(self.labels), dtype=bool) if allow is not None else np.ones(len(self.labels), dtype=bool)
+        for rowids, keep in ((allow, True), (None if exclude is None else np.fromiter(exclude, dtype=np.int64), False)):
+            if rowids is None or not len(rowids):
+                continue
+            positions = np.searchsorted(self.labels, rowids)
+            inside = positions < len(self.labels)
+            positions, rowids = positions[inside], rowids[inside]
+            mask[positions[self.labels[positions] == rowids]] = keep
+        bitmap = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap  # the bitmap must outlive the search
+
     def search(
-        self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None, ef_search: int | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allow: np.ndarray | None = None,
+        exclude: Iterable[int] | None = None,
+        ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rowids) per query; rowid -1 pads missing results."""
-        inner = faiss.downcast_index(self.index.index)
-        if isinstance(inner, faiss.IndexHNSW):
+        """Top-k (scores, rowids) per query among `allow` (all if None) minus `exclude`; rowid -1 pads."""
+        if isinstance(self.index, faiss.IndexHNSW):
             params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.params.ef_search, k))
-        elif isinstance(inner, faiss.IndexIVF):
+        elif isinstance(self.index, faiss.IndexIVF):
             params = faiss.SearchParametersIVF(nprobe=self.params.nprobe)
         else:
             params = faiss.SearchParameters()
+        selector = self._selector(allow, exclude)
         if selector is not None:
-            params.sel = selector
-        return self.index.search(queries, k, params=params)
+            params.sel = selector[0]
+        scores, positions = self.index.search(queries, k, params=params)
+        rowids = np.where(positions >= 0, self.labels[np.maximum(positions, 0)], -1) if len(self.labels) else positions
+        return scores, rowids
 
     def to_bytes(self) -> bytes:
-        """The serialised index."""
-        return faiss.serialize_index(self.index).tobytes()
+        """The serialised index followed by its labels."""
+        data = faiss.serialize_index(self.index).tobytes()
+        return struct.pack("<q", len(data)) + data + self.labels.tobytes()
 
     @classmethod
     def from_bytes(cls, dim: int, params: IndexParams, data: bytes) -> VectorIndex:
         """Load an index written by `to_bytes`."""
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(dim, params, index)
+        (length,) = struct.unpack("<q", data[:8])
+        index = faiss.deserialize_index(np.frombuffer(data[8 : 8 + length], dtype=np.uint8))
+        labels = np.frombuffer(data[8 + length :], dtype=np.int64).copy()
+        return cls(dim, params, index, labels)
