@@ -12,7 +12,7 @@ recall@10 against the exact top-10 within that bucket.
 
 Chroma applies `ef_search` only from its collection configuration, so it is measured at one
 efSearch (64); Milvus Lite answers one query at a time slowly (~60 ms), so its single-query figure
-uses 100 queries.
+uses 20 queries.
 
     .venv/bin/python benchmarks/vector_search.py --quick   # 20k vectors, 300 queries, about two minutes
     .venv/bin/python benchmarks/vector_search.py           # 200k vectors, 1k queries (tens of minutes on 2 cores)
@@ -223,7 +223,7 @@ def bench_milvus(data, queries, truth, workdir: Path) -> System:
         lambda q: many(q[None])[0],
         many,
         efs=(16, 64, 256),
-        single_n=100,
+        single_n=20,
     )
     client.close()
     return system
