@@ -14,7 +14,9 @@ from jijian.cli.quickstart import PROMPT, run_quickstart, seconds_per_step
 def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, stdlib_paths):
     out = tmp_path / "qs"
     with (tmp_path / "log").open("w") as log:
-        summary = run_quickstart(out, minutes=1, steps=12, console=Console(file=log), corpus_files=stdlib_paths)
+        summary = run_quickstart(
+            out, minutes=1, steps=12, console=Console(file=log), corpus_files=stdlib_paths, kb_docs=60
+        )
     for name in (
         "data/manifest.json",
         "data/train_00000.bin",
@@ -40,6 +42,9 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
     # The exported model is a plain transformers model.
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
     assert AutoTokenizer.from_pretrained(out / "model").eos_token == "<|end_of_text|>"
+    # The knowledge base over the corpus files' docstrings answers its sample search.
+    assert summary["kb"]["docs"] > 0 and len(summary["kb"]["hits"]) == min(3, summary["kb"]["docs"])
+    assert (out / "kb" / "stdlib-docs" / "rows.sqlite").is_file()
 
 
 def logged_records(out):

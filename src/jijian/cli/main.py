@@ -10,6 +10,7 @@ import typer
 from jijian.cli.common import err_console, reports_errors
 from jijian.cli.data import data_app
 from jijian.cli.guard import guard_app
+from jijian.cli.kb import kb_app
 from jijian.cli.plan import plan_app
 from jijian.cli.train import train_app
 
@@ -30,6 +31,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(plan_app, name="plan")
 app.add_typer(guard_app, name="guard")
 app.add_typer(data_app, name="data")
+app.add_typer(kb_app, name="kb")
 
 
 @config_app.command("check")

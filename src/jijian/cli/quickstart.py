@@ -21,6 +21,9 @@ from rich.table import Table
 
 from jijian.config import DataConfig, ModelConfig, TrainConfig, parse_config
 from jijian.data import build_dataset, python_stdlib_files
+from jijian.kb import KnowledgeBase
+from jijian.kb.embed import load_embedder
+from jijian.kb.stdlib_docs import SAMPLE_QUERY, build_stdlib_docs, sample_search
 from jijian.model import build_model, generate
 from jijian.model.hf import load_hf
 from jijian.model.tokenizer import train_tokenizer
@@ -40,6 +43,7 @@ def run_quickstart(
     console: Console,
     vocab_size: int = 4096,
     corpus_files: list[Path] | None = None,
+    kb_docs: int = 800,
 ) -> dict:
     """Build tokenizer → shards → trained model → sample under `out`; returns the summary it writes.
 
@@ -51,7 +55,7 @@ def run_quickstart(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    console.rule("[bold]1/4 tokenizer: byte-level BPE on the Python standard library")
+    console.rule("[bold]1/5 tokenizer: byte-level BPE on the Python standard library")
     files = corpus_files if corpus_files is not None else python_stdlib_files()
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(_prefix_by_bytes(_read_texts(files), TOKENIZER_BYTES), vocab_size=vocab_size)
@@ -59,7 +63,7 @@ def run_quickstart(
     tokenizer.save(tokenizer_dir)
     console.print(f"vocab {tokenizer.vocab_size} trained in {time.perf_counter() - t0:.0f} s -> {tokenizer_dir}")
 
-    console.rule("[bold]2/4 data: clean, de-duplicate, tokenise, pack into shards")
+    console.rule("[bold]2/5 data: clean, de-duplicate, tokenise, pack into shards")
     data_section = {
         "sources": [str(path) for path in files],
         "output_dir": str(out / "data"),
@@ -76,7 +80,7 @@ def run_quickstart(
         f"({build.elapsed_s:.0f} s)"
     )
 
-    console.rule("[bold]3/4 train llama-tiny")
+    console.rule("[bold]3/5 train llama-tiny")
     model_section = {"preset": "llama-tiny", "vocab_size": tokenizer.vocab_size}
     if steps is None:
         seconds = seconds_per_step(model_section, BATCH_SIZE, SEQ_LEN)
@@ -115,7 +119,7 @@ def run_quickstart(
     run = run_training(config, console=console)
     result = run.result
 
-    console.rule("[bold]4/4 sample")
+    console.rule("[bold]4/5 sample")
     # Sample from the saved directory, not the in-memory model: proves the export stands on its own.
     model, saved_tokenizer = load_hf(run.model_dir)
     saved_tokenizer = saved_tokenizer or tokenizer
@@ -123,6 +127,9 @@ def run_quickstart(
     new = generate(model, ids, 80, temperature=0.7, top_k=40, eos_id=saved_tokenizer.eos_id, seed=0)
     sample = PROMPT + saved_tokenizer.decode(new)
     console.print(sample, markup=False, highlight=False)
+
+    console.rule("[bold]5/5 knowledge base: standard-library docstrings")
+    kb_summary = build_docs_kb(out / "kb", files, console, max_docs=kb_docs)
 
     first = result.losses.get(10, result.losses[min(result.losses)])
     # Single-step losses jitter by about ±0.2 here; the final loss is the mean of the last 10 steps.
@@ -139,6 +146,7 @@ def run_quickstart(
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "total_seconds": round(time.perf_counter() - started, 1),
         "sample": sample,
+        "kb": kb_summary,
     }
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
@@ -156,12 +164,26 @@ def run_quickstart(
     table.add_row("model (HF format)", str(run.model_dir))
     table.add_row("metrics (JSON lines)", str(run.metrics_path))
     table.add_row("resolved config", str(out / "deploy.toml"))
+    table.add_row("knowledge base", f"{kb_summary['path']} ({kb_summary['docs']} docstrings)")
     table.add_row("summary", str(out / "quickstart.json"))
     console.print(table)
     console.print(
         f"next: [bold]jijian generate {run.model_dir} 'import os'[/]  or  [bold]jijian train {out / 'deploy.toml'}[/]"
     )
     return summary
+
+
+def build_docs_kb(kb_dir: Path, files: list[Path], console: Console, max_docs: int) -> dict:
+    """Embed up to `max_docs` stdlib docstrings into a knowledge base and run a sample search."""
+    kb = KnowledgeBase(kb_dir)
+    embedder = load_embedder()
+    docs, seconds = build_stdlib_docs(kb, files, embedder, max_docs=max_docs)
+    hits = sample_search(kb, embedder)
+    kb.close()
+    console.print(f"{docs} docstrings embedded in {seconds:.0f} s -> {kb_dir}; search {SAMPLE_QUERY!r}:")
+    for hit in hits:
+        console.print(f"  {hit.id}  ({hit.metadata['source']}:{hit.metadata['line']})", markup=False, highlight=False)
+    return {"path": str(kb_dir), "docs": docs, "query": SAMPLE_QUERY, "hits": [hit.id for hit in hits]}
 
 
 def seconds_per_step(

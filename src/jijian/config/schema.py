@@ -241,6 +241,19 @@ class KBConfig(Section):
     embedding_model: str = "all-MiniLM-L6-v2"
     index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
     metric: Literal["cosine", "ip", "l2"] = "cosine"
+    backend: Literal["embedded", "milvus"] = "embedded"
+    uri: str | None = None
+    hnsw_m: int = Field(default=16, ge=2, le=256)
+    ef_construction: int = Field(default=200, ge=1)
+    ef_search: int = Field(default=64, ge=1)
+    nlist: int = Field(default=256, ge=1)
+    pq_m: int = Field(default=16, ge=1)
+    nprobe: int = Field(default=16, ge=1)
+    exact_search_below: int = Field(default=20_000, ge=0)
+    checkpoint_rows: int = Field(default=10_000, ge=1)
+    chunk_tokens: int = Field(default=256, ge=16)
+    chunk_overlap: int = Field(default=32, ge=0)
+    embed_batch_size: int = Field(default=64, ge=1)
 
 
 class ServeConfig(Section):

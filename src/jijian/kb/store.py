@@ -1,0 +1,594 @@
+"""The embedded collection store: SQLite (rows, metadata, FTS5) + a FAISS index, durable across kill -9.
+
+Durability: every write is one SQLite transaction in WAL mode with `synchronous=FULL`, so a write
+is on disk when the call returns (NORMAL could lose the last commits on power loss, and an
+acknowledged insert must survive). Rowids only grow (AUTOINCREMENT); the FAISS index file records
+the highest rowid it contains (its watermark) and is replaced atomically (write, fsync, rename).
+On open, rows above the watermark are replayed into the index, so the index is always consistent
+with SQLite whatever moment the process died at.
+
+Deletes and upserts remove the row and record its rowid as a tombstone; searches exclude
+tombstones inside FAISS (an ID selector), and `compact()` rebuilds the index without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import struct
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jijian.config import KBConfig
+from jijian.config.errors import UserInputError
+from jijian.guard.principals import Principal, validate_readers
+from jijian.kb.filters import parse_filter, to_sql
+from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
+
+SEARCH_MODES = ("vector", "lexical", "hybrid")
+RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al.): damps the weight of the very top ranks
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_INDEX_MAGIC = b"JJKBIDX1"
+
+
+class KBError(UserInputError):
+    """A bad request to the knowledge base (unknown collection, wrong dimension, duplicate id...)."""
+
+
+class CollectionNotFound(KBError):
+    """The named collection does not exist."""
+
+
+@dataclass
+class Record:
+    """One row of a collection."""
+
+    id: str | None
+    vector: Sequence[float] | np.ndarray | None
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    readers: list[str] | None = None
+
+
+@dataclass
+class Hit:
+    """One search result; `score` is similarity (higher is better) or the fused RRF score."""
+
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    readers: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Tuning knobs shared by every collection of a store."""
+
+    exact_below: int = 20_000  # filtered sets at most this large are searched exactly (recall 1.0)
+    checkpoint_rows: int = 10_000  # rewrite the index file after this many new rows (bounds replay time)
+
+
+def fts_query(text: str) -> str:
+    """A user's words as a safe FTS5 query: each word quoted, any may match (BM25 ranks them)."""
+    words = re.findall(r"\w+", text)
+    return " OR ".join('"' + word + '"' for word in words)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Collection:
+    """One collection: a directory with `rows.sqlite`, `index.faiss` and `collection.json`."""
+
+    def __init__(self, directory: Path, options: SearchOptions | None = None) -> None:
+        self.directory = directory
+        self.options = options or SearchOptions()
+        spec = json.loads((directory / "collection.json").read_text(encoding="utf-8"))
+        self.name: str = spec["name"]
+        self.dim: int = spec["dim"]
+        self.params = IndexParams(**spec["index"])
+        self.db = sqlite3.connect(directory / "rows.sqlite", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._create_tables()
+        self.index, self.watermark = self._load_index()
+        self.rows_since_checkpoint = self._replay()
+        self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
+        self._filter_cache: dict[tuple[str, str], tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]] = {}
+
+    def _create_tables(self) -> None:
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS rows (
+                rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                vector BLOB NOT NULL,
+                text TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                readers TEXT
+            );
+            CREATE TABLE IF NOT EXISTS tombstones (rowid INTEGER PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS sources (path TEXT PRIMARY KEY, sha256 TEXT NOT NULL, ids TEXT NOT NULL);
+            CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text);
+            """
+        )
+
+    # -- the index file and crash recovery ------------------------------------------------------
+
+    def _load_index(self) -> tuple[VectorIndex, int]:
+        path = self.directory / "index.faiss"
+        if not path.exists():
+            return VectorIndex(self.dim, self.params), 0
+        data = path.read_bytes()
+        if data[:8] != _INDEX_MAGIC:
+            raise KBError(f"{path}: not a jijian index file")
+        (watermark,) = struct.unpack("<q", data[8:16])
+        return VectorIndex.from_bytes(self.dim, self.params, data[16:]), watermark
+
+    def _replay(self) -> int:
+        # Rows acknowledged after the last index checkpoint: add them now (the write-ahead part).
+        rowids, vectors = self._live_rows(after=self.watermark)
+        self._index_add(rowids, vectors)
+        # Rows deleted after the checkpoint were never in the loaded index, so they need no tombstone.
+        self.db.execute("DELETE FROM tombstones WHERE rowid > ?", (self.watermark,))
+        return len(rowids)
+
+    def _live_rows(self, after: int = 0, rowids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if rowids is None:
+            cursor = self.db.execute("SELECT rowid, vector FROM rows WHERE rowid > ? ORDER BY rowid", (after,))
+        else:
+            ids = list(rowids)
+            cursor = self.db.execute(
+                "SELECT rowid, vector FROM rows WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+                (json.dumps(ids),),
+            )
+        found = cursor.fetchall()
+        ids_out = np.array([row[0] for row in found], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32).reshape(-1, self.dim)
+        return ids_out, vectors
+
+    def _index_add(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
+        if not len(rowids):
+            return
+        if self.index.needs_training and self.count() >= self.params.train_min_rows:
+            all_ids, all_vectors = self._live_rows()
+            self.index.rebuild(all_ids, all_vectors)
+            self.checkpoint()  # before forgetting tombstones: an older index file may still hold them
+            self.tombstones_clear()
+        else:
+            self.index.add(rowids, vectors)
+
+    def checkpoint(self) -> None:
+        """Write the index file atomically with its watermark, so reopening replays nothing."""
+        watermark = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='rows'").fetchone()
+        watermark = watermark[0] if watermark else 0
+        tmp = self.directory / "index.faiss.tmp"
+        with tmp.open("wb") as handle:
+            handle.write(_INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.directory / "index.faiss")
+        _fsync_dir(self.directory)
+        self.watermark, self.rows_since_checkpoint = watermark, 0
+
+    def tombstones_clear(self) -> None:
+        """Forget tombstones: the index no longer holds them."""
+        self.db.execute("DELETE FROM tombstones")
+        self.tombstones = set()
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the HNSW search breadth of this open collection (recall/speed trade-off)."""
+        self.params = self.index.params = replace(self.params, ef_search=ef_search)
+
+    def compact(self) -> int:
+        """Rebuild the index from live rows (drops tombstones); returns how many were dropped."""
+        dropped = len(self.tombstones)
+        rowids, vectors = self._live_rows()
+        self.index.rebuild(rowids, vectors)
+        self.checkpoint()
+        self.tombstones_clear()
+        return dropped
+
+    def close(self) -> None:
+        """Checkpoint the index and close SQLite."""
+        if self.rows_since_checkpoint or self.tombstones:
+            self.checkpoint()
+        self.db.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _check_vectors(self, records: Sequence[Record]) -> np.ndarray:
+        vectors = []
+        for i, record in enumerate(records):
+            vector = np.asarray(record.vector, dtype=np.float32)
+            if vector.ndim != 1 or vector.shape[0] != self.dim:
+                raise KBError(
+                    f"record {i} ({record.id!r}): vector has dimension {vector.shape[-1] if vector.ndim else 0}, "
+                    f"collection {self.name!r} expects {self.dim}"
+                )
+            if not np.all(np.isfinite(vector)):
+                raise KBError(f"record {i} ({record.id!r}): vector contains NaN or infinity")
+            vectors.append(vector)
+        return prepare(np.stack(vectors), self.params.metric) if vectors else np.zeros((0, self.dim), np.float32)
+
+    def _write(self, records: Sequence[Record], replace: bool) -> list[str]:
+        vectors = self._check_vectors(records)
+        rows, ids = [], []
+        for i, record in enumerate(records):
+            record_id = record.id if record.id is not None else uuid.uuid4().hex
+            if not isinstance(record_id, str) or not record_id:
+                raise KBError(f"record {i}: id must be a non-empty string")
+            if not isinstance(record.metadata, dict):
+                raise KBError(f"record {i} ({record_id!r}): metadata must be a JSON object")
+            readers = validate_readers(record.readers, where=f"record {i} ({record_id!r}) readers")
+            rows.append((record_id, vectors[i].tobytes(), record.text or "", json.dumps(record.metadata), readers))
+            ids.append(record_id)
+        if len(set(ids)) != len(ids):
+            raise KBError("records: the same id appears twice in one request")
+        new_rowids = []
+        self._filter_cache.clear()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if replace:
+                self._delete_rows(ids)
+            else:
+                taken = self.db.execute(
+                    "SELECT id FROM rows WHERE id IN (SELECT value FROM json_each(?)) LIMIT 1", (json.dumps(ids),)
+                ).fetchone()
+                if taken:
+                    raise KBError(f"id {taken[0]!r} already exists in {self.name!r} (use upsert to replace it)")
+            for record_id, blob, text, metadata, readers in rows:
+                cursor = self.db.execute(
+                    "INSERT INTO rows (id, vector, text, metadata, readers) VALUES (?, ?, ?, ?, ?)",
+                    (record_id, blob, text, metadata, None if readers is None else json.dumps(readers)),
+                )
+                new_rowids.append(cursor.lastrowid)
+                self.db.execute("INSERT INTO fts (rowid, text) VALUES (?, ?)", (cursor.lastrowid, text))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
+            raise
+        self._index_add(np.array(new_rowids, dtype=np.int64), vectors)
+        self.rows_since_checkpoint += len(new_rowids)
+        if self.rows_since_checkpoint >= self.options.checkpoint_rows:
+            self.checkpoint()
+        return ids
+
+    def insert(self, records: Sequence[Record]) -> list[str]:
+        """Add new records (ids must be new); returns their ids. Durable when it returns."""
+        return self._write(records, replace=False)
+
+    def upsert(self, records: Sequence[Record]) -> list[str]:
+        """Add or replace records by id; returns their ids."""
+        return self._write(records, replace=True)
+
+    def _delete_rows(self, ids: Sequence[str]) -> int:
+        doomed = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT rowid FROM rows WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),)
+            )
+        ]
+        for rowid in doomed:
+            self.db.execute("DELETE FROM rows WHERE rowid = ?", (rowid,))
+            self.db.execute("DELETE FROM fts WHERE rowid = ?", (rowid,))
+            self.db.execute("INSERT OR IGNORE INTO tombstones (rowid) VALUES (?)", (rowid,))
+        self.tombstones.update(doomed)
+        return len(doomed)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete records by id; returns how many existed."""
+        self._filter_cache.clear()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = self._delete_rows(ids)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if self.index.size and len(self.tombstones) > self.index.size // 4:
+            self.compact()
+        return deleted
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Live records."""
+        return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+
+    def get(self, record_id: str) -> Record | None:
+        """The record with this id, or None."""
+        row = self.db.execute(
+            "SELECT id, vector, text, metadata, readers FROM rows WHERE id = ?", (record_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        vector = np.frombuffer(row[1], dtype=np.float32).copy()
+        return Record(row[0], vector, row[2], json.loads(row[3]), None if row[4] is None else json.loads(row[4]))
+
+    def _condition(self, filter_expr: str | None, principal: Principal | None) -> tuple[str, list[Any]] | None:
+        clauses, params = [], []
+        if filter_expr:
+            sql, sql_params = to_sql(parse_filter(filter_expr), "rows.metadata")
+            clauses.append(sql)
+            params.extend(sql_params)
+        if principal is not None and not principal.is_admin:
+            # The ACL is a condition like any filter: applied before ranking, never to a top-k afterwards.
+            clauses.append(
+                "(rows.readers IS NULL OR EXISTS (SELECT 1 FROM json_each(rows.readers) "
+                "WHERE value IN (SELECT value FROM json_each(?))))"
+            )
+            params.append(json.dumps(sorted(principal.reader_tokens())))
+        if not clauses:
+            return None
+        return " AND ".join(clauses), params
+
+    def _rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, tuple]:
+        if not rowids:
+            return {}
+        found = self.db.execute(
+            "SELECT rowid, id, text, metadata, readers FROM rows WHERE rowid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(rowids)),),
+        )
+        return {row[0]: row for row in found}
+
+    @staticmethod
+    def _to_hits(ranked: list[tuple[int, float]], rows: dict[int, tuple]) -> list[Hit]:
+        return [
+            Hit(row[1], float(score), row[2], json.loads(row[3]), None if row[4] is None else json.loads(row[4]))
+            for rowid, score in ranked
+            if (row := rows.get(rowid)) is not None
+        ]
+
+    def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
+        return self._to_hits(ranked, self._rows_by_rowid([rowid for rowid, _ in ranked]))
+
+    def search_batch(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Unfiltered vector search for many queries at once (one FAISS call, one SQLite read)."""
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
+        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self.tombstones)
+        ranked = [self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)]
+        rows = self._rows_by_rowid(sorted({rowid for ranking in ranked for rowid, _ in ranking}))
+        return [self._to_hits(ranking, rows) for ranking in ranked]
+
+    def _vector_ranking(
+        self, query: np.ndarray, k: int, condition: tuple[str, list[Any]] | None
+    ) -> list[tuple[int, float]]:
+        query = prepare(query.reshape(1, -1), self.params.metric)
+        if condition is None:
+            scores, rowids = self.index.search(query, k, exclude=self.tombstones)
+            return self._ranked(scores[0], rowids[0])
+        allowed = self._allowed(condition)
+        if len(allowed) == 0:
+            return []
+        if len(allowed) > self.options.exact_below:
+            scores, rowids = self.index.search(query, k, allow=allowed, ef_search=max(self.params.ef_search, 4 * k))
+            ranked = self._ranked(scores[0], rowids[0])
+            if len(ranked) >= min(k, len(allowed)):
+                return ranked
+        # Exact search over the allowed set: selective filters keep full recall and never return < k.
+        rowids, vectors = self._allowed_vectors(condition, allowed)
+        scores = -((vectors - query) ** 2).sum(axis=1) if self.params.metric == "l2" else vectors @ query[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(rowids[i]), self._similarity(float(scores[i]), exact=True)) for i in top]
+
+    def _allowed(self, condition: tuple[str, list[Any]]) -> np.ndarray:
+        # Evaluating a JSON filter scans every row; the same filter (or principal) usually repeats,
+        # so its rowids are kept until the next write.
+        key = (condition[0], json.dumps(condition[1]))
+        if key not in self._filter_cache:
+            if len(self._filter_cache) >= 64:
+                self._filter_cache.clear()
+            found = self.db.execute(f"SELECT rowid FROM rows WHERE {condition[0]}", condition[1])
+            self._filter_cache[key] = (np.array([row[0] for row in found], dtype=np.int64), None)
+        return self._filter_cache[key][0]
+
+    def _allowed_vectors(self, condition: tuple[str, list[Any]], allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (condition[0], json.dumps(condition[1]))
+        cached = self._filter_cache.get(key)
+        if cached is not None and cached[1] is not None:
+            return cached[1]
+        rows = self._live_rows(rowids=allowed.tolist())
+        self._filter_cache[key] = (allowed, rows)
+        return rows
+
+    def _similarity(self, score: float, exact: bool = False) -> float:
+        # FAISS L2 returns squared distances; report "higher is better" for every metric.
+        if self.params.metric == "l2":
+            return score if exact else -score
+        return score
+
+    def _ranked(self, scores: np.ndarray, rowids: np.ndarray) -> list[tuple[int, float]]:
+        return [(int(r), self._similarity(float(s))) for s, r in zip(scores, rowids, strict=True) if r >= 0]
+
+    def _lexical_ranking(self, text: str, k: int, condition: tuple[str, list[Any]] | None) -> list[tuple[int, float]]:
+        query = fts_query(text)
+        if not query:
+            return []
+        sql, params = condition if condition is not None else ("1", [])
+        found = self.db.execute(
+            f"SELECT fts.rowid, bm25(fts) FROM fts JOIN rows ON rows.rowid = fts.rowid "
+            f"WHERE fts MATCH ? AND {sql} ORDER BY bm25(fts) LIMIT ?",
+            [query, *params, k],
+        ).fetchall()
+        # bm25() is lower-is-better; negate so every score is higher-is-better.
+        return [(rowid, -score) for rowid, score in found]
+
+    def search(
+        self,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        *,
+        filter: str | None = None,
+        principal: Principal | None = None,
+        mode: str = "vector",
+        text: str | None = None,
+    ) -> list[Hit]:
+        """Top-k records by vector, lexical (BM25) or hybrid (RRF) ranking, within filter and ACL."""
+        if mode not in SEARCH_MODES:
+            raise KBError(f"mode {mode!r}: must be one of {', '.join(SEARCH_MODES)}")
+        if k < 1:
+            raise KBError(f"k must be at least 1, got {k}")
+        if mode != "lexical":
+            if vector is None:
+                raise KBError(f"mode {mode!r} needs a query vector")
+            query = np.asarray(vector, dtype=np.float32)
+            if query.shape != (self.dim,):
+                raise KBError(
+                    f"query vector has dimension {query.shape[-1] if query.ndim else 0}, "
+                    f"collection {self.name!r} expects {self.dim}"
+                )
+        if mode != "vector" and not text:
+            raise KBError(f"mode {mode!r} needs the query text")
+        condition = self._condition(filter, principal)
+        if mode == "vector":
+            return self._hits(self._vector_ranking(query, k, condition))
+        if mode == "lexical":
+            return self._hits(self._lexical_ranking(text or "", k, condition))
+        depth = max(k, 50)
+        fused: dict[int, float] = {}
+        for ranking in (
+            self._vector_ranking(query, depth, condition),
+            self._lexical_ranking(text or "", depth, condition),
+        ):
+            for rank, (rowid, _) in enumerate(ranking):
+                fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank + 1)
+        return self._hits(sorted(fused.items(), key=lambda item: -item[1])[:k])
+
+    # -- ingestion bookkeeping --------------------------------------------------------------------
+
+    def source_hash(self, path: str) -> str | None:
+        """The content hash recorded when `path` was last ingested."""
+        row = self.db.execute("SELECT sha256 FROM sources WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def replace_source(self, path: str, sha256: str, records: Sequence[Record]) -> list[str]:
+        """Replace every chunk of one source file by `records` and remember its content hash."""
+        row = self.db.execute("SELECT ids FROM sources WHERE path = ?", (path,)).fetchone()
+        if row:
+            self.delete(json.loads(row[0]))
+        ids = self.upsert(records)
+        self.db.execute(
+            "INSERT OR REPLACE INTO sources (path, sha256, ids) VALUES (?, ?, ?)", (path, sha256, json.dumps(ids))
+        )
+        return ids
+
+
+class KnowledgeBase:
+    """The embedded store: one directory per collection under `root`."""
+
+    def __init__(
+        self, root: Path | str, options: SearchOptions | None = None, defaults: IndexParams | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.options = options or SearchOptions()
+        self.defaults = defaults or IndexParams()
+        self._open: dict[str, Collection] = {}
+
+    def _directory(self, name: str) -> Path:
+        if not _NAME.match(name or ""):
+            raise KBError(
+                f"collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+            )
+        return self.root / name
+
+    def create_collection(
+        self, name: str, dim: int, *, metric: str | None = None, index: str | None = None
+    ) -> Collection:
+        """Create a collection of `dim`-dimensional vectors; metric and index default to the config."""
+        directory = self._directory(name)
+        if (directory / "collection.json").exists():
+            raise KBError(f"collection {name!r} already exists")
+        if not isinstance(dim, int) or dim < 1:
+            raise KBError(f"dim must be a positive integer, got {dim!r}")
+        params = IndexParams(
+            **{**asdict(self.defaults), **({"metric": metric} if metric else {}), **({"kind": index} if index else {})}
+        )
+        if params.metric not in ("cosine", "ip", "l2"):
+            raise KBError(f"metric {params.metric!r}: must be cosine, ip or l2")
+        if params.kind not in ("flat", "hnsw", "ivf_flat", "ivf_pq"):
+            raise KBError(f"index {params.kind!r}: must be flat, hnsw, ivf_flat or ivf_pq")
+        if params.kind == "ivf_pq" and dim % params.pq_m:
+            raise KBError(f"index ivf_pq: dimension {dim} is not divisible by pq_m={params.pq_m}")
+        directory.mkdir(parents=True, exist_ok=True)
+        spec = {"name": name, "dim": dim, "index": asdict(params)}
+        tmp = directory / "collection.json.tmp"
+        tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+        os.replace(tmp, directory / "collection.json")
+        return self.collection(name)
+
+    def collection(self, name: str) -> Collection:
+        """Open (once) and return an existing collection."""
+        if name not in self._open:
+            directory = self._directory(name)
+            if not (directory / "collection.json").exists():
+                raise CollectionNotFound(f"collection {name!r} does not exist under {self.root}")
+            self._open[name] = Collection(directory, self.options)
+        return self._open[name]
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        """Name, dimension, metric, index type and row count of every collection."""
+        out = []
+        for spec_path in sorted(self.root.glob("*/collection.json")):
+            collection = self.collection(spec_path.parent.name)
+            out.append(
+                {
+                    "name": collection.name,
+                    "dim": collection.dim,
+                    "metric": collection.params.metric,
+                    "index": collection.params.kind,
+                    "count": collection.count(),
+                }
+            )
+        return out
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and its files."""
+        directory = self._directory(name)
+        if not (directory / "collection.json").exists():
+            raise CollectionNotFound(f"collection {name!r} does not exist under {self.root}")
+        if name in self._open:
+            self._open.pop(name).db.close()
+        shutil.rmtree(directory)
+
+    def close(self) -> None:
+        """Checkpoint and close every open collection."""
+        for collection in self._open.values():
+            collection.close()
+        self._open.clear()
+
+
+def open_knowledge_base(config: KBConfig) -> KnowledgeBase:
+    """The store described by a `[kb]` config section."""
+    if config.backend == "milvus":
+        from jijian.kb.milvus import MilvusKnowledgeBase
+
+        return MilvusKnowledgeBase(config)  # type: ignore[return-value]
+    defaults = IndexParams(
+        kind=config.index, metric=config.metric, hnsw_m=config.hnsw_m, ef_construction=config.ef_construction,
+        ef_search=config.ef_search, nlist=config.nlist, pq_m=config.pq_m, nprobe=config.nprobe,
+    )  # fmt: skip
+    options = SearchOptions(exact_below=config.exact_search_below, checkpoint_rows=config.checkpoint_rows)
+    return KnowledgeBase(config.path, options, defaults)

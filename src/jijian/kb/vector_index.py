@@ -1,0 +1,159 @@
+"""The FAISS side of a collection: one index type chosen by config, labelled by SQLite rowid.
+
+Cosine is inner product over unit vectors. IVF indexes need training data, so they start as an
+exact (flat) index and are rebuilt as IVF once `train_min_rows` vectors exist.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the vectors of one collection are indexed."""
+
+    kind: str = "hnsw"  # flat | hnsw | ivf_flat | ivf_pq
+    metric: str = "cosine"  # cosine | ip | l2
+    hnsw_m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    nlist: int = 256
+    pq_m: int = 16
+    nprobe: int = 16
+
+    @property
+    def train_min_rows(self) -> int:
+        """Rows needed before an IVF index is trained (FAISS warns below ~39 points per centroid)."""
+        return 39 * self.nlist if self.kind.startswith("ivf") else 0
+
+
+def _faiss_metric(metric: str) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as contiguous float32, unit-normalised for cosine."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        vectors = vectors.copy()
+        faiss.normalize_L2(vectors)
+    return vectors
+
+
+class VectorIndex:
+    """A FAISS index whose i-th vector is the row with rowid `labels[i]`; search can be limited to rowids.
+
+    Rowids are added in increasing order, so `labels` stays sorted and a rowid's position is a binary
+    search away. (An IndexIDMap would do the translation inside FAISS, but it runs an OpenMP loop per
+    call, which costs 10x on one-query searches on a busy machine.)
+    """
+
+    def __init__(self, dim: int, params: IndexParams, index: faiss.Index | None = None, labels=None) -> None:
+        self.dim, self.params = dim, params
+        # deserialize_index already returns the concrete class (IndexHNSWFlat...), which owns the C++ object.
+        self.index = index if index is not None else self._empty(trained=False)
+        self.labels = np.zeros(0, dtype=np.int64) if labels is None else labels
+
+    def _empty(self, trained: bool) -> faiss.Index:
+        p, metric = self.params, _faiss_metric(self.params.metric)
+        if p.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, p.hnsw_m, metric)
+            index.hnsw.efConstruction = p.ef_construction
+            index.hnsw.efSearch = p.ef_search
+        elif p.kind.startswith("ivf") and trained:
+            quantizer = faiss.IndexFlat(self.dim, metric)
+            if p.kind == "ivf_flat":
+                index = faiss.IndexIVFFlat(quantizer, self.dim, p.nlist, metric)
+            else:
+                index = faiss.IndexIVFPQ(quantizer, self.dim, p.nlist, p.pq_m, 8, metric)
+            index.nprobe = p.nprobe
+            index.own_fields = True
+            quantizer.this.disown()
+        else:
+            index = faiss.IndexFlat(self.dim, metric)
+        return index
+
+    @property
+    def size(self) -> int:
+        """Vectors in the index, tombstoned ones included."""
+        return int(self.index.ntotal)
+
+    @property
+    def needs_training(self) -> bool:
+        """True while an IVF collection still runs on its exact stand-in."""
+        return self.params.kind.startswith("ivf") and not isinstance(self.index, faiss.IndexIVF)
+
+    def add(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add prepared vectors under their rowids (larger than any already present)."""
+        if not len(rowids):
+            return
+        rowids = np.asarray(rowids, dtype=np.int64)
+        if (len(self.labels) and rowids[0] <= self.labels[-1]) or np.any(np.diff(rowids) <= 0):
+            raise ValueError("rowids must be added in increasing order")
+        self.index.add(vectors)
+        self.labels = np.concatenate([self.labels, rowids])
+
+    def rebuild(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the index with one over exactly these vectors (compaction, IVF training)."""
+        trained = self.params.kind.startswith("ivf") and len(rowids) >= self.params.train_min_rows
+        self.index, self.labels = self._empty(trained=trained), np.zeros(0, dtype=np.int64)
+        if trained:
+            self.index.train(vectors)
+        self.add(rowids, vectors)
+
+    def _selector(
+        self, allow: np.ndarray | None, exclude: Iterable[int] | None
+    ) -> tuple[faiss.IDSelector, np.ndarray] | None:
+        if allow is None and not exclude:
+            return None
+        mask = np.zeros(len(self.labels), dtype=bool) if allow is not None else np.ones(len(self.labels), dtype=bool)
+        for rowids, keep in ((allow, True), (None if exclude is None else np.fromiter(exclude, dtype=np.int64), False)):
+            if rowids is None or not len(rowids):
+                continue
+            positions = np.searchsorted(self.labels, rowids)
+            inside = positions < len(self.labels)
+            positions, rowids = positions[inside], rowids[inside]
+            mask[positions[self.labels[positions] == rowids]] = keep
+        bitmap = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap  # the bitmap must outlive the search
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allow: np.ndarray | None = None,
+        exclude: Iterable[int] | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rowids) per query among `allow` (all if None) minus `exclude`; rowid -1 pads."""
+        if isinstance(self.index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.params.ef_search, k))
+        elif isinstance(self.index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(nprobe=self.params.nprobe)
+        else:
+            params = faiss.SearchParameters()
+        selector = self._selector(allow, exclude)
+        if selector is not None:
+            params.sel = selector[0]
+        scores, positions = self.index.search(queries, k, params=params)
+        rowids = np.where(positions >= 0, self.labels[np.maximum(positions, 0)], -1) if len(self.labels) else positions
+        return scores, rowids
+
+    def to_bytes(self) -> bytes:
+        """The serialised index followed by its labels."""
+        data = faiss.serialize_index(self.index).tobytes()
+        return struct.pack("<q", len(data)) + data + self.labels.tobytes()
+
+    @classmethod
+    def from_bytes(cls, dim: int, params: IndexParams, data: bytes) -> VectorIndex:
+        """Load an index written by `to_bytes`."""
+        (length,) = struct.unpack("<q", data[:8])
+        index = faiss.deserialize_index(np.frombuffer(data[8 : 8 + length], dtype=np.uint8))
+        labels = np.frombuffer(data[8 + length :], dtype=np.int64).copy()
+        return cls(dim, params, index, labels)
