@@ -15,7 +15,7 @@ def small_model_dir(tmp_path_factory, tokenizer):
     from jijian.config import ModelConfig
 
     cfg = ModelConfig(
-        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=tokenizer.vocab_size, max_seq_len=256
+        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=tokenizer.vocab_size, max_seq_len=512
     )
     torch.manual_seed(0)
     model = build_model(cfg)

@@ -117,8 +117,8 @@ def test_stop_strings_and_max_tokens(small_model):
     ("prompt_len", "params", "param"),
     [
         (0, SamplingParams(), "prompt"),
-        (250, SamplingParams(max_tokens=10), "max_tokens"),
-        (300, SamplingParams(), "prompt"),
+        (505, SamplingParams(max_tokens=10), "max_tokens"),
+        (600, SamplingParams(), "prompt"),
     ],
 )
 def test_requests_that_cannot_run_are_refused(small_model, prompt_len, params, param):
