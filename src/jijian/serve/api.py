@@ -354,7 +354,11 @@ def create_app(
     async def completions(request: Request) -> Any:
         authenticate(request)
         body: CompletionBody = await parse(request, CompletionBody)
-        prompt = body.prompt if isinstance(body.prompt, list) else tokenizer.encode(body.prompt, add_bos=True)
+        prompt = (
+            body.prompt
+            if isinstance(body.prompt, list)
+            else tokenizer.encode(body.prompt, add_bos=tokenizer.bos_id is not None)
+        )
         if isinstance(body.prompt, str) and not body.prompt:
             raise ApiError(400, "prompt: must not be empty", "invalid_request_error", param="prompt")
         check_length(prompt, body.max_tokens)
