@@ -22,6 +22,10 @@ app.add_typer(config_app, name="config")
 app.add_typer(tokenizer_app, name="tokenizer")
 
 # Sub-command groups that live in their own modules (jijian.cli.<area>), one line each:
+from jijian.cli.serve import model_app, serve_app  # noqa: E402
+
+app.add_typer(serve_app, name="serve")
+app.add_typer(model_app, name="model")
 
 
 @config_app.command("check")

@@ -98,6 +98,7 @@ class _Body(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    ignore_eos: bool = False  # extension (as in vLLM): generate exactly max_tokens, for benchmarks
     user: str | None = None
 
 
@@ -228,6 +229,7 @@ def create_app(
                 repetition_penalty=body.repetition_penalty,
                 seed=body.seed,
                 stop=stop,
+                ignore_eos=body.ignore_eos,
             )
         except InvalidRequestError as exc:
             raise ApiError(400, str(exc), "invalid_request_error", param=exc.param) from None
