@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import socket
 import sysconfig
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,13 +36,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import httpx
 import torch
 import transformers
-import uvicorn
 
 from jijian.model.gguf import smollm2_model_dir
 from jijian.model.hf import load_hf
 from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine
+from jijian.serve.server import serve_in_thread
 
 
 def workload(tokenizer, count: int, prompt_range: tuple[int, int], output_range: tuple[int, int], seed: int = 0):
@@ -62,23 +59,6 @@ def workload(tokenizer, count: int, prompt_range: tuple[int, int], output_range:
         new = int(torch.randint(output_range[0], output_range[1] + 1, (1,), generator=gen))
         out.append((ids[start : start + length], new))
     return out
-
-
-@contextlib.contextmanager
-def serve(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
 
 
 async def drive(url: str, requests, concurrency: int) -> tuple[float, int, list[list[int]]]:
@@ -170,7 +150,7 @@ def main() -> None:
         EngineConfig(max_num_seqs=concurrency, max_batch_tokens=2048, block_size=16, num_blocks=concurrency * 48),
     )
     app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"))
-    with serve(app) as url:
+    with serve_in_thread(app) as url:
         # Correctness first: the first request, greedy, equals transformers (tokens -> same text).
         prompt = requests[0][0]
         _, _, texts = asyncio.run(drive(url, [(prompt, 8)], 1))

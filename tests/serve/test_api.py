@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from jijian.guard.principals import Principal
 from jijian.model.generate import generate
@@ -18,6 +14,7 @@ from jijian.serve.api import ApiSettings, RateLimiter, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.rag import InMemoryRetriever, Passage
+from jijian.serve.server import serve_in_thread as running_server
 
 MODEL = "small"
 KEY = "sk-test-alice"
@@ -30,25 +27,6 @@ class FakeEmbedder:
 
     def embed(self, texts):
         return [[float(len(t)), float(t.count(" ")), 1.0] for t in texts]
-
-
-@contextlib.contextmanager
-def running_server(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def make_app(model, tokenizer, **settings):

@@ -314,13 +314,24 @@ def create_app(
             )
         return max_tokens if max_tokens is not None else limit - len(prompt)
 
-    async def first_output(outputs: AsyncIterator[RequestOutput]) -> tuple[RequestOutput | None, AsyncIterator]:
-        # Pull the first output before answering 200, so that a full queue or bad request is a 4xx, not
-        # an error in the middle of a stream.
+    async def started(
+        request: Request, prompt: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """The request's outputs, with the first one already pulled: a full queue or a bad request then
+        raises here, as a 4xx, instead of in the middle of a 200 stream."""
+        outputs = run(request, prompt, params, request_id)
         try:
-            return await outputs.__anext__(), outputs
+            head = await outputs.__anext__()
         except StopAsyncIteration:
-            return None, outputs
+            head = None
+
+        async def with_head() -> AsyncIterator[RequestOutput]:
+            if head is not None:
+                yield head
+            async for output in outputs:
+                yield output
+
+        return with_head()
 
     def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
         async def lines() -> AsyncIterator[str]:
@@ -367,14 +378,7 @@ def create_app(
         params = sampling(body, body.max_tokens or 16)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        outputs = run(request, prompt, params, request_id)
-        head, outputs = await first_output(outputs)
-
-        async def with_head() -> AsyncIterator[RequestOutput]:
-            if head is not None:
-                yield head
-            async for output in outputs:
-                yield output
+        outputs = await started(request, prompt, params, request_id)
 
         def choice(text: str, reason: str | None) -> dict:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -383,14 +387,14 @@ def create_app(
         if body.stream:
 
             async def chunks() -> AsyncIterator[dict]:
-                async for output in with_head():
+                async for output in outputs:
                     chunk = {**base, "choices": [choice(output.text_delta, output.finish_reason)]}
                     if output.finished:
                         chunk["usage"] = usage(output)
                     yield chunk
 
             return sse(chunks())
-        text, last = await collect(request, with_head())
+        text, last = await collect(request, outputs)
         return {**base, "choices": [choice(text, last.finish_reason)], "usage": usage(last)}
 
     @app.post("/v1/chat/completions")
@@ -425,14 +429,7 @@ def create_app(
         params = sampling(body, max_tokens)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        outputs = run(request, prompt, params, request_id)
-        head, outputs = await first_output(outputs)
-
-        async def with_head() -> AsyncIterator[RequestOutput]:
-            if head is not None:
-                yield head
-            async for output in outputs:
-                yield output
+        outputs = await started(request, prompt, params, request_id)
 
         base: dict[str, Any] = {"id": request_id, "created": created, "model": settings.model_name}
         extra = {"citations": citations(passages)} if body.rag is not None else {}
@@ -440,7 +437,7 @@ def create_app(
 
             async def chunks() -> AsyncIterator[dict]:
                 first = True
-                async for output in with_head():
+                async for output in outputs:
                     delta: dict[str, str] = {"content": output.text_delta}
                     if first:
                         delta["role"] = "assistant"
@@ -452,7 +449,7 @@ def create_app(
                     yield chunk
 
             return sse(chunks())
-        text, last = await collect(request, with_head())
+        text, last = await collect(request, outputs)
         message = {"role": "assistant", "content": text}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
         return {**base, "object": "chat.completion", "choices": [choice], "usage": usage(last), **extra}

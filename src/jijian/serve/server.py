@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +101,29 @@ def run_server(config: DeployConfig) -> None:
     torch.set_grad_enabled(False)
     server = build_server(config)
     uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout_s: float = 60.0) -> Iterator[str]:
+    """Run `app` with uvicorn on a free port in a background thread; yields its base URL, stops it on exit.
+
+    For tests, benchmarks and the quick start, which need a real socket but not a separate process.
+    """
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="jijian-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout_s)
