@@ -204,23 +204,10 @@ class CausalLM(nn.Module):
         if self.cfg.tie_embeddings and self.lm_head is not None and self.model.embed_tokens is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        *,
-        cache: AttentionCache | None = None,
-        start_pos: int = 0,
-        positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (batch, seq, vocab) for token ids (batch, seq) at positions start_pos.. (or `positions`)."""
-        h = self.model(tokens, cache, start_pos, positions)
+    def forward(self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for token ids (batch, seq) at positions start_pos.."""
+        h = self.model(tokens, cache, start_pos)
         return self.lm_head(h) if self.lm_head is not None else h
-
-    def hidden_states(
-        self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Final-norm hidden states, without the head (a server projects only the rows it samples from)."""
-        return self.model(tokens, cache, 0, positions)
 
     @torch.no_grad()
     def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
@@ -250,6 +237,12 @@ class CausalLM(nn.Module):
         if exclude_embeddings and self.model.embed_tokens is not None:
             total -= self.model.embed_tokens.weight.numel()
         return total
+
+    def hidden_states(
+        self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states, without the head (a server projects only the rows it samples from)."""
+        return self.model(tokens, cache, 0, positions)
 
 
 def build_model(
