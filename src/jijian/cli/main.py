@@ -12,6 +12,7 @@ from jijian.cli.data import data_app
 from jijian.cli.guard import guard_app
 from jijian.cli.kb import kb_app
 from jijian.cli.plan import plan_app
+from jijian.cli.serve import model_app, serve_app
 from jijian.cli.train import train_app
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(guard_app, name="guard")
 app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
+app.add_typer(serve_app, name="serve")
+app.add_typer(model_app, name="model")
 
 
 @config_app.command("check")

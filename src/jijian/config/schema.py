@@ -266,6 +266,15 @@ class ServeConfig(Section):
     max_batch_tokens: int = Field(default=2048, ge=1)
     block_size: int = Field(default=16, ge=1)
     quantization: Literal["none", "int8"] = "none"
+    served_model_name: str | None = None
+    model_cache_dir: OutputPath = Path("runs/models")
+    max_model_len: int | None = Field(default=None, ge=1)
+    kv_cache_mb: int = Field(default=1024, ge=1)
+    prefix_caching: bool = True
+    max_queue: int = Field(default=256, ge=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    api_keys: dict[str, str] = Field(default_factory=dict)
 
 
 class GuardConfig(Section):

@@ -159,19 +159,30 @@ class Decoder(nn.Module):
         # Not a parameter and not saved: HF recomputes it from the config too.
         self.register_buffer("inv_freq", rope_inverse_frequencies(cfg), persistent=False)
 
-    def rotary(self, seq_len: int, start_pos: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-width (cos, signed sin) tables for positions start_pos .. start_pos+seq_len-1 (fp32)."""
-        positions = torch.arange(start_pos, start_pos + seq_len, device=device, dtype=torch.float32)
-        angles = positions[:, None] * self.inv_freq.float()[None, :]
+    def rotary(
+        self, seq_len: int, start_pos: int, device: torch.device, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width (cos, signed sin) tables for positions start_pos .. start_pos+seq_len-1 (fp32).
+
+        `positions` overrides that range with explicit per-token positions: a serving batch packs
+        tokens of many sequences, each at its own position, into one row.
+        """
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + seq_len, device=device)
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq.float()[None, :]
         cos, sin = angles.cos(), angles.sin()
         return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
     def forward(
-        self, tokens_or_hidden: torch.Tensor, cache: AttentionCache | None = None, start_pos: int = 0
+        self,
+        tokens_or_hidden: torch.Tensor,
+        cache: AttentionCache | None = None,
+        start_pos: int = 0,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # A pipeline stage without the embedding receives hidden states from the previous stage.
         h = self.embed_tokens(tokens_or_hidden) if self.embed_tokens is not None else tokens_or_hidden
-        cos, sin = self.rotary(h.shape[1], start_pos, h.device)
+        cos, sin = self.rotary(h.shape[1], start_pos, h.device, positions)
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
         for layer in self.layers.values():
             h = layer(h, cos, sin, cache, start_pos)
@@ -229,6 +240,12 @@ class CausalLM(nn.Module):
         if exclude_embeddings and self.model.embed_tokens is not None:
             total -= self.model.embed_tokens.weight.numel()
         return total
+
+    def hidden_states(
+        self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states, without the head (a server projects only the rows it samples from)."""
+        return self.model(tokens, cache, 0, positions)
 
 
 def build_model(

