@@ -51,6 +51,11 @@ class KeyRing:
     def __init__(self, entries: list[KeyEntry] | None = None) -> None:
         self.entries = list(entries or [])
 
+    @property
+    def has_keys(self) -> bool:
+        """True when at least one key is registered (then requests without a valid key are refused)."""
+        return bool(self.entries)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyRing:
         """Read a key file; a missing file is an empty key ring (no key authenticates)."""

@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jijian.guard.allowlists import AccessDenied
+from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.async_engine import AsyncEngine, QueueFullError
@@ -150,8 +152,14 @@ def create_app(
     *,
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
+    policy: GuardPolicy | None = None,
 ) -> FastAPI:
-    """The FastAPI application serving `engine` under `settings.model_name`."""
+    """The FastAPI application serving `engine` under `settings.model_name`.
+
+    With a guard `policy`, every prompt is checked for injection (and audited, PII redacted in the log)
+    before it reaches the engine, and every non-streamed answer is checked for leakage of documents
+    the caller may not read (and PII-redacted when configured) before it leaves.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -185,15 +193,37 @@ def create_app(
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             key = header[7:].strip()
-        if settings.api_keys:
-            if key is None or key not in settings.api_keys:
+        guard_keys = policy is not None and policy.keyring.has_keys
+        if settings.api_keys or guard_keys:
+            principal = settings.api_keys.get(key) if key is not None else None
+            if principal is None and guard_keys and key is not None:
+                principal = policy.authenticate(key)  # type: ignore[union-attr]
+            if principal is None:
                 raise ApiError(401, "missing or invalid API key", "invalid_request_error", code="invalid_api_key")
-            principal = settings.api_keys[key]
         else:
             principal = None
         if limiter is not None and not limiter.allow(key or (request.client.host if request.client else "-")):
             raise ApiError(429, "rate limit exceeded for this API key", "rate_limit_error", code="rate_limit_exceeded")
         return principal
+
+    async def screen_prompt(text: str, principal: Principal | None, request_id: str) -> None:
+        if policy is None:
+            return
+        decision = await asyncio.to_thread(policy.check_request, text, principal, request_id)
+        if not decision.allowed:
+            reasons = "; ".join(decision.injection.reasons[:3])
+            raise ApiError(
+                400,
+                f"the request was refused by the prompt-injection guard ({reasons})",
+                "invalid_request_error",
+                code="prompt_injection",
+            )
+
+    async def screen_answer(text: str, principal: Principal | None, request_id: str) -> str:
+        if policy is None:
+            return text
+        decision = await asyncio.to_thread(policy.check_response, text, principal, request_id)
+        return decision.text
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
         try:
@@ -365,7 +395,7 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        authenticate(request)
+        principal = authenticate(request)
         body: CompletionBody = await parse(request, CompletionBody)
         prompt = (
             body.prompt
@@ -378,6 +408,9 @@ def create_app(
         params = sampling(body, body.max_tokens or 16)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        await screen_prompt(
+            body.prompt if isinstance(body.prompt, str) else tokenizer.decode(prompt), principal, request_id
+        )
         outputs = await started(request, prompt, params, request_id)
 
         def choice(text: str, reason: str | None) -> dict:
@@ -395,6 +428,7 @@ def create_app(
 
             return sse(chunks())
         text, last = await collect(request, outputs)
+        text = await screen_answer(text, principal, request_id)
         return {**base, "choices": [choice(text, last.finish_reason)], "usage": usage(last)}
 
     @app.post("/v1/chat/completions")
@@ -402,6 +436,8 @@ def create_app(
         principal = authenticate(request)
         body: ChatBody = await parse(request, ChatBody)
         messages = [m.model_dump() for m in body.messages]
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        await screen_prompt(last_user_message(messages) or "", principal, request_id)
         passages: list[Passage] = []
         if body.rag is not None:
             if retriever is None:
@@ -413,6 +449,8 @@ def create_app(
                 passages = await asyncio.to_thread(
                     retriever.retrieve, query, body.rag.collection, body.rag.top_k, principal
                 )
+            except AccessDenied as exc:
+                raise ApiError(403, str(exc), "permission_error", param="rag.collection") from None
             except KeyError:
                 raise ApiError(
                     404,
@@ -427,7 +465,6 @@ def create_app(
         prompt = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
         max_tokens = check_length(prompt, body.max_completion_tokens or body.max_tokens)
         params = sampling(body, max_tokens)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         outputs = await started(request, prompt, params, request_id)
 
@@ -450,7 +487,7 @@ def create_app(
 
             return sse(chunks())
         text, last = await collect(request, outputs)
-        message = {"role": "assistant", "content": text}
+        message = {"role": "assistant", "content": await screen_answer(text, principal, request_id)}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
         return {**base, "object": "chat.completion", "choices": [choice], "usage": usage(last), **extra}
 

@@ -9,11 +9,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import FastAPI
 
 from jijian.config import DeployConfig, UserInputError
+from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.model.hf import load_hf
 from jijian.model.llama import CausalLM
@@ -23,6 +25,9 @@ from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import quantize_int8
 from jijian.serve.rag import Retriever
+
+if TYPE_CHECKING:
+    from jijian.kb import KnowledgeBase
 
 
 @dataclass
@@ -59,11 +64,40 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
     return model, tokenizer, Path(directory)
 
 
+def knowledge_base_services(
+    config: DeployConfig, policy: GuardPolicy | None
+) -> tuple[KnowledgeBase | None, Retriever | None, Embedder | None]:
+    """The `[kb]` store with its retriever and embedder, when the knowledge base exists on disk."""
+    kb_config = config.kb
+    if kb_config.backend != "milvus" and not kb_config.path.is_dir():
+        return None, None, None
+    from jijian.kb import open_knowledge_base
+    from jijian.kb.embed import load_embedder
+    from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever
+
+    kb = open_knowledge_base(kb_config)
+    embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
+    return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
+
+
 def build_server(
-    config: DeployConfig, *, retriever: Retriever | None = None, embedder: Embedder | None = None
+    config: DeployConfig,
+    *,
+    retriever: Retriever | None = None,
+    embedder: Embedder | None = None,
+    policy: GuardPolicy | None = None,
+    with_knowledge_base: bool = True,
 ) -> Server:
-    """Load the model and assemble the engine and FastAPI app that `[serve]` describes."""
+    """Load the model and assemble the engine and FastAPI app that `[serve]` describes.
+
+    The guard policy of `[guard]` runs on every request unless another `policy` is given; the
+    knowledge base of `[kb]`, when it exists, serves RAG and /v1/embeddings. (Its own HTTP API is not
+    mounted here: it takes the principal from the request body, which only a trusted caller may do.)
+    """
     serve = config.serve
+    policy = policy if policy is not None else GuardPolicy(config.guard)
+    if with_knowledge_base and retriever is None and embedder is None:
+        _, retriever, embedder = knowledge_base_services(config, policy)
     model, tokenizer, directory = load_model(config)
     max_len = min(serve.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
     num_blocks = max(1, serve.kv_cache_mb * 2**20 // kv_block_bytes(model, serve.block_size))
@@ -90,7 +124,7 @@ def build_server(
         price_per_hour=price,
     )
     async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
-    app = create_app(async_engine, tokenizer, settings, retriever=retriever, embedder=embedder)
+    app = create_app(async_engine, tokenizer, settings, retriever=retriever, embedder=embedder, policy=policy)
     return Server(app=app, engine=engine, settings=settings, model_dir=directory)
 
 

@@ -1,0 +1,63 @@
+"""The server's view of the knowledge base: a `Retriever` for RAG and an `Embedder` for /v1/embeddings.
+
+Access control happens inside retrieval (the knowledge base filters by the caller's principal before
+ranking), and every passage is scanned by the guard before it reaches the prompt: a passage judged
+to be an injection is dropped and audited, so the model never sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jijian.guard.policy import GuardPolicy
+from jijian.guard.principals import Principal
+from jijian.kb import KnowledgeBase
+from jijian.kb.embed import Embedder as KBEmbedder
+from jijian.kb.store import CollectionNotFound
+from jijian.serve.rag import Passage
+
+
+class KnowledgeBaseRetriever:
+    """Hybrid (BM25 + vector) search of a collection on behalf of a principal, passages vetted by the guard."""
+
+    def __init__(
+        self, kb: KnowledgeBase, embedder: KBEmbedder, policy: GuardPolicy | None = None, mode: str = "hybrid"
+    ) -> None:
+        self.kb = kb
+        self.embedder = embedder
+        self.policy = policy
+        self.mode = mode
+
+    def retrieve(self, query: str, collection: str, top_k: int, principal: Principal | None) -> list[Passage]:
+        """The top_k passages `principal` may read; unknown collections raise KeyError."""
+        if self.policy is not None:
+            self.policy.allowlists.check_collection(principal, collection)
+        try:
+            target = self.kb.collection(collection)
+        except CollectionNotFound:
+            raise KeyError(collection) from None
+        vector = self.embedder.embed([query])[0]
+        hits = target.search(vector, top_k, principal=principal, mode=self.mode, text=query)
+        passages = [
+            Passage(id=hit.id, source=str(hit.metadata.get("source", hit.id)), text=hit.text, score=hit.score)
+            for hit in hits
+        ]
+        if self.policy is None:
+            return passages
+        guarded = self.policy.guard_passages(
+            [{"id": p.id, "source": p.source, "text": p.text} for p in passages], principal
+        )
+        kept = {p.id for p in guarded.kept}
+        return [p for p in passages if p.id in kept]
+
+
+class KnowledgeBaseEmbedder:
+    """The knowledge base's embedding model behind the server's `/v1/embeddings`."""
+
+    def __init__(self, embedder: KBEmbedder) -> None:
+        self.embedder = embedder
+        self.name = embedder.name
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, as lists of floats."""
+        return self.embedder.embed(list(texts)).tolist()
