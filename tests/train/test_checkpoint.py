@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ MODEL = {
 }
 
 
-def write_config(root: Path, name: str, steps: int, *, checkpoint: dict | None = None, train: dict | None = None) -> Path:
+def write_config(
+    root: Path, name: str, steps: int, *, checkpoint: dict | None = None, train: dict | None = None
+) -> Path:
     config = {
         "model": MODEL,
         "tokenizer": {"path": str(root / "tokenizer")},
@@ -97,30 +100,39 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(root):
     assert ledger["checkpoint_blocking_s"] > 0
 
 
-@pytest.mark.parametrize(
-    ("damage", "reason"),
-    [("truncate", "truncated"), ("flip", "CRC-32"), ("manifest", "unreadable"), ("delete", "missing")],
-)
-def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(root, damage, reason):
-    name = f"damaged_{damage}"
-    run_training(load_config(write_config(root, name, 6)))
-    newest = root / name / "checkpoints" / "step_000006"
-    shard = max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
-    if damage == "truncate":
+def _damage(checkpoint: Path, how: str) -> None:
+    shard = max(checkpoint.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    if how == "truncate":
         shard.write_bytes(shard.read_bytes()[:-100])
-    elif damage == "flip":
+    elif how == "flip":
         data = bytearray(shard.read_bytes())
         data[len(data) // 2] ^= 0xFF
         shard.write_bytes(bytes(data))
-    elif damage == "manifest":
-        (newest / MANIFEST).write_text("{not json")
+    elif how == "manifest":
+        (checkpoint / MANIFEST).write_text("{not json")
     else:
         shard.unlink()
-    run_training(load_config(write_config(root, name, 8)))
-    records = events(root / name)
+
+
+def test_a_truncated_shard_makes_the_resume_use_the_previous_checkpoint_and_say_so(root):
+    run_training(load_config(write_config(root, "damaged", 6)))
+    checkpoints = root / "damaged" / "checkpoints"
+    pristine = root / "pristine_step_000006"
+    shutil.copytree(checkpoints / "step_000006", pristine)
+    _damage(checkpoints / "step_000006", "truncate")
+    run_training(load_config(write_config(root, "damaged", 8)))
+    records = events(root / "damaged")
     skipped = [r for r in records if r.get("event") == "checkpoint_skipped"]
-    assert len(skipped) == 1 and skipped[0]["path"].endswith("step_000006") and reason in skipped[0]["reason"]
+    assert len(skipped) == 1 and skipped[0]["path"].endswith("step_000006") and "truncated" in skipped[0]["reason"]
     assert [r["step"] for r in records if r.get("event") == "resumed"] == [4]
+
+    # Every other kind of damage is caught by the same validation.
+    for how, reason in [("flip", "CRC-32"), ("manifest", "unreadable"), ("delete", "missing")]:
+        copy = root / f"damaged_{how}"
+        shutil.copytree(pristine, copy)
+        assert validate_checkpoint(copy) is None
+        _damage(copy, how)
+        assert reason in (validate_checkpoint(copy) or ""), how
 
 
 def _poison_loss(monkeypatch, bad_calls: set[int] | None):

@@ -40,7 +40,10 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.append and self.path.is_file() and self.path.read_bytes()[-1:] not in (b"", b"\n")
             self._file = self.path.open("a" if self.append else "w", encoding="utf-8")
+            if torn:  # the previous attempt was killed mid-line: start a fresh one
+                self._file.write("\n")
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
