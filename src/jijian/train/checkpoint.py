@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from jijian.config import UserInputError
@@ -245,8 +246,22 @@ class CheckpointManager:
         self.async_mode = async_mode
         # Thread-based async save runs collectives in the background: it needs its own group (see notes).
         self._group = dist.new_group(backend="gloo") if self.distributed and async_mode != "off" else None
-        self._committer = ThreadPoolExecutor(max_workers=1) if async_mode != "off" else None
-        self._pending: tuple[Future, Future | None] | None = None
+        self._stager = None
+        if async_mode != "off":
+            # Staging buffers are kept between saves (allocating them is most of a first save's cost), and
+            # the copy into them runs in the background too: `before_update` waits for it.
+            cuda = torch.cuda.is_available()
+            options = StagingOptions(
+                use_pinned_memory=cuda,
+                use_shared_memory=async_mode == "process",
+                use_async_staging=True,
+                use_non_blocking_copy=cuda,
+            )
+            self._stager = DefaultStager(options)
+        # Rank 0 checksums, renames and prunes on a worker thread: the shards are durable when save returns.
+        self._committer = ThreadPoolExecutor(max_workers=1) if self.rank == 0 else None
+        self._staging: Future | None = None
+        self._pending: tuple[Future | None, Future | None] | None = None
         if self.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(f"{_PREFIX}*{_TMP}"):
@@ -276,12 +291,10 @@ class CheckpointManager:
         torch.save(rng_state(), tmp / "rng" / f"rank{self.rank}.pt")
         writer = FileSystemWriter(tmp, sync_files=True)
         state = self.tensors()
+        upload: Future | None = None
         if self.async_mode == "off":
-            dcp.save(state, storage_writer=writer, no_dist=not self.distributed)
             # DCP's coordinator writes .metadata after gathering every rank's results: all shards are on disk.
-            if self.rank == 0:
-                self._commit(tmp, final, step)
-            self._barrier()
+            dcp.save(state, storage_writer=writer, no_dist=not self.distributed)
         else:
             kind = AsyncCheckpointerType.PROCESS if self.async_mode == "process" else AsyncCheckpointerType.THREAD
             response = dcp.async_save(
@@ -289,17 +302,29 @@ class CheckpointManager:
                 storage_writer=writer,
                 process_group=self._group,
                 async_checkpointer_type=kind,
+                async_stager=self._stager,
                 no_dist=not self.distributed,
             )
             upload = getattr(response, "upload_completion", response)
-            commit = None
-            if self.rank == 0 and self._committer is not None:
-                commit = self._committer.submit(self._commit_after, upload, tmp, final, step)
-            self._pending = (upload, commit)
+            self._staging = getattr(response, "staging_completion", None)
+        commit = None
+        if self._committer is not None:
+            commit = self._committer.submit(self._commit_after, upload, tmp, final, step)
+        self._pending = (upload, commit)
         return time.perf_counter() - start
 
-    def _commit_after(self, upload: Future, tmp: Path, final: Path, step: int) -> None:
-        upload.result()
+    def before_update(self) -> float:
+        """Wait until an async save has copied the state (call before the optimizer changes it); seconds waited."""
+        if self._staging is None:
+            return 0.0
+        start = time.perf_counter()
+        staging, self._staging = self._staging, None
+        staging.result()
+        return time.perf_counter() - start
+
+    def _commit_after(self, upload: Future | None, tmp: Path, final: Path, step: int) -> None:
+        if upload is not None:
+            upload.result()
         self._commit(tmp, final, step)
 
     def _commit(self, tmp: Path, final: Path, step: int) -> None:
@@ -323,9 +348,11 @@ class CheckpointManager:
         """Block until the save in flight (if any) is written and committed; re-raises its failure."""
         if self._pending is None:
             return
+        self.before_update()
         upload, commit = self._pending
         self._pending = None
-        upload.result()
+        if upload is not None:
+            upload.result()
         if commit is not None:
             commit.result()
         self._barrier()  # every rank sees the committed directory before it may load or prune
@@ -335,6 +362,8 @@ class CheckpointManager:
         self.wait()
         if self._committer is not None:
             self._committer.shutdown()
+        if self._stager is not None:
+            self._stager.close()
 
     # -- load ---------------------------------------------------------------------------------------
 

@@ -83,7 +83,7 @@ class InstabilityDetected(Exception):  # a signal to the loop, not an error to t
         self.batches = batches
 
 
-class TrainingUnstable(UserInputError):
+class TrainingUnstable(UserInputError, FloatingPointError):
     """Instability that rollbacks could not cure: lower train.lr, or raise train.max_rollbacks."""
 
 
@@ -243,6 +243,11 @@ class Trainer:
         loss = self._global_mean(total)
         if self.guard.active:
             self._check_stability(loss, grad_norm, list(range(first_batch, self.batches_drawn)))
+        if self.checkpoints is not None:
+            # An async save may still be copying parameters and moments: they change only from here on.
+            waited = self.checkpoints.before_update()
+            if waited and self.ledger is not None:
+                self.ledger.record("checkpoint", step=self.step, blocking_s=round(waited, 6))
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
