@@ -10,12 +10,15 @@ import pytest
 import tomli_w
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from jijian.cli.main import app
 from jijian.config import load_config
 from jijian.train import trainer as trainer_module
 from jijian.train.checkpoint import LATEST, MANIFEST, committed_checkpoints, retained, validate_checkpoint
 from jijian.train.export import export_checkpoint
 from jijian.train.goodput import read_ledger, summarize
+from jijian.train.metrics import drop_torn_tail
 from jijian.train.run import run_training
 from jijian.train.trainer import TrainingUnstable
 
@@ -99,6 +102,20 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(root):
     assert ledger["attempts"] == 2 and 0 < ledger["goodput"] <= 1
     assert ledger["checkpoint_blocking_s"] > 0
 
+    result = CliRunner().invoke(app, ["train", "report", str(root / "split")])
+    assert result.exit_code == 0, result.output
+    assert "goodput" in result.output and "attempts / rollbacks" in result.output
+
+
+def test_a_record_cut_short_by_a_kill_is_dropped_before_appending(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"ste')
+    drop_torn_tail(path)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    path.write_text('{"ste')
+    drop_torn_tail(path)
+    assert path.read_text() == ""
+
 
 def _damage(checkpoint: Path, how: str) -> None:
     shard = max(checkpoint.glob("*.distcp"), key=lambda p: p.stat().st_size)
@@ -173,6 +190,11 @@ def test_export_writes_a_model_transformers_loads(root):
     run_training(load_config(write_config(root, "exported", 4)))
     out, source = export_checkpoint(root / "exported", root / "hf_export")
     assert source.name == "step_000004"
+    result = CliRunner().invoke(app, ["train", "export", str(root / "exported"), "--to", str(root / "hf_cli")])
+    assert result.exit_code == 0, result.output
+    assert (root / "hf_cli" / "model.safetensors").is_file()
+    result = CliRunner().invoke(app, ["train", "export", str(root / "nowhere"), "--to", str(root / "x")])
+    assert result.exit_code == 2 and "deploy.toml" in result.output
     trained = load_file(root / "exported" / "model" / "model.safetensors")
     exported = load_file(out / "model.safetensors")
     assert trained.keys() == exported.keys()

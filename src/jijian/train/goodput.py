@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jijian.train.metrics import drop_torn_tail
+
 LEDGER = "goodput.jsonl"
 
 
@@ -24,10 +26,8 @@ class GoodputLedger:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        ends_cleanly = not path.exists() or path.stat().st_size == 0 or path.read_bytes()[-1:] == b"\n"
+        drop_torn_tail(path)
         self._file = path.open("a", encoding="utf-8")
-        if not ends_cleanly:  # a rank killed mid-line: start a fresh line so the next event parses
-            self._file.write("\n")
 
     def record(self, event: str, **fields: Any) -> None:
         """Append one event stamped with the wall-clock time; flushed, so a killed rank loses at most it."""

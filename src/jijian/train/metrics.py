@@ -40,10 +40,9 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = self.append and self.path.is_file() and self.path.read_bytes()[-1:] not in (b"", b"\n")
+            if self.append:
+                drop_torn_tail(self.path)
             self._file = self.path.open("a" if self.append else "w", encoding="utf-8")
-            if torn:  # the previous attempt was killed mid-line: start a fresh one
-                self._file.write("\n")
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -86,6 +85,28 @@ class MetricsLogger:
         """Move the progress bar without writing a record."""
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a JSON-lines file back to its last complete line (a rank killed mid-write leaves half a record)."""
+    if not path.is_file():
+        return
+    with path.open("r+b") as f:
+        end = f.seek(0, 2)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep != end:
+            f.truncate(keep)
 
 
 _SHOWN = {
