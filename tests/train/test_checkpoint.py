@@ -176,6 +176,15 @@ def test_a_nan_rolls_back_skips_the_batch_and_finishes(root, monkeypatch):
     assert "non-finite" in rollbacks[0]["reason"]
     state = json.loads((root / "nan" / "checkpoints" / "step_000008" / "trainer.json").read_text())
     assert state["skip_batches"] == [4] and state["batches_drawn"] == 9  # the bad batch was drawn and dropped
+    # Until a checkpoint holds it, a restart learns the skip list from the run directory.
+    assert json.loads((root / "nan" / "instability.json").read_text()) == {"skip_batches": [4], "rollbacks": 1}
+
+    # A job that died right after that rollback restarts from step 4, skips the same batch, ends identical.
+    run_training(load_config(write_config(root, "nan_restart", 4)))
+    shutil.copy(root / "nan" / "instability.json", root / "nan_restart" / "instability.json")
+    restarted = run_training(load_config(write_config(root, "nan_restart", 8)))
+    a, b = load_file(run.model_dir / "model.safetensors"), load_file(restarted.model_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     assert summarize(read_ledger(root / "nan" / "goodput.jsonl"))["rollbacks"] == 1
 
 

@@ -27,7 +27,16 @@ from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
 from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
-from jijian.train.trainer import Throughput, Trainer, TrainResult, cross_entropy_loss, resolve_device
+from jijian.train.trainer import (
+    Throughput,
+    Trainer,
+    TrainResult,
+    cross_entropy_loss,
+    read_instability,
+    resolve_device,
+)
+
+INSTABILITY = "instability.json"
 
 
 class TrainSetupError(UserInputError):
@@ -199,8 +208,12 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
             log=ledger.record_event if ledger is not None else None,
         )
         resumed_from, skipped = trainer.checkpoints.choose()
+        trainer.instability_path = output_dir / INSTABILITY
         if resumed_from is not None:
             trainer.restore(resumed_from)
+            skip, rollbacks = read_instability(trainer.instability_path)
+            trainer.skip_batches |= skip
+            trainer.rollbacks = max(trainer.rollbacks, rollbacks)
     if ledger is not None:
         ledger.record("resume", to_step=trainer.step, checkpoint=str(resumed_from) if resumed_from else None)
     append = resumed_from is not None or bool(skipped)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -87,6 +89,21 @@ class TrainingUnstable(UserInputError, FloatingPointError):
     """Instability that rollbacks could not cure: lower train.lr, or raise train.max_rollbacks."""
 
 
+def record_instability(path: Path, skip_batches: list[int], rollbacks: int) -> None:
+    """Write the run's skipped batches and rollback count atomically (a JSON file beside the metrics)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"skip_batches": skip_batches, "rollbacks": rollbacks}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_instability(path: Path) -> tuple[set[int], int]:
+    """What `record_instability` wrote, or nothing."""
+    if not path.is_file():
+        return set(), 0
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return set(data["skip_batches"]), int(data["rollbacks"])
+
+
 class InstabilityGuard:
     """Flags a step whose loss or gradient norm is not finite, or whose loss spikes above a z-score."""
 
@@ -166,6 +183,7 @@ class Trainer:
         self.batches_drawn = 0
         self.skip_batches: set[int] = set()
         self.rollbacks = 0
+        self.instability_path: Path | None = None
 
     # -- data-parallel bookkeeping ------------------------------------------------------------
 
@@ -328,6 +346,9 @@ class Trainer:
         self.rollbacks += 1
         self.skip_batches.update(bad.batches)
         self.restore(path)
+        if self.instability_path is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+            # Until the next checkpoint records them, a restart learns the skipped batches from this file.
+            record_instability(self.instability_path, sorted(self.skip_batches), self.rollbacks)
         record = {
             "bad_step": bad.step,
             "reason": bad.reason,
