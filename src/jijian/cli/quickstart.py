@@ -1,7 +1,8 @@
 """The quick start: a real, small end-to-end run on any machine with Python, offline.
 
-Corpus: the running interpreter's standard library (thousands of real small .py files) packed into
-one JSONL file; a byte-level BPE tokenizer trained on it; llama-tiny trained for a few minutes;
+Corpus: the running interpreter's standard library (thousands of real small .py files); a byte-level
+BPE tokenizer trained on it; the data pipeline cleaning, de-duplicating and packing the files into token
+shards; llama-tiny trained from those shards for a few minutes;
 the model written in Hugging Face format; a sample continuation of a Python prompt.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,8 +19,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from jijian.config import ModelConfig, TrainConfig, parse_config
-from jijian.data import python_stdlib_files
+from jijian.config import DataConfig, ModelConfig, TrainConfig, parse_config
+from jijian.data import build_dataset, python_stdlib_files
 from jijian.model import build_model, generate
 from jijian.model.hf import load_hf
 from jijian.model.tokenizer import train_tokenizer
@@ -39,7 +41,7 @@ def run_quickstart(
     vocab_size: int = 4096,
     corpus_files: list[Path] | None = None,
 ) -> dict:
-    """Build corpus → tokenizer → trained model → sample under `out`; returns the summary it writes.
+    """Build tokenizer → shards → trained model → sample under `out`; returns the summary it writes.
 
     With `steps=None` the step count is calibrated so that the whole warmup + cosine schedule fits
     in `minutes` on this machine (a run cut off by the clock would end at a high learning rate).
@@ -49,23 +51,30 @@ def run_quickstart(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    console.rule("[bold]1/4 corpus: the Python standard library")
+    console.rule("[bold]1/4 tokenizer: byte-level BPE on the Python standard library")
     files = corpus_files if corpus_files is not None else python_stdlib_files()
-    corpus_path = out / "corpus.jsonl"
-    texts = [path.read_text(encoding="utf-8", errors="replace") for path in files]
-    # One file of many documents instead of thousands of tiny ones: what the data pipeline does at scale.
-    with corpus_path.open("w", encoding="utf-8") as handle:
-        for path, text in zip(files, texts, strict=True):
-            handle.write(json.dumps({"text": text, "source": str(path)}) + "\n")
-    total_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    console.print(f"{len(files)} files, {total_bytes / 1e6:.1f} MB packed into {corpus_path}")
-
-    console.rule("[bold]2/4 tokenizer: byte-level BPE")
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(_prefix_by_bytes(texts, TOKENIZER_BYTES), vocab_size=vocab_size)
+    tokenizer = train_tokenizer(_prefix_by_bytes(_read_texts(files), TOKENIZER_BYTES), vocab_size=vocab_size)
     tokenizer_dir = out / "tokenizer"
     tokenizer.save(tokenizer_dir)
     console.print(f"vocab {tokenizer.vocab_size} trained in {time.perf_counter() - t0:.0f} s -> {tokenizer_dir}")
+
+    console.rule("[bold]2/4 data: clean, de-duplicate, tokenise, pack into shards")
+    data_section = {
+        "sources": [str(path) for path in files],
+        "output_dir": str(out / "data"),
+        "validation_fraction": 0.02,
+        "workers": min(2, os.cpu_count() or 1),
+    }
+    build = build_dataset(DataConfig.model_validate(data_section, strict=False), tokenizer, console=console)
+    totals = build.manifest["stats"]["totals"]
+    console.print(
+        f"{len(files)} files, {build.input_bytes / 1e6:.1f} MB -> {totals['kept_documents']} documents "
+        f"({totals['exact_duplicates']} exact and {totals['near_duplicates']} near duplicates, "
+        f"{totals['filtered']} filtered), {totals['train_tokens']:,} train + {totals['val_tokens']:,} validation "
+        f"tokens in {len(build.manifest['splits']['train']['shards'])} shard(s) under {build.directory} "
+        f"({build.elapsed_s:.0f} s)"
+    )
 
     console.rule("[bold]3/4 train llama-tiny")
     model_section = {"preset": "llama-tiny", "vocab_size": tokenizer.vocab_size}
@@ -81,7 +90,8 @@ def run_quickstart(
             "name": "quickstart",
             "model": model_section,
             "tokenizer": {"path": str(tokenizer_dir)},
-            "data": {"sources": [str(corpus_path)], "validation_fraction": 0.02},
+            # The same [data] as the build above: training reuses its shards instead of rebuilding.
+            "data": data_section,
             "train": {
                 "output_dir": str(out),
                 "steps": steps,
@@ -141,7 +151,7 @@ def run_quickstart(
         table.add_row("validation loss", f"{summary['val_loss']:.3f}")
     table.add_row("steps / tokens", f"{result.steps} / {result.tokens:,}")
     table.add_row("time", f"{summary['total_seconds']:.0f} s")
-    table.add_row("corpus", str(corpus_path))
+    table.add_row("data (shards + manifest)", str(build.directory))
     table.add_row("tokenizer", str(tokenizer_dir))
     table.add_row("model (HF format)", str(run.model_dir))
     table.add_row("metrics (JSON lines)", str(run.metrics_path))
@@ -171,6 +181,11 @@ def seconds_per_step(
     for _ in range(timed_steps):
         trainer.train_step()
     return (time.perf_counter() - started) / timed_steps
+
+
+def _read_texts(files: Iterable[Path]) -> Iterator[str]:
+    for path in files:
+        yield path.read_text(encoding="utf-8", errors="replace")
 
 
 def _prefix_by_bytes(texts: Iterable[str], limit: int) -> Iterator[str]:

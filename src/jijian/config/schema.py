@@ -134,6 +134,20 @@ class DataConfig(Section):
     text_field: str = "text"
     output_dir: OutputPath = Path("runs/data")
     validation_fraction: float = Field(default=0.01, ge=0, lt=1)
+    shard_size_mb: float = Field(default=256.0, gt=0, description="size of each packed shard (the last is smaller)")
+    workers: int = Field(default=1, ge=0, description="build processes; 0 = in the calling process")
+    min_chars: int = Field(default=16, ge=0, description="drop documents shorter than this after cleaning")
+    max_chars: int | None = Field(default=None, ge=1, description="drop documents longer than this")
+    min_mean_line_length: float = Field(default=2.0, ge=0)
+    max_mean_line_length: float = Field(default=1000.0, gt=0)
+    min_alnum_fraction: float = Field(default=0.25, ge=0, le=1)
+    max_repeated_line_fraction: float = Field(default=0.5, ge=0, le=1)
+    dedup_exact: bool = True
+    dedup_near: bool = True
+    near_dup_threshold: float = Field(default=0.8, gt=0, le=1, description="MinHash LSH Jaccard threshold")
+    minhash_permutations: int = Field(default=128, ge=16)
+    redact_pii: bool = True
+    strict: bool = False
 
 
 class TrainConfig(Section):
@@ -254,8 +268,23 @@ class GuardConfig(Section):
     """Safety policy applied to requests and responses."""
 
     injection_threshold: float = Field(default=0.5, ge=0, le=1)
-    redact_pii: bool = True
+    block_injections: bool = Field(default=True, description="refuse requests flagged as injections")
+    redact_pii: bool = Field(default=True, description="redact PII from everything written to logs and the audit log")
+    log_prompts: Literal["none", "redacted", "clear"] = Field(
+        default="redacted", description="how prompts appear in the audit log; never in clear unless asked"
+    )
+    redaction_mode: Literal["mask", "hash", "placeholder"] = "placeholder"
+    redact_responses: bool = False
+    redact_kb_ingestion: bool = False
+    leakage_ngram: int = Field(default=8, ge=3, description="words (or CJK characters) per n-gram in the leak check")
+    leakage_min_shared: int = Field(default=3, ge=1)
     audit_log: OutputPath | None = None
+    api_keys: OutputPath | None = None
+    role_collections: dict[str, list[str]] = Field(default_factory=dict)
+    role_tools: dict[str, list[str]] = Field(default_factory=dict)
+    encrypt_at_rest: bool = False
+    key_env: str = Field(default="JIJIAN_GUARD_KEY", min_length=1)
+    key_file: OutputPath | None = None
 
 
 class HardwareConfig(Section):

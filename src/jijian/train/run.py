@@ -16,7 +16,7 @@ from rich.console import Console
 from torch.distributed.tensor import DTensor
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
-from jijian.data import TokenWindows, read_documents, resolve_sources, tokenize_documents
+from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
 from jijian.model.hf import load_hf, save_hf_state_dict
 from jijian.model.tokenizer import Tokenizer
@@ -26,6 +26,7 @@ from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
+from jijian.train.norms import local_part
 from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
 from jijian.train.trainer import (
     Throughput,
@@ -73,16 +74,6 @@ def load_tokenizer(config: DeployConfig) -> Tokenizer:
     )
 
 
-def split_documents(documents: list[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Every k-th document goes to validation (deterministic, spread over the whole corpus)."""
-    if fraction <= 0 or len(documents) < 2:
-        return documents, []
-    every = max(2, round(1 / fraction))
-    val = documents[::every]
-    train = [doc for i, doc in enumerate(documents) if i % every]
-    return train, val
-
-
 def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
     """The model shape, and the weights to start from when [model].hf_path is given (else random init)."""
     if config.model.hf_path is None:
@@ -91,25 +82,19 @@ def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.
     return model.cfg, {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def _batches(config: DeployConfig) -> tuple[TokenWindows, list | None, int, int]:
-    tcfg = config.train
-    tokenizer = load_tokenizer(config)
-    files = resolve_sources(config.data.sources)
-    if not files:
-        raise TrainSetupError("data.sources is empty: name the files, directories or globs to train on")
-    documents = list(read_documents(files, config.data.text_field))
-    train_docs, val_docs = split_documents(documents, config.data.validation_fraction)
-    train_tokens = tokenize_documents(train_docs, tokenizer)
+def _batches(
+    config: DeployConfig, tokenizer: Tokenizer, console: Console | None
+) -> tuple[PackedLoader, list | None, int, int]:
+    """The packed shards of [data] (built or reused by rank 0 first) as global batches and validation batches."""
     # Every rank draws the same global batches and keeps its own rows: the layout never changes the data.
-    batches = TokenWindows(train_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed)
-    eval_batches = None
-    if val_docs:
-        val_tokens = tokenize_documents(val_docs, tokenizer)
-        if len(val_tokens) > tcfg.seq_len:
-            eval_batches = TokenWindows(val_tokens, tcfg.seq_len, tcfg.batch_size, seed=tcfg.seed).fixed_batches(
-                tcfg.eval_batches
-            )
-    return batches, eval_batches, len(train_tokens), len(files)
+    # Only rank 0 builds, so ranks never write the same shard files; the others open them afterwards.
+    if is_rank0():
+        data = open_train_loader(config, tokenizer, console=console)
+    if dist.is_initialized():
+        dist.barrier()
+    if not is_rank0():
+        data = open_train_loader(config, tokenizer, build=False)
+    return data.loader, data.eval_batches or None, data.train_tokens, data.manifest["stats"]["input_files"]
 
 
 def gather_full_state(parts: ModelParts, dims: ParallelDims) -> dict[str, torch.Tensor]:
@@ -142,6 +127,11 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     device = resolve_device(tcfg.device)
     if world_size > 1:
         device = init_distributed(device, tcfg.collective_timeout_s)
+    if tcfg.cpu_offload and (device.type != "cuda" or layout.dp == 1):
+        raise TrainSetupError(
+            "train.cpu_offload moves FSDP-sharded parameters and optimizer state from GPU to host memory: "
+            "it needs train.device = cuda and dp_replicate x dp_shard > 1"
+        )
     dims = build_parallel_dims(layout, device.type)
     seed_everything(tcfg.seed)
     tokenizer = load_tokenizer(config)
@@ -152,7 +142,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         )
     if tcfg.seq_len > model_cfg.max_seq_len:
         raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-    batches, eval_batches, train_tokens, n_files = _batches(config)
+    batches, eval_batches, train_tokens, n_files = _batches(config, tokenizer, console)
 
     accum = tcfg.grad_accum_steps
 
@@ -236,6 +226,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "device": str(device),
                     "layout": layout.describe(),
                     "parameters": n_params,
+                    "parameter_bytes_per_rank": _local_parameter_bytes(parts),
+                    "data_dir": str(config.data.output_dir),
                     "train_tokens": train_tokens,
                     "files": n_files,
                     "flops_per_token": throughput.flops_per_token,
@@ -259,3 +251,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         summary["layout"] = layout.describe()
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainRun(output_dir=output_dir, model_dir=model_dir, metrics_path=metrics_path, result=result)
+
+
+def _local_parameter_bytes(parts: ModelParts) -> int:
+    """Bytes of parameters this rank stores (its shards only): shows how far sharding divides the model."""
+    return sum(local_part(p).numel() * local_part(p).element_size() for p in parts.parameters())

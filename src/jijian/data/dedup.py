@@ -1,0 +1,73 @@
+"""Duplicate removal: exact copies by content hash, near copies by MinHash LSH over word 5-grams."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+SHINGLE_WORDS = 5
+# One fixed seed: signatures computed in different worker processes must be comparable.
+MINHASH_SEED = 1
+# The permutation scheme travels apart from the hash values (they cross process boundaries as arrays).
+MINHASH_SCHEME = "affine32"
+_WORD = re.compile(r"\w+")
+# An odd 64-bit multiplier (from splitmix64) that spreads word hashes across the window.
+_MIX = 0x9E3779B97F4A7C15
+
+
+def content_hash(text: str) -> str:
+    """Hex digest identifying a document's exact content."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def shingle_hashes(text: str) -> np.ndarray:
+    """Distinct 32-bit hashes of the document's lower-cased word 5-grams (of all its words when shorter)."""
+    words = _WORD.findall(text.lower())
+    # Hash each word once (C speed), then combine windows of words with numpy: no Python string per shingle.
+    word_hashes = np.array([zlib.crc32(w.encode("utf-8")) for w in words] or [0], dtype=np.uint64)
+    width = min(SHINGLE_WORDS, len(word_hashes))
+    count = len(word_hashes) - width + 1
+    combined = np.zeros(count, dtype=np.uint64)
+    for k in range(width):
+        combined = combined * np.uint64(_MIX) + word_hashes[k : k + count]
+    folded = (combined >> np.uint64(32)) ^ (combined & np.uint64(0xFFFFFFFF))
+    return np.unique(folded.astype(np.uint32))
+
+
+def minhash_signature(text: str, num_perm: int) -> np.ndarray:
+    """MinHash signature of the document's word 5-gram set."""
+    # The shingles arrive already hashed, so the hash function is the identity (`int`).
+    minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, hashfunc=int)
+    minhash.update_batch(shingle_hashes(text).tolist())
+    return minhash.hashvalues
+
+
+class Deduplicator:
+    """Remembers every kept document; says whether a new one is an exact or a near copy of one of them."""
+
+    def __init__(self, *, exact: bool = True, near: bool = True, threshold: float = 0.8, num_perm: int = 128) -> None:
+        self.exact = exact
+        self.near = near
+        self.num_perm = num_perm
+        self._hashes: set[str] = set()
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
+        self._count = 0
+
+    def check(self, digest: str, signature: np.ndarray | None) -> str | None:
+        """'exact_duplicate', 'near_duplicate' or None (new: remembered from now on)."""
+        if self.exact and digest in self._hashes:
+            return "exact_duplicate"
+        minhash = None
+        if self._lsh is not None and signature is not None:
+            minhash = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+            if self._lsh.query(minhash):
+                return "near_duplicate"
+        self._hashes.add(digest)
+        if minhash is not None and self._lsh is not None:
+            self._lsh.insert(self._count, minhash, check_duplication=False)
+        self._count += 1
+        return None

@@ -1,0 +1,144 @@
+"""A small trained injection classifier: logistic regression over hashed character n-grams, in numpy.
+
+Character n-grams (2 to 5) read English and Chinese alike without a tokenizer, and survive small
+spelling changes. They are hashed into 2**18 buckets with a fixed polynomial hash computed on
+whole arrays of code points at once (Python's own `hash` is salted per process, so it would not
+be reproducible), so featurising 1 KB costs well under a millisecond. Training is full-batch Adam
+from zero weights, with classes weighted equally: deterministic, so the same dataset always gives
+the same model, and the trained weights are cached per machine.
+scikit-learn would do the same job but would add a 30 MB dependency for ~80 lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from jijian.guard.normalize import normalize
+
+HASH_BITS = 18
+NGRAM_SIZES = (2, 3, 4, 5)
+_PRIME = np.uint64(1_000_003)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+DATASET = "injection_dataset.jsonl"
+TRAINING_SPLITS = ("train", "dev")
+TRAINING_STEPS = 300
+
+
+def featurize(text: str) -> np.ndarray:
+    """Sorted unique hashed n-gram bucket ids of the lower-cased text (a binary bag of n-grams)."""
+    codes = np.frombuffer((" " + text.lower() + " ").encode("utf-32-le"), dtype="<u4").astype(np.uint64)
+    buckets = []
+    with np.errstate(over="ignore"):  # the hash wraps around 2**64 on purpose
+        for n in NGRAM_SIZES:
+            if len(codes) < n:
+                break
+            h = np.full(len(codes) - n + 1, np.uint64(n), dtype=np.uint64)
+            for k in range(n):
+                h = h * _PRIME + codes[k : len(codes) - n + 1 + k]
+            buckets.append((h * _MIX) >> np.uint64(64 - HASH_BITS))
+    if not buckets:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(buckets)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class InjectionClassifier:
+    """Trained weights and bias; `probability` gives P(injection | text)."""
+
+    weights: np.ndarray
+    bias: float
+    dataset_sha256: str
+
+    def probability(self, text: str) -> float:
+        """P(injection) for one text."""
+        ids = featurize(text)
+        if len(ids) == 0:
+            return float(1 / (1 + np.exp(-self.bias)))
+        z = self.bias + float(self.weights[ids].sum()) / np.sqrt(len(ids))
+        return float(1 / (1 + np.exp(-z)))
+
+
+def train_classifier(
+    texts: Sequence[str], labels: Sequence[int], *, steps: int = 300, lr: float = 0.05, l2: float = 1e-4
+) -> tuple[np.ndarray, float]:
+    """Fit logistic regression (full-batch Adam, zero init, balanced classes) and return (weights, bias)."""
+    y = np.asarray(labels, dtype=np.float64)
+    if len(texts) != len(y) or len(y) == 0 or y.min() == y.max():
+        raise ValueError("training needs texts with both labels 0 and 1")
+    rows = [featurize(t) for t in texts]
+    lengths = np.array([max(len(r), 1) for r in rows])
+    ids = np.concatenate(rows)
+    doc = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    values = 1 / np.sqrt(lengths[doc])  # each row has unit L2 norm
+    sample_weight = np.where(y == 1, 0.5 / y.sum(), 0.5 / (len(y) - y.sum()))
+    dim = 1 << HASH_BITS
+    w, b = np.zeros(dim), 0.0
+    m_w, v_w, m_b, v_b = np.zeros(dim), np.zeros(dim), 0.0, 0.0
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(1, steps + 1):
+        z = b + np.bincount(doc, weights=w[ids] * values, minlength=len(rows))
+        p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+        residual = (p - y) * sample_weight
+        g_w = np.bincount(ids, weights=residual[doc] * values, minlength=dim) + l2 * w
+        g_b = float(residual.sum())
+        m_w = beta1 * m_w + (1 - beta1) * g_w
+        v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
+        m_b = beta1 * m_b + (1 - beta1) * g_b
+        v_b = beta2 * v_b + (1 - beta2) * g_b * g_b
+        correction = np.sqrt(1 - beta2**step) / (1 - beta1**step)
+        w -= lr * correction * m_w / (np.sqrt(v_w) + eps)
+        b -= lr * correction * m_b / (np.sqrt(v_b) + eps)
+    return w, b
+
+
+def load_dataset(*splits: str) -> list[dict[str, object]]:
+    """Rows of the shipped injection dataset (id, split, label, lang, kind, text); all, or those of `splits`."""
+    text = files("jijian.guard").joinpath("data", DATASET).read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [r for r in rows if not splits or r["split"] in splits]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("JIJIAN_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jijian" / "guard"
+
+
+@lru_cache(maxsize=1)
+def default_classifier() -> InjectionClassifier:
+    """The classifier trained on the train and dev splits of the shipped dataset, once per machine.
+
+    The test split is never trained on: `benchmarks/guard_eval.py` measures the detector on it.
+    Texts are normalised as the detector normalises them, so training sees what detection sees.
+    Training is deterministic, so the cached weights (keyed by the dataset's and the training
+    settings' hash) are exactly what retraining from the shipped file gives.
+    """
+    raw = files("jijian.guard").joinpath("data", DATASET).read_bytes()
+    settings = repr((HASH_BITS, NGRAM_SIZES, TRAINING_SPLITS, TRAINING_STEPS)).encode()
+    key = hashlib.sha256(raw + settings).hexdigest()
+    cached = _cache_dir() / f"classifier-{key[:16]}.npz"
+    try:
+        with np.load(cached) as data:
+            return InjectionClassifier(data["weights"], float(data["bias"]), key)
+    except (OSError, KeyError, ValueError):
+        pass  # not cached yet (or unreadable): train
+    rows = load_dataset(*TRAINING_SPLITS)
+    weights, bias = train_classifier(
+        [normalize(str(r["text"]))[0] for r in rows], [int(r["label"]) for r in rows], steps=TRAINING_STEPS
+    )  # type: ignore[call-overload]
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.npz")
+        np.savez(tmp, weights=weights, bias=np.float64(bias))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home is fine: we simply train again next time
+    return InjectionClassifier(weights, bias, key)

@@ -1,0 +1,112 @@
+"""Prompt-injection detection for direct prompts and retrieved documents, English and Chinese.
+
+`detect_injection(text)` normalises hidden-text tricks away, runs the rule layer, decodes encoded
+payloads (base64, hex, rot13) and rescans them, and asks the trained n-gram classifier. The score
+is the strongest of that evidence; the reasons say which pieces fired.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from dataclasses import dataclass, field
+
+from jijian.guard.classifier import InjectionClassifier, default_classifier
+from jijian.guard.injection_rules import match_rules
+from jijian.guard.normalize import normalize
+
+DEFAULT_THRESHOLD = 0.5
+MAX_PAYLOADS = 8
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){8,}")
+_ROT13_HINT = re.compile(r"rot-?13|caesar|凯撒", re.IGNORECASE)
+# A hiding trick alone is suspicious but not proof (zero-width joiners appear in emoji and Indic
+# scripts), so it informs the reasons and only flags together with other evidence.
+_TRICK_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class InjectionVerdict:
+    """A detector's answer: score in [0, 1], the decision at the threshold, and why."""
+
+    score: float
+    flagged: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        """The verdict as the CLI's JSON schema has it."""
+        return {"score": round(self.score, 4), "flagged": self.flagged, "reasons": list(self.reasons)}
+
+
+def _decoded_payloads(text: str) -> list[tuple[str, str]]:
+    """(encoding, decoded text) for every base64 or hex run that decodes to readable text."""
+    found = []
+    for m in _BASE64.finditer(text):
+        token = m.group()
+        if not re.search(r"[A-Z]", token) or not re.search(r"[a-z0-9]", token):
+            continue  # words and hex digests are not base64 payloads worth decoding
+        body = token.rstrip("=").replace("-", "+").replace("_", "/")  # URL-safe alphabet too
+        try:
+            decoded = base64.b64decode(body + "=" * (-len(body) % 4), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            continue
+        if decoded and sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95:
+            found.append(("base64", decoded))
+    for m in _HEX.finditer(text):
+        digits = re.sub(r"[^0-9A-Fa-f]", "", m.group().replace("\\x", ""))
+        try:
+            decoded = bytes.fromhex(digits).decode("utf-8")
+        except ValueError:
+            continue
+        if decoded and sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95:
+            found.append(("hex", decoded))
+    return found
+
+
+class InjectionDetector:
+    """Rules + decoded-payload rescanning + the trained classifier, thresholded."""
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, classifier: InjectionClassifier | None = None) -> None:
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"injection threshold {threshold} must lie in [0, 1]")
+        self.threshold = threshold
+        self.classifier = classifier or default_classifier()
+
+    def _evidence(self, text: str, depth: int) -> list[tuple[str, float]]:
+        normalized, tricks = normalize(text)
+        evidence = [(f"hidden text: {trick}", _TRICK_WEIGHT) for trick in tricks]
+        evidence += match_rules(normalized)
+        probability = self.classifier.probability(normalized)
+        evidence.append((f"classifier {probability:.2f}", probability))
+        if depth == 0:
+            # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.
+            for encoding, decoded in _decoded_payloads(normalized)[:MAX_PAYLOADS]:
+                inner = self._evidence(decoded, depth + 1)
+                strongest = max(weight for _, weight in inner)
+                if strongest >= 0.5:
+                    evidence.append((f"{encoding}-encoded payload: " + "; ".join(r for r, _ in inner), strongest))
+            # rot13 is only decoded when the text names it: rot13 of ordinary English is gibberish
+            # that would only feed the classifier noise.
+            if _ROT13_HINT.search(normalized):
+                rules = match_rules(codecs.decode(normalized, "rot13"))
+                if rules:
+                    evidence.append(
+                        ("rot13-encoded payload: " + "; ".join(r for r, _ in rules), max(w for _, w in rules))
+                    )
+        return evidence
+
+    def scan(self, text: str) -> InjectionVerdict:
+        """Score one text; reasons list the evidence that counted (the classifier's probability always)."""
+        evidence = self._evidence(text, 0)
+        score = max(weight for _, weight in evidence)
+        if any(reason.startswith("hidden text") for reason, _ in evidence) and score >= 0.4:
+            score = min(1.0, score + 0.2)  # hiding plus any other sign: someone is trying to smuggle something
+        reasons = [reason for reason, weight in evidence if weight >= 0.3 or reason.startswith("classifier")]
+        return InjectionVerdict(round(score, 4), score >= self.threshold, reasons)
+
+
+def detect_injection(text: str, threshold: float = DEFAULT_THRESHOLD) -> InjectionVerdict:
+    """Scan one text with the default detector (the shipped classifier, trained on first use)."""
+    return InjectionDetector(threshold).scan(text)

@@ -1,0 +1,288 @@
+"""PII recognisers and redaction: find spans of personal data, validated by checksum wherever one exists.
+
+Types: EMAIL, PHONE (mainland-China mobile, international E.164), CN_ID (GB 11643 check digit),
+CREDIT_CARD (Luhn), IP (v4/v6, parsed by `ipaddress`), IBAN (ISO 13616 mod-97), SECRET (known key
+prefixes, or a high-entropy value assigned to a key/secret/token/password name). Offsets are
+character offsets into the original text, end exclusive. `redact` is the hook the data pipeline,
+the knowledge base and the server's logs call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal
+
+from jijian.config.errors import UserInputError
+
+PII_TYPES = ("EMAIL", "PHONE", "CN_ID", "CREDIT_CARD", "IP", "IBAN", "SECRET")
+RedactionMode = Literal["mask", "hash", "placeholder"]
+REDACTION_MODES: tuple[str, ...] = ("mask", "hash", "placeholder")
+
+
+class RedactionModeError(UserInputError):
+    """An unknown redaction mode."""
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    """One recognised piece of personal data: its type and character offsets [start, end)."""
+
+    type: str
+    start: int
+    end: int
+    text: str
+
+    def to_json(self) -> dict[str, object]:
+        """The span as the CLI's JSON schema has it (the text itself is left out on purpose)."""
+        return {"type": self.type, "start": self.start, "end": self.end}
+
+
+# --- validators -------------------------------------------------------------------------------
+
+
+def luhn_valid(digits: str) -> bool:
+    """True if the digit string passes the Luhn (mod 10) check used by payment cards."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+_CN_ID_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]
+_CN_ID_CHECK = "10X98765432"
+
+
+def _cn_id_shaped(number: str) -> bool:
+    """Region digit and birth date of a resident ID, whatever the check character says."""
+    if len(number) != 18 or not number[:17].isdigit() or number[0] not in "12345678":
+        return False
+    try:
+        born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+    except ValueError:
+        return False
+    return date(1880, 1, 1) <= born <= date.today()
+
+
+def cn_id_valid(number: str) -> bool:
+    """True for an 18-character resident ID with a valid GB 11643 check digit, region and birth date."""
+    if not _cn_id_shaped(number):
+        return False
+    return (
+        number[17].upper()
+        == _CN_ID_CHECK[sum(int(c) * w for c, w in zip(number[:17], _CN_ID_WEIGHTS, strict=True)) % 11]
+    )
+
+
+# Lengths of IBANs per country (ISO 13616 registry, the common ones); unknown countries are rejected
+# so that a random mod-97 hit in a part number is not reported as a bank account.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
+    "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21,
+    "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31,
+    "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22,
+    "SA": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+def iban_valid(iban: str) -> bool:
+    """True for an IBAN (spaces removed) of the right length for its country whose mod-97 remainder is 1."""
+    iban = iban.upper()
+    if _IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban[2:4].isdigit():
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character of the text's own character distribution."""
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+
+
+# --- recognisers: each yields (start, end) of validated matches ---------------------------------
+# Boundaries are ASCII on purpose: in Python's regexes a CJK character is a word character, and
+# Chinese text runs values straight into words ("手机13812345678").
+
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9_.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,24}(?![A-Za-z0-9_-])"
+)
+# Mainland mobile: 1[3-9]x xxxx xxxx, optionally +86/0086, with spaces or dashes as people type them.
+_CN_MOBILE = re.compile(r"(?<![A-Za-z0-9_+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}(?![A-Za-z0-9_])")
+# E.164: a plus sign, a non-zero country code, 7 to 15 digits in all, separators allowed between groups.
+_E164 = re.compile(r"(?<![A-Za-z0-9_+])\+[1-9](?:[ -]?\d){0,2}(?:[ -]?\(\d{1,4}\))?(?:[ -]?\d){5,13}(?![A-Za-z0-9_])")
+_CN_ID = re.compile(r"(?<![A-Za-z0-9_])\d{17}[\dXx](?![A-Za-z0-9_])")
+_CARD = re.compile(r"(?<![A-Za-z0-9_-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![A-Za-z0-9_-])")
+_IPV4 = re.compile(r"(?<![A-Za-z0-9_.])(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9_]|\.\d)")
+_IPV6 = re.compile(
+    r"(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![A-Za-z0-9_:])"
+)
+_IBAN = re.compile(r"(?<![A-Za-z0-9_])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9_])")
+_SECRET_PREFIXED = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:"
+    r"AKIA[0-9A-Z]{16}"  # AWS access key id
+    r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}"  # GitHub tokens
+    r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style keys
+    r"|sk_(?:live|test)_[A-Za-z0-9]{16,}|rk_live_[A-Za-z0-9]{16,}"  # Stripe
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
+    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
+    r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # JSON web token
+    r")(?![A-Za-z0-9_-])"
+)
+_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", re.S)
+_SECRET_ASSIGNED = re.compile(
+    r"(?i)(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?key|auth[_-]?token|token|password|passwd|pwd|"
+    r"密钥|密码|口令|令牌)[\"']?\s*(?:[:=：]|is|为|是)\s*[\"']?([A-Za-z0-9+/_@#$%^&*!.~-]{8,})"
+)
+
+
+# Dotted or snake_case names without digits are variables and attributes in code.
+_IDENTIFIER = re.compile(r"[A-Za-z_]+(?:\.[A-Za-z_]+)*")
+# "section 7.1.4.34", "RFC 3.2.1.5", "version 1.2.3.4": a dotted quad that is a number in a document.
+_NOT_AN_ADDRESS = re.compile(r"(?i)(?:\b(?:section|sec\.|rfc|version|ver\.|v)|§|章节|第)\s*$")
+
+
+def _emails(text: str) -> Iterator[tuple[int, int]]:
+    for m in _EMAIL.finditer(text):
+        yield m.span()
+
+
+def _phones(text: str) -> Iterator[tuple[int, int]]:
+    for m in _CN_MOBILE.finditer(text):
+        yield m.span()
+    for m in _E164.finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if 8 <= len(digits) <= 15:
+            yield m.span()
+
+
+def _cn_ids(text: str) -> Iterator[tuple[int, int]]:
+    for m in _CN_ID.finditer(text):
+        if cn_id_valid(m.group()):
+            yield m.span()
+
+
+def _cards(text: str) -> Iterator[tuple[int, int]]:
+    for m in _CARD.finditer(text):
+        raw = m.group()
+        seps = set(re.sub(r"\d", "", raw))
+        if len(seps) > 1:  # "4111 1111-1111 1111": mixed separators are not how cards are written
+            continue
+        digits = re.sub(r"\D", "", raw)
+        if digits == raw and _cn_id_shaped(digits):
+            continue  # a resident ID with a typo in its check digit is not a card that happens to pass Luhn
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            yield m.span()
+
+
+def _ips(text: str) -> Iterator[tuple[int, int]]:
+    for pattern in (_IPV4, _IPV6):
+        for m in pattern.finditer(text):
+            candidate = m.group()
+            if candidate.count(":") >= 2 and candidate.strip(":") == "":
+                continue  # a bare "::" is punctuation in code, not an address anyone would redact
+            if _NOT_AN_ADDRESS.search(text, max(0, m.start() - 12), m.start()):
+                continue
+            try:
+                ipaddress.ip_address(candidate)
+            except ValueError:
+                continue
+            yield m.span()
+
+
+def _ibans(text: str) -> Iterator[tuple[int, int]]:
+    for m in _IBAN.finditer(text):
+        if iban_valid(m.group().replace(" ", "")):
+            yield m.span()
+
+
+def _secrets(text: str) -> Iterator[tuple[int, int]]:
+    for m in _SECRET_PREFIXED.finditer(text):
+        # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
+        if shannon_entropy(m.group()) >= 3.0:
+            yield m.span()
+    for m in _PRIVATE_KEY.finditer(text):
+        yield m.span()
+    for m in _SECRET_ASSIGNED.finditer(text):
+        value = m.group(1)
+        if _IDENTIFIER.fullmatch(value):
+            continue  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
+        classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z0-9]"))
+        if classes >= 2 and shannon_entropy(value) >= 2.8:
+            yield m.span(1)
+
+
+RECOGNISERS: dict[str, Callable[[str], Iterator[tuple[int, int]]]] = {
+    "EMAIL": _emails,
+    "PHONE": _phones,
+    "CN_ID": _cn_ids,
+    "CREDIT_CARD": _cards,
+    "IP": _ips,
+    "IBAN": _ibans,
+    "SECRET": _secrets,
+}
+# When spans overlap, the more specific recogniser wins (a valid resident ID also contains a
+# mobile-number-shaped run of digits; a secret may contain an email-like string).
+_PRIORITY = {"SECRET": 0, "CN_ID": 1, "IBAN": 2, "CREDIT_CARD": 3, "EMAIL": 4, "IP": 5, "PHONE": 6}
+
+
+def find_pii(text: str, types: tuple[str, ...] | None = None) -> list[PiiSpan]:
+    """All validated PII spans in `text`, sorted by start, without overlaps."""
+    wanted = PII_TYPES if types is None else types
+    candidates = [(start, end, kind) for kind in wanted for start, end in RECOGNISERS[kind](text) if end > start]
+    candidates.sort(key=lambda c: (_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))
+    taken: list[tuple[int, int]] = []
+    spans = []
+    for start, end, kind in candidates:
+        if any(start < t_end and t_start < end for t_start, t_end in taken):
+            continue
+        taken.append((start, end))
+        spans.append(PiiSpan(kind, start, end, text[start:end]))
+    return sorted(spans, key=lambda s: s.start)
+
+
+def _replacement(span: PiiSpan, mode: str, salt: str) -> str:
+    if mode == "placeholder":
+        return f"[{span.type}]"
+    if mode == "mask":
+        # Keep separators and length so the shape of the log line survives, not the value.
+        return re.sub(r"[^\s\-.@:()]", "*", span.text)
+    digest = hashlib.sha256((salt + span.text).encode("utf-8")).hexdigest()[:12]
+    return f"[{span.type}:{digest}]"
+
+
+def redact_spans(text: str, spans: list[PiiSpan], mode: str = "placeholder", salt: str = "") -> str:
+    """Replace the given spans (from `find_pii`) in `text` by the chosen redaction."""
+    if mode not in REDACTION_MODES:
+        raise RedactionModeError(f"redaction mode {mode!r}: choose one of {', '.join(REDACTION_MODES)}")
+    out, last = [], 0
+    for span in sorted(spans, key=lambda s: s.start):
+        out.append(text[last : span.start])
+        out.append(_replacement(span, mode, salt))
+        last = span.end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def redact(text: str, mode: str = "placeholder", salt: str = "") -> str:
+    """Text with every PII span replaced: `placeholder` ([EMAIL]), `mask` (****) or `hash` ([EMAIL:3f2a…]).
+
+    `hash` keeps equal values equal (useful for joining logs) without revealing them; pass a secret
+    `salt` so that short values such as phone numbers cannot be recovered by hashing every candidate.
+    """
+    return redact_spans(text, find_pii(text), mode, salt)
