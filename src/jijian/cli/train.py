@@ -83,3 +83,19 @@ def train_report(
     out_console.print(table)
     for plot in report.plots:
         err_console.print(f"wrote {plot}")
+
+
+@train_app.command("export")
+@reports_errors
+def train_export(
+    run_dir: Annotated[Path, typer.Argument(help="a run's output directory (holds deploy.toml)")],
+    to: Annotated[Path, typer.Option(help="the Hugging Face model directory to write")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="a checkpoint directory; default: the newest valid one of the run")
+    ] = None,
+) -> None:
+    """Consolidate a sharded checkpoint into HF format (config.json + safetensors + tokenizer)."""
+    from jijian.train.export import describe, export_checkpoint
+
+    model_dir, source = export_checkpoint(run_dir, to, checkpoint)
+    err_console.print(f"exported {describe(source)} to {model_dir}")

@@ -193,6 +193,14 @@ class TrainConfig(Section):
     collective_timeout_s: float = Field(
         default=600.0, gt=0, description="a collective waiting longer than this fails the rank (then restarts)"
     )
+    skip_nonfinite: bool = Field(
+        default=True, description="a non-finite loss or gradient norm rolls back instead of updating the model"
+    )
+    spike_zscore: float = Field(
+        default=0.0, ge=0, description="roll back on a loss this many sigma above the window; 0 = off"
+    )
+    spike_window: int = Field(default=50, ge=2, description="steps in the moving window of the spike check")
+    max_rollbacks: int = Field(default=3, ge=0, description="rollbacks allowed before the run stops with an error")
 
     @model_validator(mode="after")
     def _check_warmup(self) -> TrainConfig:
@@ -232,6 +240,7 @@ class CheckpointConfig(Section):
     interval: int = Field(default=500, ge=1)
     keep_last: int = Field(default=3, ge=1)
     async_mode: Literal["off", "thread", "process"] = "off"
+    keep_every: int = Field(default=0, ge=0, description="also keep every checkpoint whose step is a multiple; 0 = off")
 
 
 class KBConfig(Section):

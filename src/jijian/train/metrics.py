@@ -40,6 +40,8 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.append:
+                drop_torn_tail(self.path)
             self._file = self.path.open("a" if self.append else "w", encoding="utf-8")
         if self.console.is_terminal:
             self._progress = Progress(
@@ -83,6 +85,28 @@ class MetricsLogger:
         """Move the progress bar without writing a record."""
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a JSON-lines file back to its last complete line (a rank killed mid-write leaves half a record)."""
+    if not path.is_file():
+        return
+    with path.open("r+b") as f:
+        end = f.seek(0, 2)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        if keep != end:
+            f.truncate(keep)
 
 
 _SHOWN = {

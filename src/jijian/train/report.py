@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jijian.config import UserInputError
+from jijian.train.goodput import LEDGER, read_ledger, summarize
 
 
 class ReportError(UserInputError):
@@ -113,4 +114,25 @@ def build_report(run_dir: Path, out_dir: Path) -> RunReport:
     last = max((r for r in records if "elapsed_s" in r), key=lambda r: r["elapsed_s"], default=None)
     if last:
         s["wall time"] = f"{last['elapsed_s']:.1f} s"
+    ledger_path = run_dir / LEDGER
+    if ledger_path.is_file() and (ledger := summarize(read_ledger(ledger_path))):
+        s.update(goodput_rows(ledger))
     return report
+
+
+def goodput_rows(ledger: dict[str, float | int]) -> dict[str, str]:
+    """The goodput ledger's summary as report rows."""
+    wall = float(ledger["wall_s"]) or 1.0
+
+    def share(key: str) -> str:
+        return f"{ledger[key]:.1f} s ({100 * ledger[key] / wall:.1f}%)"
+
+    return {
+        "goodput": f"{100 * ledger['goodput']:.1f}% (productive / wall, all attempts)",
+        "wall time (all attempts)": f"{ledger['wall_s']:.1f} s",
+        "productive steps": share("productive_s"),
+        "blocked on checkpoints": share("checkpoint_blocking_s"),
+        "recomputed steps": share("recomputed_s"),
+        "lost to restarts": share("restart_lost_s"),
+        "attempts / rollbacks": f"{ledger['attempts']} / {ledger['rollbacks']}",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -19,13 +20,24 @@ from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
 from jijian.model.hf import load_hf, save_hf_state_dict
 from jijian.model.tokenizer import Tokenizer
+from jijian.train.checkpoint import CheckpointManager
 from jijian.train.distributed import env_world_size, init_distributed, is_rank0
 from jijian.train.flops import flops_per_token, peak_flops
+from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
 from jijian.train.norms import local_part
 from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
-from jijian.train.trainer import Throughput, Trainer, TrainResult, cross_entropy_loss, resolve_device
+from jijian.train.trainer import (
+    Throughput,
+    Trainer,
+    TrainResult,
+    cross_entropy_loss,
+    read_instability,
+    resolve_device,
+)
+
+INSTABILITY = "instability.json"
 
 
 class TrainSetupError(UserInputError):
@@ -102,6 +114,11 @@ def gather_full_state(parts: ModelParts, dims: ParallelDims) -> dict[str, torch.
     return state if is_rank0() else {}
 
 
+def checkpoint_dir(config: DeployConfig) -> Path:
+    """[checkpoint].dir, else `checkpoints/` inside the run's output directory."""
+    return config.checkpoint.dir or config.train.output_dir / "checkpoints"
+
+
 def run_training(config: DeployConfig, *, console: Console | None = None) -> TrainRun:
     """Train [model] on [data].sources per [train] and [parallel]; rank 0 writes metrics and the HF model."""
     tcfg = config.train
@@ -150,9 +167,12 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
 
     output_dir = tcfg.output_dir
     metrics_path = output_dir / "metrics.jsonl"
+    ledger = None
     if is_rank0():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "deploy.toml").write_text(dump_config(config), encoding="utf-8")
+        ledger = GoodputLedger(output_dir / LEDGER)
+        ledger.record("attempt", restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
     trainer = Trainer(
         parts,
         tcfg,
@@ -163,10 +183,39 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         logger=None,
         throughput=throughput,
         autocast=torch.bfloat16 if bf16 and not fsdp_bf16 else None,
+        ledger=ledger,
     )
-    logging = MetricsLogger(metrics_path, tcfg.steps, console=console) if is_rank0() else nullcontext(None)
+    resumed_from, skipped = None, []
+    if config.checkpoint.enabled:
+        ckpt = config.checkpoint
+        trainer.checkpoints = CheckpointManager(
+            checkpoint_dir(config),
+            tensors=trainer.state_tensors,
+            interval=ckpt.interval,
+            keep_last=ckpt.keep_last,
+            keep_every=ckpt.keep_every,
+            async_mode=ckpt.async_mode,
+            log=ledger.record_event if ledger is not None else None,
+        )
+        resumed_from, skipped = trainer.checkpoints.choose()
+        trainer.instability_path = output_dir / INSTABILITY
+        if resumed_from is not None:
+            trainer.restore(resumed_from)
+            skip, rollbacks = read_instability(trainer.instability_path)
+            trainer.skip_batches |= skip
+            trainer.rollbacks = max(trainer.rollbacks, rollbacks)
+    if ledger is not None:
+        ledger.record("resume", to_step=trainer.step, checkpoint=str(resumed_from) if resumed_from else None)
+    append = resumed_from is not None or bool(skipped)
+    logging = (
+        MetricsLogger(metrics_path, tcfg.steps, console=console, append=append) if is_rank0() else nullcontext(None)
+    )
     with logging as logger:
         trainer.logger = logger
+        for bad in skipped:
+            trainer._log(step=trainer.step, event="checkpoint_skipped", path=str(bad.path), reason=bad.reason)
+        if resumed_from is not None:
+            trainer._log(step=trainer.step, event="resumed", checkpoint=str(resumed_from))
         if logger is not None:
             with torch.device("meta"):
                 n_params = CausalLM(model_cfg).num_parameters()
@@ -186,7 +235,14 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "peak_source": peak_source,
                 }
             )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        finally:
+            if trainer.checkpoints is not None:
+                trainer.checkpoints.close()
+    if ledger is not None:
+        ledger.record("end", step=trainer.step)
+        ledger.close()
     state = gather_full_state(parts, dims)
     model_dir = output_dir / "model"
     if is_rank0():

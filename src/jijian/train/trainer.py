@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from jijian.config import TrainConfig
+from jijian.config import TrainConfig, UserInputError
+from jijian.train.checkpoint import CheckpointManager, materialize_optimizer_state, optimizer_tensors
 from jijian.train.flops import peak_memory_bytes
+from jijian.train.goodput import GoodputLedger
 from jijian.train.metrics import MetricsLogger
 from jijian.train.norms import clip_grad_norm_
 from jijian.train.optim import build_lr_scheduler, build_optimizer
@@ -67,6 +75,61 @@ class TrainResult:
         return self.losses[max(self.losses)]
 
 
+class InstabilityDetected(Exception):  # a signal to the loop, not an error to the user
+    """A step whose loss or gradient went bad; raised before the optimizer applied it."""
+
+    def __init__(self, step: int, reason: str, batches: list[int]) -> None:
+        super().__init__(f"{reason} at step {step}")
+        self.step = step
+        self.reason = reason
+        self.batches = batches
+
+
+class TrainingUnstable(UserInputError, FloatingPointError):
+    """Instability that rollbacks could not cure: lower train.lr, or raise train.max_rollbacks."""
+
+
+def record_instability(path: Path, skip_batches: list[int], rollbacks: int) -> None:
+    """Write the run's skipped batches and rollback count atomically (a JSON file beside the metrics)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"skip_batches": skip_batches, "rollbacks": rollbacks}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_instability(path: Path) -> tuple[set[int], int]:
+    """What `record_instability` wrote, or nothing."""
+    if not path.is_file():
+        return set(), 0
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return set(data["skip_batches"]), int(data["rollbacks"])
+
+
+class InstabilityGuard:
+    """Flags a step whose loss or gradient norm is not finite, or whose loss spikes above a z-score."""
+
+    def __init__(self, nonfinite: bool, zscore: float, window: int) -> None:
+        self.nonfinite = nonfinite
+        self.zscore = zscore
+        self.recent: deque[float] = deque(maxlen=window)
+
+    @property
+    def active(self) -> bool:
+        """Whether any check is on (each costs a device synchronisation per step)."""
+        return self.nonfinite or self.zscore > 0
+
+    def check(self, loss: float, grad_norm: float) -> str | None:
+        """The reason this step is bad, or None (and then the loss joins the moving window)."""
+        if self.nonfinite and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return f"non-finite loss {loss} or gradient norm {grad_norm}"
+        if self.zscore > 0 and len(self.recent) == self.recent.maxlen:
+            mean = sum(self.recent) / len(self.recent)
+            std = math.sqrt(sum((x - mean) ** 2 for x in self.recent) / len(self.recent))
+            if std > 0 and (loss - mean) / std > self.zscore:
+                return f"loss spike {loss:.4f} ({(loss - mean) / std:.1f} sigma above the last {len(self.recent)})"
+        self.recent.append(loss)
+        return None
+
+
 @dataclass
 class Throughput:
     """Turns tokens per second into MFU: model FLOPs per token and the device's peak FLOP/s."""
@@ -95,6 +158,8 @@ class Trainer:
         logger: MetricsLogger | None = None,
         throughput: Throughput | None = None,
         autocast: torch.dtype | None = None,
+        checkpoints: CheckpointManager | None = None,
+        ledger: GoodputLedger | None = None,
     ) -> None:
         self.parts = model if isinstance(model, ModelParts) else ModelParts(parts=[model], stage_ids=[0], n_stages=1)
         self.model = self.parts.parts[0]
@@ -111,6 +176,14 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.data_wait_s = 0.0
+        self.checkpoints = checkpoints
+        self.ledger = ledger
+        self.guard = InstabilityGuard(cfg.skip_nonfinite, cfg.spike_zscore, cfg.spike_window)
+        # Batches are numbered in stream order; those that caused a rollback are drawn and dropped on replay.
+        self.batches_drawn = 0
+        self.skip_batches: set[int] = set()
+        self.rollbacks = 0
+        self.instability_path: Path | None = None
 
     # -- data-parallel bookkeeping ------------------------------------------------------------
 
@@ -139,7 +212,11 @@ class Trainer:
 
     def _next_batch(self) -> Batch:
         start = time.perf_counter()
+        while self.batches_drawn in self.skip_batches:
+            next(self.batches)
+            self.batches_drawn += 1
         inputs, targets = next(self.batches)
+        self.batches_drawn += 1
         self.data_wait_s += time.perf_counter() - start
         self.tokens_seen += inputs.numel()
         inputs, targets = self._local_rows(inputs), self._local_rows(targets)
@@ -165,6 +242,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.cfg.grad_accum_steps
         total = torch.zeros((), device=self.device)
+        first_batch = self.batches_drawn
         for _ in range(accum):
             inputs, targets = self._next_batch()
             if self.parts.schedule is not None:
@@ -180,10 +258,107 @@ class Trainer:
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         pp_group = self.dims.pp_group if self.dims is not None else None
         grad_norm = clip_grad_norm_(self.parts.parameters(), max_norm, pp_group)
+        loss = self._global_mean(total)
+        if self.guard.active:
+            self._check_stability(loss, grad_norm, list(range(first_batch, self.batches_drawn)))
+        if self.checkpoints is not None:
+            # An async save may still be copying parameters and moments: they change only from here on.
+            waited = self.checkpoints.before_update()
+            if waited and self.ledger is not None:
+                self.ledger.record("checkpoint", step=self.step, blocking_s=round(waited, 6))
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return self._global_mean(total), grad_norm
+        return loss, grad_norm
+
+    def _check_stability(self, loss: torch.Tensor, grad_norm: torch.Tensor, batches: list[int]) -> None:
+        reason = self.guard.check(float(loss), float(grad_norm))
+        flag = torch.tensor(float(reason is not None))
+        if self.dims is not None and self.dims.distributed:
+            # Loss and norm are global already; agreeing explicitly keeps every rank on the same path.
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise InstabilityDetected(self.step + 1, reason or "instability on another rank", batches)
+
+    # -- checkpointed state -------------------------------------------------------------------------
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything besides tensors and RNGs that a bitwise-identical resume needs (JSON-able)."""
+        data = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "batches_drawn": self.batches_drawn,
+            "data": data,
+            "scheduler": self.scheduler.state_dict(),
+            "lrs": [group["lr"] for group in self.optimizer.param_groups],
+            "skip_batches": sorted(self.skip_batches),
+            "rollbacks": self.rollbacks,
+            "loss_window": list(self.guard.recent),
+        }
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Model and optimizer tensors keyed by parameter name (DTensor shards stay sharded)."""
+        state = {f"model.{k}": v for part in self.parts.parts for k, v in part.state_dict().items()}
+        state.update(optimizer_tensors(self.parts.parts, self.optimizer))
+        return state
+
+    def restore(self, path: Path) -> None:
+        """Continue from checkpoint `path`: tensors in place, then step, data position, schedule, RNGs."""
+        assert self.checkpoints is not None
+        materialize_optimizer_state(self.optimizer)
+        state = self.checkpoints.load(path)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.batches_drawn = int(state["batches_drawn"])
+        if state["data"] is not None and hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state["data"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, state["lrs"], strict=True):
+            group["lr"] = lr
+        # A rollback in this process knows more than the checkpoint: keep the union.
+        self.skip_batches |= set(state["skip_batches"])
+        self.rollbacks = max(self.rollbacks, int(state["rollbacks"]))
+        self.guard.recent.clear()
+        self.guard.recent.extend(state["loss_window"])
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint now (all ranks call it); the blocking time goes to the goodput ledger."""
+        assert self.checkpoints is not None
+        blocked = self.checkpoints.save(self.step, self.trainer_state())
+        if self.ledger is not None:
+            self.ledger.record("checkpoint", step=self.step, blocking_s=round(blocked, 6))
+
+    def _roll_back(self, bad: InstabilityDetected) -> None:
+        """Return to the newest good checkpoint before the bad step and drop its batches, or stop."""
+        limit = self.cfg.max_rollbacks
+        if self.checkpoints is None:
+            raise TrainingUnstable(f"{bad}; enable [checkpoint] so the run can roll back")
+        if self.rollbacks >= limit:
+            raise TrainingUnstable(f"{bad}, after {self.rollbacks} rollbacks (train.max_rollbacks = {limit})")
+        self.checkpoints.wait()
+        path, rejected = self.checkpoints.choose(below_step=bad.step)
+        for skipped in rejected:
+            self._log(step=self.step, event="checkpoint_skipped", path=str(skipped.path), reason=skipped.reason)
+        if path is None:
+            raise TrainingUnstable(f"{bad}, and no valid checkpoint before it to roll back to")
+        self.rollbacks += 1
+        self.skip_batches.update(bad.batches)
+        self.restore(path)
+        if self.instability_path is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+            # Until the next checkpoint records them, a restart learns the skipped batches from this file.
+            record_instability(self.instability_path, sorted(self.skip_batches), self.rollbacks)
+        record = {
+            "bad_step": bad.step,
+            "reason": bad.reason,
+            "to_step": self.step,
+            "skipped_batches": bad.batches,
+            "rollbacks": self.rollbacks,
+        }
+        self._log(step=self.step, event="rollback", **record)
+        if self.ledger is not None:
+            self.ledger.record("rollback", **record)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -215,12 +390,23 @@ class Trainer:
         pending: list[tuple[int, torch.Tensor]] = []
         stopped_early = False
         val_loss = None
+        interval = self.checkpoints.interval if self.checkpoints is not None else 0
         while self.step < cfg.steps:
             lr = self.scheduler.get_last_lr()[0]
-            loss, grad_norm = self.train_step()
+            step_start = time.perf_counter()
+            try:
+                loss, grad_norm = self.train_step()
+            except InstabilityDetected as bad:
+                self._roll_back(bad)
+                pending = [(step, value) for step, value in pending if step <= self.step]
+                continue
+            if self.ledger is not None:
+                self.ledger.record("step", step=self.step, duration_s=round(time.perf_counter() - step_start, 6))
             pending.append((self.step, loss))
             last_step = self.step == cfg.steps
             out_of_time = self._out_of_time(start)
+            if interval and (self.step % interval == 0 or last_step or out_of_time):
+                self.save_checkpoint()
             if self.step % cfg.log_every == 0 or self.step == 1 or last_step or out_of_time:
                 # Synchronise with the device only when logging, so GPU steps can queue up in between.
                 for step, value in pending:

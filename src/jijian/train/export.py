@@ -1,0 +1,48 @@
+"""Consolidate a run's newest valid sharded checkpoint into a Hugging Face model directory, in one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+
+from jijian.config import UserInputError, load_config
+from jijian.model import CausalLM
+from jijian.model.hf import save_hf_state_dict
+from jijian.train.checkpoint import checkpoint_step, newest_valid_checkpoint, validate_checkpoint
+from jijian.train.run import _starting_point, checkpoint_dir, load_tokenizer
+
+
+class ExportError(UserInputError):
+    """Nothing exportable: no run config, or no valid checkpoint."""
+
+
+def export_checkpoint(run_dir: Path, to: Path, checkpoint: Path | None = None) -> tuple[Path, Path]:
+    """Write checkpoint (default: the newest valid one of `run_dir`) as HF weights; returns (model dir, source)."""
+    config_path = run_dir / "deploy.toml"
+    if not config_path.is_file():
+        raise ExportError(f"{config_path} not found: RUN_DIR must be a training run's output directory")
+    config = load_config(config_path)
+    if checkpoint is None:
+        checkpoint, rejected = newest_valid_checkpoint(checkpoint_dir(config))
+        if checkpoint is None:
+            reasons = "; ".join(f"{r.path.name}: {r.reason}" for r in rejected) or "none written"
+            raise ExportError(f"no valid checkpoint under {checkpoint_dir(config)} ({reasons})")
+    elif (reason := validate_checkpoint(checkpoint)) is not None:
+        raise ExportError(f"checkpoint {checkpoint} is not valid: {reason}")
+    model_cfg, _ = _starting_point(config)
+    with torch.device("meta"):
+        shapes = CausalLM(model_cfg).state_dict()
+    # Only the model's tensors are read; DCP assembles each from however many shards were saved.
+    state = {f"model.{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+    dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
+    weights = {k.removeprefix("model."): v for k, v in state.items()}
+    save_hf_state_dict(weights, model_cfg, load_tokenizer(config), to)
+    return to, checkpoint
+
+
+def describe(checkpoint: Path) -> str:
+    """'step N (path)' for messages."""
+    return f"step {checkpoint_step(checkpoint)} ({checkpoint})"
