@@ -15,7 +15,13 @@ def test_quickstart_writes_corpus_tokenizer_model_metrics_and_sample(tmp_path, s
     out = tmp_path / "qs"
     with (tmp_path / "log").open("w") as log:
         summary = run_quickstart(
-            out, minutes=1, steps=12, console=Console(file=log), corpus_files=stdlib_paths, kb_docs=60
+            out,
+            minutes=1,
+            steps=12,
+            console=Console(file=log),
+            corpus_files=stdlib_paths,
+            kb_docs=60,
+            serve_question=None,
         )
     for name in (
         "data/manifest.json",

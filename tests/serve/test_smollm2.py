@@ -73,3 +73,20 @@ def test_engine_greedy_equals_transformers_generate_on_smollm2(smollm2_dir):
         ref = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
         assert out == ref[0, len(prompt) :].tolist()
     assert tokenizer.decode(outs[0]).startswith("The capital of France is Paris.")
+
+
+@pytest.mark.slow
+def test_quick_start_rag_step_answers_with_citations(smollm2_dir, tmp_path, stdlib_paths):
+    """The quick start's last step: SmolLM2 served over HTTP, RAG over a stdlib-docstring knowledge base."""
+    from rich.console import Console
+
+    from jijian.cli.quickstart import SERVE_QUESTION, build_docs_kb, serve_rag_answer
+
+    (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse this module's converted model
+    with (tmp_path / "log").open("w") as log:
+        console = Console(file=log)
+        build_docs_kb(tmp_path / "kb", stdlib_paths, console, max_docs=40)
+        summary = serve_rag_answer(tmp_path, SERVE_QUESTION, console)
+    assert summary["answer"].strip()
+    assert 1 <= len(summary["citations"]) <= 3
+    assert all(c["id"] and c["source"] for c in summary["citations"])

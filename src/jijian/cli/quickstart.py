@@ -23,7 +23,7 @@ from jijian.config import DataConfig, ModelConfig, TrainConfig, parse_config
 from jijian.data import build_dataset, python_stdlib_files
 from jijian.kb import KnowledgeBase
 from jijian.kb.embed import load_embedder
-from jijian.kb.stdlib_docs import SAMPLE_QUERY, build_stdlib_docs, sample_search
+from jijian.kb.stdlib_docs import COLLECTION, SAMPLE_QUERY, build_stdlib_docs, sample_search
 from jijian.model import build_model, generate
 from jijian.model.hf import load_hf
 from jijian.model.tokenizer import train_tokenizer
@@ -31,6 +31,7 @@ from jijian.train import Trainer, run_training
 
 TOKENIZER_BYTES = 6 * 1024 * 1024
 PROMPT = "def read_config(path):\n    "
+SERVE_QUESTION = "How do I read a file compressed with gzip in Python?"
 BATCH_SIZE = 8
 SEQ_LEN = 256
 
@@ -44,6 +45,7 @@ def run_quickstart(
     vocab_size: int = 4096,
     corpus_files: list[Path] | None = None,
     kb_docs: int = 800,
+    serve_question: str | None = SERVE_QUESTION,
 ) -> dict:
     """Build tokenizer → shards → trained model → sample under `out`; returns the summary it writes.
 
@@ -55,7 +57,7 @@ def run_quickstart(
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    console.rule("[bold]1/5 tokenizer: byte-level BPE on the Python standard library")
+    console.rule("[bold]1/6 tokenizer: byte-level BPE on the Python standard library")
     files = corpus_files if corpus_files is not None else python_stdlib_files()
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(_prefix_by_bytes(_read_texts(files), TOKENIZER_BYTES), vocab_size=vocab_size)
@@ -63,7 +65,7 @@ def run_quickstart(
     tokenizer.save(tokenizer_dir)
     console.print(f"vocab {tokenizer.vocab_size} trained in {time.perf_counter() - t0:.0f} s -> {tokenizer_dir}")
 
-    console.rule("[bold]2/5 data: clean, de-duplicate, tokenise, pack into shards")
+    console.rule("[bold]2/6 data: clean, de-duplicate, tokenise, pack into shards")
     data_section = {
         "sources": [str(path) for path in files],
         "output_dir": str(out / "data"),
@@ -80,7 +82,7 @@ def run_quickstart(
         f"({build.elapsed_s:.0f} s)"
     )
 
-    console.rule("[bold]3/5 train llama-tiny")
+    console.rule("[bold]3/6 train llama-tiny")
     model_section = {"preset": "llama-tiny", "vocab_size": tokenizer.vocab_size}
     if steps is None:
         seconds = seconds_per_step(model_section, BATCH_SIZE, SEQ_LEN)
@@ -119,7 +121,7 @@ def run_quickstart(
     run = run_training(config, console=console)
     result = run.result
 
-    console.rule("[bold]4/5 sample")
+    console.rule("[bold]4/6 sample")
     # Sample from the saved directory, not the in-memory model: proves the export stands on its own.
     model, saved_tokenizer = load_hf(run.model_dir)
     saved_tokenizer = saved_tokenizer or tokenizer
@@ -128,8 +130,13 @@ def run_quickstart(
     sample = PROMPT + saved_tokenizer.decode(new)
     console.print(sample, markup=False, highlight=False)
 
-    console.rule("[bold]5/5 knowledge base: standard-library docstrings")
+    console.rule("[bold]5/6 knowledge base: standard-library docstrings")
     kb_summary = build_docs_kb(out / "kb", files, console, max_docs=kb_docs)
+
+    rag_summary = None
+    if serve_question:
+        console.rule("[bold]6/6 serve SmolLM2-135M-Instruct with RAG over the knowledge base")
+        rag_summary = serve_rag_answer(out, serve_question, console)
 
     first = result.losses.get(10, result.losses[min(result.losses)])
     # Single-step losses jitter by about ±0.2 here; the final loss is the mean of the last 10 steps.
@@ -147,6 +154,7 @@ def run_quickstart(
         "total_seconds": round(time.perf_counter() - started, 1),
         "sample": sample,
         "kb": kb_summary,
+        "rag": rag_summary,
     }
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
@@ -165,6 +173,8 @@ def run_quickstart(
     table.add_row("metrics (JSON lines)", str(run.metrics_path))
     table.add_row("resolved config", str(out / "deploy.toml"))
     table.add_row("knowledge base", f"{kb_summary['path']} ({kb_summary['docs']} docstrings)")
+    if rag_summary is not None:
+        table.add_row("RAG answer", f"{len(rag_summary['citations'])} citations, {rag_summary['seconds']:.0f} s")
     table.add_row("summary", str(out / "quickstart.json"))
     console.print(table)
     console.print(
@@ -184,6 +194,42 @@ def build_docs_kb(kb_dir: Path, files: list[Path], console: Console, max_docs: i
     for hit in hits:
         console.print(f"  {hit.id}  ({hit.metadata['source']}:{hit.metadata['line']})", markup=False, highlight=False)
     return {"path": str(kb_dir), "docs": docs, "query": SAMPLE_QUERY, "hits": [hit.id for hit in hits]}
+
+
+def serve_rag_answer(out: Path, question: str, console: Console) -> dict:
+    """Start the OpenAI-compatible server (SmolLM2, guard, RAG over `out/kb`) and ask it one question."""
+    import httpx
+
+    from jijian.serve.server import build_server, serve_in_thread
+
+    t0 = time.perf_counter()
+    config = parse_config(
+        {"serve": {"model_cache_dir": str(out / "models"), "max_num_seqs": 4}, "kb": {"path": str(out / "kb")}},
+        source="quickstart serve",
+    )
+    server = build_server(config)
+    body = {
+        "model": server.settings.model_name,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 96,
+        "temperature": 0,
+        "rag": {"collection": COLLECTION, "top_k": 3},
+    }
+    with serve_in_thread(server.app) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+    response.raise_for_status()
+    answer = response.json()
+    text = answer["choices"][0]["message"]["content"]
+    console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {text}", highlight=False)
+    for citation in answer["citations"]:
+        console.print(f"  [{citation['index']}] {citation['id']}  ({citation['source']})", markup=False)
+    return {
+        "question": question,
+        "answer": text,
+        "citations": answer["citations"],
+        "model": server.settings.model_name,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def seconds_per_step(
