@@ -124,7 +124,7 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="directory for everything the quick start writes")] = Path(
         "runs/quickstart"
     ),
-    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 5.0,
+    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 3.5,
     steps: Annotated[
         int | None, typer.Option(help="training steps; default: as many as fit in --minutes on this machine")
     ] = None,
