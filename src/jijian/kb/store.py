@@ -419,8 +419,21 @@ class Collection:
             raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
         if k < 1:
             raise KBError(f"k must be at least 1, got {k}")
+        return self._nearest(queries, k, columns)
+
+    def _nearest(self, queries: np.ndarray, k: int, columns: tuple[str, ...]) -> list[list[Hit]]:
+        """Unfiltered top-k hits for each query (the hot path: no filter, no ACL)."""
         scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self._tombstone_array)
-        return self._hits([self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)], columns)
+        if columns:
+            return self._hits([self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)], columns)
+        # Ids and scores only: straight from FAISS's arrays to hits; padding (-1) is no rowid, so it drops out.
+        if self.params.metric == "l2":
+            scores = -scores
+        id_of = self._ids.get
+        return [
+            [Hit(i, score) for score, rowid in zip(row_scores, row_ids, strict=True) if (i := id_of(rowid)) is not None]
+            for row_scores, row_ids in zip(scores.tolist(), rowids.tolist(), strict=True)
+        ]
 
     def _vector_ranking(
         self, query: np.ndarray, k: int, condition: tuple[str, list[Any]] | None
@@ -514,6 +527,8 @@ class Collection:
         if mode != "vector" and not text:
             raise KBError(f"mode {mode!r} needs the query text")
         condition = self._condition(filter, principal)
+        if mode == "vector" and condition is None:
+            return self._nearest(query.reshape(1, -1), k, columns)[0]
         if mode == "vector":
             return self._hits([self._vector_ranking(query, k, condition)], columns)[0]
         if mode == "lexical":

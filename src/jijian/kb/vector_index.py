@@ -82,6 +82,18 @@ class VectorIndex:
         return index
 
     @property
+    def labels(self) -> np.ndarray:
+        """Rowid of each position of the FAISS index, increasing."""
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: np.ndarray) -> None:
+        self._labels = labels
+        # The same rowids plus -1 at the end: FAISS pads missing results with position -1, which
+        # numpy reads as "the last element", so one lookup maps positions to rowids, padding included.
+        self._rowid_at = np.append(labels, np.int64(-1))
+
+    @property
     def size(self) -> int:
         """Vectors in the index, tombstoned ones included."""
         return int(self.index.ntotal)
@@ -158,11 +170,7 @@ class VectorIndex:
         """Top-k (scores, rowids) per query among `allow` (all if None) minus sorted `exclude`; rowid -1 pads."""
         params, _keep_alive = self._search_params(k, allow, exclude, ef_search)
         scores, positions = self.index.search(queries, k, params=params)
-        if not len(self.labels):
-            return scores, positions
-        rowids = self.labels.take(positions, mode="clip")
-        rowids[positions < 0] = -1
-        return scores, rowids
+        return scores, self._rowid_at[positions]
 
     def to_bytes(self) -> bytes:
         """The serialised index followed by its labels."""
