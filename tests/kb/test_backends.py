@@ -93,3 +93,21 @@ def test_bad_input(kb):
     with pytest.raises(CollectionNotFound):
         kb.collection("does_not_exist")
     assert col.count() == 0
+
+
+def test_output_fields_choose_what_hits_carry(kb):
+    col = kb.create_collection(next(_names), DIM)
+    data = rows(20)
+    col.insert(data)
+    query = data[3].vector
+    full = col.search(query, k=6)
+    bare = col.search(query, k=6, output_fields=[])
+    assert [(h.id, round(h.score, 4)) for h in bare] == [(h.id, round(h.score, 4)) for h in full]
+    assert all(h.text == "" and h.metadata == {} and h.readers is None for h in bare)
+    assert any(h.readers == ["alice"] for h in full)
+    only_meta = col.search(query, k=6, filter="tag == 'a'", output_fields=["metadata"])
+    assert only_meta and all(h.text == "" and h.metadata == data[int(h.id[1:])].metadata for h in only_meta)
+    with pytest.raises(KBError, match="output_fields: unknown field 'vector'"):
+        col.search(query, output_fields=["vector"])
+    with pytest.raises(KBError, match="output_fields"):
+        col.search(query, output_fields="text")

@@ -100,6 +100,10 @@ def test_http_api(tmp_path):
     bad_filter = client.post("/collections/c/search", json={"text": "x", "filter": "a =="})
     assert bad_filter.status_code == 400 and "filter" in bad_filter.json()["error"]
     assert client.post("/collections/c/search", json={"text": "x", "k": 0}).status_code == 422
+    bare = client.post("/collections/c/search", json={"text": "pears", "k": 1, "output_fields": []}).json()["hits"]
+    assert bare[0]["id"] == "b" and bare[0]["text"] == "" and bare[0]["metadata"] == {}
+    bad_field = client.post("/collections/c/search", json={"text": "x", "output_fields": ["vector"]})
+    assert bad_field.status_code == 400 and "output_fields" in bad_field.json()["error"]
     assert client.get("/collections/c/records/a").json()["text"] == "red apples"
     assert client.post("/collections/c/delete", json={"ids": ["a"]}).json() == {"deleted": 1}
     assert client.get("/collections/c/records/a").status_code == 404

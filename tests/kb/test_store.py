@@ -237,3 +237,48 @@ def test_filtered_results_follow_writes(tmp_path):
     assert "new" in [h.id for h in col.search(rows[0].vector, k=50, filter="group == 'cat'")]
     col.delete(["new", "doc0"])
     assert len(col.search(rows[0].vector, k=50, filter="group == 'cat'")) == 12
+
+
+def test_ids_only_search_follows_every_write(tmp_path):
+    """The in-memory rowid -> id map answers exactly what SQLite would, through writes, rollbacks and reopening."""
+    kb = KnowledgeBase(tmp_path, SearchOptions(exact_below=5))
+    col = kb.create_collection("c", DIM, index="hnsw")
+    rows = records(80)
+    col.insert(rows[:60])
+    queries = np.stack([r.vector for r in rows[::7]])
+
+    def agree(collection) -> None:
+        for q in queries:
+            for kwargs in ({}, {"filter": "group == 'cat'"}, {"principal": Principal("bob")}):
+                full = collection.search(q, k=8, **kwargs)
+                bare = collection.search(q, k=8, output_fields=[], **kwargs)
+                assert [(h.id, h.score) for h in bare] == [(h.id, h.score) for h in full]
+        bare_batch = collection.search_batch(queries, k=8, output_fields=[])
+        full_batch = collection.search_batch(queries, k=8)
+        assert [[h.id for h in hits] for hits in bare_batch] == [[h.id for h in hits] for hits in full_batch]
+
+    agree(col)
+    col.search(rows[5].vector, k=3, output_fields=[])  # caches the (empty) exclusion bitmap
+    col.delete(["doc5"])
+    assert "doc5" not in [h.id for h in col.search(rows[5].vector, k=3, output_fields=[])]
+    col.upsert([Record("doc6", rows[61].vector, "moved", {"i": 6})])  # same id, new rowid and vector
+    assert col.search(rows[61].vector, k=1, output_fields=[])[0].id == "doc6"
+    with pytest.raises(KBError, match="already exists"):
+        col.insert([rows[60], rows[0]])  # rolled back: doc60 must not appear
+    assert "doc60" not in [h.id for h in col.search(rows[60].vector, k=5, output_fields=[])]
+    col.insert(rows[60:])
+    agree(col)
+    kb.close()
+    agree(KnowledgeBase(tmp_path).collection("c"))
+
+
+def test_output_fields_on_lexical_and_hybrid_search(tmp_path):
+    col = KnowledgeBase(tmp_path).create_collection("c", DIM)
+    rows = records(30)
+    col.insert(rows)
+    lexical = col.search(text="wolf", k=5, mode="lexical", output_fields=["text"])
+    assert lexical and all("wolf" in h.text and h.metadata == {} for h in lexical)
+    hybrid = col.search(rows[13].vector, text="wolf", k=5, mode="hybrid", output_fields=["readers"])
+    assert hybrid[0].id == "doc13" and hybrid[0].readers == ["alice"] and hybrid[0].text == ""
+    with pytest.raises(KBError, match="output_fields"):
+        col.search_batch(np.ones((1, DIM)), output_fields=["embedding"])

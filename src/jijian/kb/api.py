@@ -65,6 +65,7 @@ class SearchIn(BaseModel):
     filter: str | None = None
     mode: Literal["vector", "lexical", "hybrid"] = "vector"
     principal: PrincipalIn | None = None
+    output_fields: list[str] | None = None  # what hits carry besides id and score; [] for ids and scores only
 
 
 def _error(exc: Exception) -> JSONResponse:
@@ -156,8 +157,9 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
                 vector = embed([body.text])[0]
             principal = Principal(body.principal.user, frozenset(body.principal.roles)) if body.principal else None
             hits = collection.search(
-                vector, body.k, filter=body.filter, principal=principal, mode=body.mode, text=body.text
-            )
+                vector, body.k, filter=body.filter, principal=principal, mode=body.mode, text=body.text,
+                output_fields=body.output_fields,
+            )  # fmt: skip
             return {"hits": [hit.to_dict() for hit in hits]}
 
         return guarded(work)

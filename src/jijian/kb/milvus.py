@@ -21,7 +21,7 @@ import numpy as np
 from jijian.config import KBConfig
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import BoolOp, Compare, Expr, In, Not, parse_filter
-from jijian.kb.store import _NAME, CollectionNotFound, Hit, KBError, Record
+from jijian.kb.store import _NAME, CollectionNotFound, Hit, KBError, Record, output_columns
 
 _METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 _INDEXES = {"flat": "FLAT", "hnsw": "HNSW", "ivf_flat": "IVF_FLAT", "ivf_pq": "IVF_PQ"}
@@ -133,8 +133,10 @@ class MilvusCollection:
         principal: Principal | None = None,
         mode: str = "vector",
         text: str | None = None,
+        output_fields: Sequence[str] | None = None,
     ) -> list[Hit]:
         """Top-k by vector within the filter and the principal's ACL (Milvus filters during the search)."""
+        columns = output_columns(output_fields)
         if mode != "vector":
             raise KBError(
                 f"mode {mode!r}: the milvus backend supports only vector search (lexical needs the embedded store)"
@@ -152,17 +154,28 @@ class MilvusCollection:
             clauses.append(to_milvus(parse_filter(filter)))
         if principal is not None and not principal.is_admin:
             clauses.append(f"(public or array_contains_any(readers, {json.dumps(sorted(principal.reader_tokens()))}))")
+        # Milvus stores "no ACL" as public=True (its arrays cannot be null), so readers needs both fields.
+        fields = [
+            "id",
+            *(c for c in columns if c != "readers"),
+            *(["public", "readers"] if "readers" in columns else []),
+        ]
         found = self.client.search(
-            self.name, [query.tolist()], limit=k, filter=" and ".join(clauses),
-            output_fields=["id", "text", "metadata", "public", "readers"],
-        )[0]  # fmt: skip
+            self.name, [query.tolist()], limit=k, filter=" and ".join(clauses), output_fields=fields
+        )[0]
         hits = []
         for hit in found:
             entity = hit["entity"]
             # Milvus reports L2 as a distance; the interface promises "higher is better".
             score = -hit["distance"] if self.metric == "l2" else hit["distance"]
-            readers = None if entity["public"] else list(entity["readers"])
-            hits.append(Hit(entity["id"], float(score), entity["text"], dict(entity["metadata"]), readers))
+            result = Hit(entity["id"], float(score))
+            if "text" in columns:
+                result.text = entity["text"]
+            if "metadata" in columns:
+                result.metadata = dict(entity["metadata"])
+            if "readers" in columns and not entity["public"]:
+                result.readers = list(entity["readers"])
+            hits.append(result)
         return hits
 
     def close(self) -> None:

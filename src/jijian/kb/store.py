@@ -34,6 +34,7 @@ from jijian.kb.filters import parse_filter, to_sql
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
 SEARCH_MODES = ("vector", "lexical", "hybrid")
+OUTPUT_FIELDS = ("text", "metadata", "readers")  # what a hit may carry besides its id and score
 RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al.): damps the weight of the very top ranks
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INDEX_MAGIC = b"JJKBIDX1"
@@ -58,14 +59,17 @@ class Record:
     readers: list[str] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
-    """One search result; `score` is similarity (higher is better) or the fused RRF score."""
+    """One search result; `score` is similarity (higher is better) or the fused RRF score.
+
+    Fields left out of a search's `output_fields` keep their empty defaults.
+    """
 
     id: str
     score: float
-    text: str
-    metadata: dict[str, Any]
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
     readers: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +89,18 @@ def fts_query(text: str) -> str:
     """A user's words as a safe FTS5 query: each word quoted, any may match (BM25 ranks them)."""
     words = re.findall(r"\w+", text)
     return " OR ".join('"' + word + '"' for word in words)
+
+
+def output_columns(output_fields: Sequence[str] | None) -> tuple[str, ...]:
+    """The row fields a search must fetch: all of OUTPUT_FIELDS by default, none for `[]` (ids and scores)."""
+    if output_fields is None:
+        return OUTPUT_FIELDS
+    if isinstance(output_fields, str):
+        raise KBError(f"output_fields: expected a list of field names, got the string {output_fields!r}")
+    for name in output_fields:
+        if name not in OUTPUT_FIELDS and name not in ("id", "score"):
+            raise KBError(f"output_fields: unknown field {name!r} (choose from {', '.join(OUTPUT_FIELDS)})")
+    return tuple(name for name in OUTPUT_FIELDS if name in output_fields)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -108,11 +124,27 @@ class Collection:
         self.db = sqlite3.connect(directory / "rows.sqlite", check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # Reads through a memory map skip a read() call per page: fetching a search's hits costs half.
+        self.db.execute("PRAGMA mmap_size=1073741824")
         self._create_tables()
         self.index, self.watermark = self._load_index()
         self.rows_since_checkpoint = self._replay()
         self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
+        # rowid -> id of every live row, so a search answers ids without reading SQLite. Changed only
+        # after a write commits, so it always mirrors the committed rows.
+        self._ids: dict[int, str] = dict(self.db.execute("SELECT rowid, id FROM rows"))
         self._filter_cache: dict[tuple[str, str], tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]] = {}
+
+    @property
+    def tombstones(self) -> set[int]:
+        """Rowids deleted from SQLite but still inside the vector index (searches exclude them)."""
+        return self._tombstones
+
+    @tombstones.setter
+    def tombstones(self, rowids: set[int]) -> None:
+        self._tombstones = rowids
+        # A new array object whenever the set changes: the index caches its exclusion bitmap by identity.
+        self._tombstone_array = np.array(sorted(rowids), dtype=np.int64)
 
     def _create_tables(self) -> None:
         self.db.executescript(
@@ -247,8 +279,9 @@ class Collection:
         self._filter_cache.clear()
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            replaced: list[int] = []
             if replace:
-                self._delete_rows(ids)
+                replaced = self._delete_rows(ids)
             else:
                 taken = self.db.execute(
                     "SELECT id FROM rows WHERE id IN (SELECT value FROM json_each(?)) LIMIT 1", (json.dumps(ids),)
@@ -267,6 +300,9 @@ class Collection:
             self.db.execute("ROLLBACK")
             self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
             raise
+        for rowid in replaced:
+            del self._ids[rowid]
+        self._ids.update(zip(new_rowids, ids, strict=True))
         self._index_add(np.array(new_rowids, dtype=np.int64), vectors)
         self.rows_since_checkpoint += len(new_rowids)
         if self.rows_since_checkpoint >= self.options.checkpoint_rows:
@@ -281,7 +317,7 @@ class Collection:
         """Add or replace records by id; returns their ids."""
         return self._write(records, replace=True)
 
-    def _delete_rows(self, ids: Sequence[str]) -> int:
+    def _delete_rows(self, ids: Sequence[str]) -> list[int]:
         doomed = [
             row[0]
             for row in self.db.execute(
@@ -292,8 +328,8 @@ class Collection:
             self.db.execute("DELETE FROM rows WHERE rowid = ?", (rowid,))
             self.db.execute("DELETE FROM fts WHERE rowid = ?", (rowid,))
             self.db.execute("INSERT OR IGNORE INTO tombstones (rowid) VALUES (?)", (rowid,))
-        self.tombstones.update(doomed)
-        return len(doomed)
+        self.tombstones = self.tombstones | set(doomed)
+        return doomed
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete records by id; returns how many existed."""
@@ -304,10 +340,13 @@ class Collection:
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
+            self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
             raise
+        for rowid in deleted:
+            del self._ids[rowid]
         if self.index.size and len(self.tombstones) > self.index.size // 4:
             self.compact()
-        return deleted
+        return len(deleted)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -342,42 +381,78 @@ class Collection:
             return None
         return " AND ".join(clauses), params
 
-    def _rows_by_rowid(self, rowids: Sequence[int]) -> dict[int, tuple]:
-        if not rowids:
-            return {}
-        found = self.db.execute(
-            "SELECT rowid, id, text, metadata, readers FROM rows WHERE rowid IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(rowids)),),
-        )
-        return {row[0]: row for row in found}
+    def _hits(self, rankings: Sequence[list[tuple[int, float]]], columns: tuple[str, ...]) -> list[list[Hit]]:
+        """Hits for each ranking: ids from memory; the requested columns in ONE SQLite read for all rankings."""
+        ids = self._ids
+        if not columns:
+            id_of = ids.get
+            return [
+                [Hit(i, score) for rowid, score in ranking if (i := id_of(rowid)) is not None] for ranking in rankings
+            ]
+        wanted = sorted({rowid for ranking in rankings for rowid, _ in ranking})
+        # A literal IN list is the fastest lookup for a search's few hits; json_each keeps big batches
+        # under SQLite's limit on bound parameters.
+        where = f"IN ({','.join('?' * len(wanted))})" if len(wanted) <= 500 else "IN (SELECT value FROM json_each(?))"
+        wanted_params = wanted if len(wanted) <= 500 else [json.dumps(wanted)]
+        # Always select all three columns (NULL for those not asked for): one row shape, decoded positionally.
+        picked = ", ".join(column if column in columns else "NULL" for column in OUTPUT_FIELDS)
+        rows = {
+            row[0]: row
+            for row in self.db.execute(f"SELECT rowid, {picked} FROM rows WHERE rowid {where}", wanted_params)
+        }
+        loads = json.loads
+        out = []
+        for ranking in rankings:
+            hits = []
+            for rowid, score in ranking:
+                row = rows.get(rowid)
+                if row is None or (record_id := ids.get(rowid)) is None:
+                    continue
+                _, text, metadata, readers = row
+                hits.append(
+                    Hit(
+                        record_id,
+                        score,
+                        text or "",
+                        {} if metadata is None else loads(metadata),
+                        None if readers is None else loads(readers),
+                    )
+                )
+            out.append(hits)
+        return out
 
-    @staticmethod
-    def _to_hits(ranked: list[tuple[int, float]], rows: dict[int, tuple]) -> list[Hit]:
-        return [
-            Hit(row[1], float(score), row[2], json.loads(row[3]), None if row[4] is None else json.loads(row[4]))
-            for rowid, score in ranked
-            if (row := rows.get(rowid)) is not None
-        ]
-
-    def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
-        return self._to_hits(ranked, self._rows_by_rowid([rowid for rowid, _ in ranked]))
-
-    def search_batch(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Unfiltered vector search for many queries at once (one FAISS call, one SQLite read)."""
+    def search_batch(
+        self, vectors: np.ndarray, k: int = 10, *, output_fields: Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """Unfiltered vector search for many queries at once (one FAISS call, at most one SQLite read)."""
+        columns = output_columns(output_fields)
         queries = np.asarray(vectors, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
-        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self.tombstones)
-        ranked = [self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)]
-        rows = self._rows_by_rowid(sorted({rowid for ranking in ranked for rowid, _ in ranking}))
-        return [self._to_hits(ranking, rows) for ranking in ranked]
+        if k < 1:
+            raise KBError(f"k must be at least 1, got {k}")
+        return self._nearest(queries, k, columns)
+
+    def _nearest(self, queries: np.ndarray, k: int, columns: tuple[str, ...]) -> list[list[Hit]]:
+        """Unfiltered top-k hits for each query (the hot path: no filter, no ACL)."""
+        scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self._tombstone_array)
+        if columns:
+            return self._hits([self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)], columns)
+        # Ids and scores only: straight from FAISS's arrays to hits; padding (-1) is no rowid, so it drops out.
+        if self.params.metric == "l2":
+            scores = -scores
+        id_of = self._ids.get
+        return [
+            [Hit(i, score) for score, rowid in zip(row_scores, row_ids, strict=True) if (i := id_of(rowid)) is not None]
+            for row_scores, row_ids in zip(scores.tolist(), rowids.tolist(), strict=True)
+        ]
 
     def _vector_ranking(
         self, query: np.ndarray, k: int, condition: tuple[str, list[Any]] | None
     ) -> list[tuple[int, float]]:
         query = prepare(query.reshape(1, -1), self.params.metric)
         if condition is None:
-            scores, rowids = self.index.search(query, k, exclude=self.tombstones)
+            scores, rowids = self.index.search(query, k, exclude=self._tombstone_array)
             return self._ranked(scores[0], rowids[0])
         allowed = self._allowed(condition)
         if len(allowed) == 0:
@@ -391,7 +466,7 @@ class Collection:
         rowids, vectors = self._allowed_vectors(condition, allowed)
         scores = -((vectors - query) ** 2).sum(axis=1) if self.params.metric == "l2" else vectors @ query[0]
         top = np.argsort(-scores, kind="stable")[:k]
-        return [(int(rowids[i]), self._similarity(float(scores[i]), exact=True)) for i in top]
+        return [(int(rowids[i]), float(scores[i])) for i in top]  # already higher-is-better for L2
 
     def _allowed(self, condition: tuple[str, list[Any]]) -> np.ndarray:
         # Evaluating a JSON filter scans every row; the same filter (or principal) usually repeats,
@@ -413,14 +488,10 @@ class Collection:
         self._filter_cache[key] = (allowed, rows)
         return rows
 
-    def _similarity(self, score: float, exact: bool = False) -> float:
-        # FAISS L2 returns squared distances; report "higher is better" for every metric.
-        if self.params.metric == "l2":
-            return score if exact else -score
-        return score
-
     def _ranked(self, scores: np.ndarray, rowids: np.ndarray) -> list[tuple[int, float]]:
-        return [(int(r), self._similarity(float(s))) for s, r in zip(scores, rowids, strict=True) if r >= 0]
+        # FAISS L2 returns squared distances; negate so that higher is better, as for the other metrics.
+        sign = -1.0 if self.params.metric == "l2" else 1.0
+        return [(r, sign * s) for s, r in zip(scores.tolist(), rowids.tolist(), strict=True) if r >= 0]
 
     def _lexical_ranking(self, text: str, k: int, condition: tuple[str, list[Any]] | None) -> list[tuple[int, float]]:
         query = fts_query(text)
@@ -444,8 +515,14 @@ class Collection:
         principal: Principal | None = None,
         mode: str = "vector",
         text: str | None = None,
+        output_fields: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """Top-k records by vector, lexical (BM25) or hybrid (RRF) ranking, within filter and ACL."""
+        """Top-k records by vector, lexical (BM25) or hybrid (RRF) ranking, within filter and ACL.
+
+        `output_fields` picks what hits carry besides id and score (default: text, metadata and
+        readers); `[]` answers from memory without reading any row.
+        """
+        columns = output_columns(output_fields)
         if mode not in SEARCH_MODES:
             raise KBError(f"mode {mode!r}: must be one of {', '.join(SEARCH_MODES)}")
         if k < 1:
@@ -462,10 +539,12 @@ class Collection:
         if mode != "vector" and not text:
             raise KBError(f"mode {mode!r} needs the query text")
         condition = self._condition(filter, principal)
+        if mode == "vector" and condition is None:
+            return self._nearest(query.reshape(1, -1), k, columns)[0]
         if mode == "vector":
-            return self._hits(self._vector_ranking(query, k, condition))
+            return self._hits([self._vector_ranking(query, k, condition)], columns)[0]
         if mode == "lexical":
-            return self._hits(self._lexical_ranking(text or "", k, condition))
+            return self._hits([self._lexical_ranking(text or "", k, condition)], columns)[0]
         depth = max(k, 50)
         fused: dict[int, float] = {}
         for ranking in (
@@ -474,7 +553,7 @@ class Collection:
         ):
             for rank, (rowid, _) in enumerate(ranking):
                 fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank + 1)
-        return self._hits(sorted(fused.items(), key=lambda item: -item[1])[:k])
+        return self._hits([sorted(fused.items(), key=lambda item: -item[1])[:k]], columns)[0]
 
     # -- ingestion bookkeeping --------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ exact (flat) index and are rebuilt as IVF once `train_min_rows` vectors exist.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import faiss
@@ -39,11 +38,11 @@ def _faiss_metric(metric: str) -> int:
 
 def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
     """Vectors as contiguous float32, unit-normalised for cosine."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric == "cosine":
-        vectors = vectors.copy()
-        faiss.normalize_L2(vectors)
-    return vectors
+        vectors = np.array(vectors, dtype=np.float32, order="C")  # one copy: the caller's array stays as it was
+        faiss.normalize_L2(vectors)  # cheaper than numpy's norm-and-divide, most of all for one query
+        return vectors
+    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 class VectorIndex:
@@ -59,6 +58,9 @@ class VectorIndex:
         # deserialize_index already returns the concrete class (IndexHNSWFlat...), which owns the C++ object.
         self.index = index if index is not None else self._empty(trained=False)
         self.labels = np.zeros(0, dtype=np.int64) if labels is None else labels
+        # The search parameters of the unfiltered path, reused while neither the index, the excluded
+        # rowids nor efSearch change: building a tombstone bitmap costs O(index size) per query.
+        self._plain: tuple[tuple, faiss.SearchParameters, tuple] | None = None
 
     def _empty(self, trained: bool) -> faiss.Index:
         p, metric = self.params, _faiss_metric(self.params.metric)
@@ -78,6 +80,18 @@ class VectorIndex:
         else:
             index = faiss.IndexFlat(self.dim, metric)
         return index
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Rowid of each position of the FAISS index, increasing."""
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: np.ndarray) -> None:
+        self._labels = labels
+        # The same rowids plus -1 at the end: FAISS pads missing results with position -1, which
+        # numpy reads as "the last element", so one lookup maps positions to rowids, padding included.
+        self._rowid_at = np.append(labels, np.int64(-1))
 
     @property
     def size(self) -> int:
@@ -107,13 +121,9 @@ class VectorIndex:
             self.index.train(vectors)
         self.add(rowids, vectors)
 
-    def _selector(
-        self, allow: np.ndarray | None, exclude: Iterable[int] | None
-    ) -> tuple[faiss.IDSelector, np.ndarray] | None:
-        if allow is None and not exclude:
-            return None
+    def _selector(self, allow: np.ndarray | None, exclude: np.ndarray | None) -> tuple[faiss.IDSelector, np.ndarray]:
         mask = np.zeros(len(self.labels), dtype=bool) if allow is not None else np.ones(len(self.labels), dtype=bool)
-        for rowids, keep in ((allow, True), (None if exclude is None else np.fromiter(exclude, dtype=np.int64), False)):
+        for rowids, keep in ((allow, True), (exclude, False)):
             if rowids is None or not len(rowids):
                 continue
             positions = np.searchsorted(self.labels, rowids)
@@ -123,27 +133,44 @@ class VectorIndex:
         bitmap = np.packbits(mask, bitorder="little")
         return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap  # the bitmap must outlive the search
 
+    def _new_params(self, ef_search: int) -> faiss.SearchParameters:
+        if isinstance(self.index, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(efSearch=ef_search)
+        if isinstance(self.index, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(nprobe=self.params.nprobe)
+        return faiss.SearchParameters()
+
+    def _search_params(self, k: int, allow: np.ndarray | None, exclude: np.ndarray | None, ef_search: int | None):
+        """FAISS search parameters plus the objects that must stay alive while FAISS reads them."""
+        ef = max(ef_search or self.params.ef_search, k)
+        if allow is None:
+            # Keyed on identity: callers pass a new `exclude` array whenever the excluded set changes,
+            # and `add`/`rebuild` replace `labels` and `index`.
+            key = (ef, self.params.nprobe, self.index, self.labels, exclude)
+            plain = self._plain
+            if plain is not None and plain[0][:2] == key[:2] and all(a is b for a, b in zip(plain[0][2:], key[2:])):  # noqa: B905
+                return plain[1], plain[2]
+        params = self._new_params(ef)
+        keep_alive: tuple = ()
+        if allow is not None or (exclude is not None and len(exclude)):
+            selector, bitmap = self._selector(allow, exclude)
+            params.sel, keep_alive = selector, (selector, bitmap)
+        if allow is None:
+            self._plain = (key, params, keep_alive)
+        return params, keep_alive
+
     def search(
         self,
         queries: np.ndarray,
         k: int,
         allow: np.ndarray | None = None,
-        exclude: Iterable[int] | None = None,
+        exclude: np.ndarray | None = None,
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rowids) per query among `allow` (all if None) minus `exclude`; rowid -1 pads."""
-        if isinstance(self.index, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or self.params.ef_search, k))
-        elif isinstance(self.index, faiss.IndexIVF):
-            params = faiss.SearchParametersIVF(nprobe=self.params.nprobe)
-        else:
-            params = faiss.SearchParameters()
-        selector = self._selector(allow, exclude)
-        if selector is not None:
-            params.sel = selector[0]
+        """Top-k (scores, rowids) per query among `allow` (all if None) minus sorted `exclude`; rowid -1 pads."""
+        params, _keep_alive = self._search_params(k, allow, exclude, ef_search)
         scores, positions = self.index.search(queries, k, params=params)
-        rowids = np.where(positions >= 0, self.labels[np.maximum(positions, 0)], -1) if len(self.labels) else positions
-        return scores, rowids
+        return scores, self._rowid_at[positions]
 
     def to_bytes(self) -> bytes:
         """The serialised index followed by its labels."""
