@@ -101,7 +101,7 @@ def single_process(batch: int, seq: int, warmup: int, blocks: int, steps: int) -
     return medians["handwritten"] / medians["jijian"]
 
 
-def worker(batch: int, seq: int, warmup: int, blocks: int, steps: int) -> None:
+def worker(batch: int, seq: int, warmup: int, blocks: int, steps: int, reshard: str) -> None:
     """One of two ranks: FSDP2 through jijian vs DDP, same model and global batch."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -111,7 +111,7 @@ def worker(batch: int, seq: int, warmup: int, blocks: int, steps: int) -> None:
     cfg = model_config()
     tcfg = TrainConfig(steps=10**6, batch_size=batch, seq_len=seq, warmup_steps=0, lr=1e-4, device="cpu")
     dims = build_parallel_dims(Layout(dp_shard=2), "cpu")
-    parallel = ParallelConfig(dp_shard=2, fsdp_reshard_after_forward=os.environ.get("RESHARD", "default"))
+    parallel = ParallelConfig(dp_shard=2, fsdp_reshard_after_forward=reshard)
     parts = build_model_parts(cfg, tcfg, dims, torch.device("cpu"), None, parallel_cfg=parallel)  # type: ignore[arg-type]
     trainer = Trainer(parts, tcfg, random_batches(cfg.vocab_size, batch, seq), device=torch.device("cpu"), dims=dims)
 
@@ -137,7 +137,7 @@ def worker(batch: int, seq: int, warmup: int, blocks: int, steps: int) -> None:
     dist.destroy_process_group()
 
 
-def two_ranks(batch: int, seq: int, warmup: int, blocks: int, steps: int) -> float:
+def two_ranks(batch: int, seq: int, warmup: int, blocks: int, steps: int, reshard: str) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__]
     cmd += [
@@ -147,6 +147,7 @@ def two_ranks(batch: int, seq: int, warmup: int, blocks: int, steps: int) -> flo
         f"--warmup={warmup}",
         f"--blocks={blocks}",
         f"--steps={steps}",
+        f"--reshard={reshard}",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RANKS ")), None)
@@ -173,14 +174,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--blocks", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--reshard",
+        choices=["default", "always", "never"],
+        default="default",
+        help="[parallel] fsdp_reshard_after_forward",
+    )
     args = parser.parse_args()
     blocks = args.blocks or (3 if args.quick else 8)
     if args.worker:
-        worker(args.batch, args.seq, args.warmup, blocks, args.steps)
+        worker(args.batch, args.seq, args.warmup, blocks, args.steps, args.reshard)
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     single = single_process(args.batch, args.seq, args.warmup, blocks, args.steps)
-    ranks = two_ranks(args.batch, args.seq, args.warmup, blocks, args.steps)
+    ranks = two_ranks(args.batch, args.seq, args.warmup, blocks, args.steps, args.reshard)
     print(verdict("train_step_vs_handwritten", single, 0.95))
     print(verdict("fsdp2_dp2_vs_ddp", ranks, 0.9))
 
