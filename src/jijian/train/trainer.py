@@ -170,7 +170,9 @@ class Trainer:
         self.eval_batches = list(eval_batches or [])
         self.logger = logger
         self.throughput = throughput
-        self.optimizer = build_optimizer(self.parts.parameters(), cfg)
+        # Collected once: the deduplicating walk over every part is not free on each step's clipping.
+        self.parameters = self.parts.parameters()
+        self.optimizer = build_optimizer(self.parameters, cfg)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg)
         self.autocast = autocast if autocast is not None else autocast_dtype(cfg.dtype, device)
         self.step = 0
@@ -257,7 +259,7 @@ class Trainer:
             total += loss.detach()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         pp_group = self.dims.pp_group if self.dims is not None else None
-        grad_norm = clip_grad_norm_(self.parts.parameters(), max_norm, pp_group)
+        grad_norm = clip_grad_norm_(self.parameters, max_norm, pp_group)
         loss = self._global_mean(total)
         if self.guard.active:
             self._check_stability(loss, grad_norm, list(range(first_batch, self.batches_drawn)))
