@@ -212,6 +212,7 @@ class Collection:
         """Write the index file atomically with its watermark, so reopening replays nothing."""
         watermark = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='rows'").fetchone()
         watermark = watermark[0] if watermark else 0
+        self.index.optimize_layout()  # amortised: only after the index has grown by a quarter
         tmp = self.directory / "index.faiss.tmp"
         with tmp.open("wb") as handle:
             handle.write(_INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes())
