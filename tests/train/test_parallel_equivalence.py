@@ -23,6 +23,8 @@ STEPS = 20
 HELPER = Path(__file__).with_name("run_layouts.py")
 
 # name: (world size, [parallel], extra [train] keys, reference run)
+# The tiny model's blocks all share one FSDP unit by default; `fsdp_unit_params = 0` gives one unit per
+# block, which also exercises the explicit, asynchronous all-gather prefetch used on CPU.
 LAYOUTS = {
     "dp_shard2": (2, {"dp_shard": 2}, {}, "single"),
     "dp_replicate2": (2, {"dp_replicate": 2, "dp_shard": 1}, {}, "single"),
@@ -36,13 +38,13 @@ LAYOUTS = {
         {"ac": "full"},
         "single",
     ),
-    "dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {}, "single"),
+    "dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2, "fsdp_unit_params": 0}, {}, "single"),
     "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
     "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.05}, "single_lamb"),
-    "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2}, {"ac": "selective"}, "single"),
+    "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2, "fsdp_unit_params": 0}, {"ac": "selective"}, "single"),
     "dp_shard2_tp2_pp2": (
         8,
-        {"dp_shard": 2, "tp": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2},
+        {"dp_shard": 2, "tp": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2, "fsdp_unit_params": 0},
         {},
         "single",
     ),

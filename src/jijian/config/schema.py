@@ -224,6 +224,12 @@ class ParallelConfig(Section):
         description="free gathered parameters after forward (ZeRO-3, least memory) or keep them for backward "
         "(one all-gather fewer, ZeRO-2-like); default: always, except under pipeline parallelism",
     )
+    fsdp_unit_params: int = Field(
+        default=10_000_000,
+        ge=0,
+        description="consecutive blocks share one FSDP unit until it holds this many parameters "
+        "(fewer, larger collectives for small blocks; more memory gathered at once); 0 = one unit per block",
+    )
 
     @model_validator(mode="after")
     def _check_shard(self) -> ParallelConfig:

@@ -103,6 +103,8 @@ def build_model_parts(
                 param_dtype=param_dtype,
                 cpu_offload=train_cfg.cpu_offload,
                 reshard_after_forward=reshard_after_forward(layout, parallel_cfg.fsdp_reshard_after_forward),
+                unit_params=parallel_cfg.fsdp_unit_params,
+                explicit_prefetch=device.type == "cpu",
             )
         model.to_empty(device="cpu" if train_cfg.cpu_offload else device)
         model.tie_weights()
