@@ -18,27 +18,41 @@ from jijian.model.llama import CausalLM
 
 
 @dataclass
+class AttentionGroup:
+    """Requests whose queries attend together: a (B, Q) grid of packed queries over (B, L) keys."""
+
+    context_slots: torch.Tensor  # (B * L,) cache slot of each request's context position, padded with slot 0
+    query_index: torch.Tensor  # (B, Q) packed-token index of each request's i-th query, padded with 0
+    mask: torch.Tensor  # (B, 1, Q, L) True where a query may attend to a key
+    grid_index: torch.Tensor  # (N,) flat (b * Q + i) grid cell of each real query ...
+    packed_index: torch.Tensor  # (N,) ... and its packed-token index
+
+
+@dataclass
 class BatchLayout:
-    """Index tensors describing where each packed token lives, built once per step for all layers."""
+    """Index tensors describing where each packed token lives, built once per step for all layers.
+
+    Decoding requests (one new token each) and prefilling ones attend in separate groups: one padded
+    grid for both would give every decode row the query length of the longest prompt chunk.
+    """
 
     slot_mapping: torch.Tensor  # (T,) cache slot each new token's k/v is written to
-    block_tables: torch.Tensor  # (B, max_blocks) block ids, padded with 0
-    query_index: torch.Tensor  # (B, Q) packed-token index of each request's i-th query, padded with 0
-    token_order: torch.Tensor  # (T,) position of each packed token in the flattened (B*Q) query grid
-    mask: torch.Tensor  # (B, 1, Q, L) True where a query may attend to a key
+    groups: list[AttentionGroup]
 
 
 class PagedKVCache:
-    """KV tensors of every layer, (num_blocks * block_size, kv_heads, head_dim), plus this step's layout.
+    """KV tensors of every layer, (kv_heads, num_blocks * block_size, head_dim), plus this step's layout.
 
-    It implements the model's `AttentionCache.attend` hook for the packed varlen batch.
+    Heads lead so that gathering a batch's context slots yields (kv_heads, B, L, d) contiguous, which
+    batched matmuls read without another copy. It implements the model's `AttentionCache.attend` hook
+    for the packed varlen batch.
     """
 
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
         cfg = model.cfg
         param = next(model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        shape = (cfg.n_layers, num_blocks * block_size, cfg.kv_heads, cfg.head_size)
+        shape = (cfg.n_layers, cfg.kv_heads, num_blocks * block_size, cfg.head_size)
         self.keys = torch.zeros(shape, dtype=dtype, device=param.device)
         self.values = torch.zeros(shape, dtype=dtype, device=param.device)
         self.num_blocks = num_blocks
@@ -54,18 +68,27 @@ class PagedKVCache:
         layout = self.layout
         assert layout is not None, "set the batch layout before the forward pass"
         # q: (1, heads, T, d); k, v: (1, kv_heads, T, d)
-        self.keys[layer_idx, layout.slot_mapping] = k[0].transpose(0, 1)
-        self.values[layer_idx, layout.slot_mapping] = v[0].transpose(0, 1)
-        shape = (self.num_blocks, self.block_size, *self.keys.shape[2:])
-        # (B, max_blocks, block, kv_heads, d) -> (B, kv_heads, context, d)
-        keys = self.keys[layer_idx].view(shape)[layout.block_tables].flatten(1, 2).transpose(1, 2)
-        values = self.values[layer_idx].view(shape)[layout.block_tables].flatten(1, 2).transpose(1, 2)
-        queries = q[0][:, layout.query_index].transpose(0, 1)  # (B, heads, Q, d)
-        out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=layout.mask, enable_gqa=queries.shape[1] != keys.shape[1]
-        )
-        heads, dim = out.shape[1], out.shape[3]
-        out = out.transpose(0, 1).reshape(heads, -1, dim)[:, layout.token_order]  # (heads, T, d)
+        key_cache, value_cache = self.keys[layer_idx], self.values[layer_idx]
+        key_cache[:, layout.slot_mapping] = k[0]
+        value_cache[:, layout.slot_mapping] = v[0]
+        kv_heads, heads, dim = key_cache.shape[0], q.shape[1], q.shape[3]
+        out = q.new_empty(heads, q.shape[2], dim)
+        for group in layout.groups:
+            batch, width = group.query_index.shape
+            keys = key_cache.index_select(1, group.context_slots).view(kv_heads, batch, -1, dim)
+            values = value_cache.index_select(1, group.context_slots).view(kv_heads, batch, -1, dim)
+            queries = q[0][:, group.query_index]  # (heads, B, Q, d)
+            if width == 1:
+                attended = _decode_attention(queries, keys, values, group.mask)  # (heads, B, 1, d)
+            else:
+                attended = F.scaled_dot_product_attention(
+                    queries.transpose(0, 1),
+                    keys.transpose(0, 1),
+                    values.transpose(0, 1),
+                    attn_mask=group.mask,
+                    enable_gqa=heads != kv_heads,
+                ).transpose(0, 1)
+            out[:, group.packed_index] = attended.reshape(heads, -1, dim)[:, group.grid_index]
         return out.unsqueeze(0)
 
 
@@ -111,7 +134,7 @@ class ModelRunner:
         device, size = self.device, self.block_size
         lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
         starts = torch.tensor(list(start_positions), dtype=torch.long)
-        batch, max_q = len(token_ids), int(lengths.max())
+        batch = len(token_ids)
         max_blocks = max(len(t) for t in block_tables)
         tables = torch.zeros(batch, max_blocks, dtype=torch.long)
         for i, table in enumerate(block_tables):
@@ -124,19 +147,60 @@ class ModelRunner:
         positions = starts[owner] + within
         slots = tables[owner, positions // size] * size + positions % size
 
-        grid = torch.arange(max_q)[None, :]
-        valid = grid < lengths[:, None]
-        query_index = torch.where(valid, offsets[:, None] + grid, 0)
-        # Padded query rows get position 0 so they still see one key (an all-masked row would be NaN).
-        query_pos = torch.where(valid, starts[:, None] + grid, 0)
-        key_pos = torch.arange(max_blocks * size)
-        mask = key_pos[None, None, :] <= query_pos[:, :, None]
-        layout = BatchLayout(
-            slot_mapping=slots.to(device),
-            block_tables=tables.to(device),
-            query_index=query_index.to(device),
-            token_order=(owner * max_q + within).to(device),
-            mask=mask[:, None].to(device),
-        )
+        decoding = lengths == 1
+        groups = [
+            _attention_group(members, lengths, starts, offsets, tables, size, device)
+            for members in (torch.nonzero(decoding).flatten(), torch.nonzero(~decoding).flatten())
+            if len(members)
+        ]
+        layout = BatchLayout(slot_mapping=slots.to(device), groups=groups)
         last_rows = offsets + lengths - 1
         return layout, flat_tokens.to(device), positions.to(device), last_rows
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per request, as two batched matmuls per KV head group; no copy of the keys or values.
+
+    q: (heads, B, 1, d); k, v: (kv_heads, B, L, d); mask: (B, 1, 1, L) -> (heads, B, 1, d). Query head
+    h uses KV head h // (heads / kv_heads), as in grouped-query attention. The fused SDPA kernel is
+    built for long query blocks and is slower than this for a single query row.
+    """
+    heads, batch, _, dim = q.shape
+    kv_heads = k.shape[0]
+    group = heads // kv_heads
+    grouped = q.view(kv_heads, group, batch, dim).transpose(1, 2)  # (kv_heads, B, group, d)
+    scores = torch.matmul(grouped, k.transpose(2, 3)) * dim**-0.5  # (kv_heads, B, group, L)
+    scores = scores.masked_fill(~mask.view(1, batch, 1, -1), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (kv_heads, B, group, d)
+    return out.transpose(1, 2).reshape(heads, batch, 1, dim)
+
+
+def _attention_group(
+    members: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    offsets: torch.Tensor,
+    tables: torch.Tensor,
+    block_size: int,
+    device: torch.device,
+) -> AttentionGroup:
+    """The padded query grid and key mask of the requests `members`, sized to their own longest query/context."""
+    lengths, starts, offsets = lengths[members], starts[members], offsets[members]
+    max_q = int(lengths.max())
+    context_blocks = int(((starts + lengths + block_size - 1) // block_size).max())
+    grid = torch.arange(max_q)[None, :]
+    valid = grid < lengths[:, None]
+    query_index = torch.where(valid, offsets[:, None] + grid, 0)
+    # Padded query rows get position 0 so they still see one key (an all-masked row would be NaN).
+    query_pos = torch.where(valid, starts[:, None] + grid, 0)
+    key_pos = torch.arange(context_blocks * block_size)
+    mask = key_pos[None, None, :] <= query_pos[:, :, None]
+    flat_valid = valid.flatten()
+    block_slots = tables[members, :context_blocks, None] * block_size + torch.arange(block_size)
+    return AttentionGroup(
+        context_slots=block_slots.flatten().to(device),
+        query_index=query_index.to(device),
+        mask=mask[:, None].to(device),
+        grid_index=torch.nonzero(flat_valid).flatten().to(device),
+        packed_index=query_index.flatten()[flat_valid].to(device),
+    )
