@@ -14,6 +14,7 @@ from jijian.cli.kb import kb_app
 from jijian.cli.plan import plan_app
 from jijian.cli.serve import model_app, serve_app
 from jijian.cli.train import train_app
+from jijian.cli.up import up_app
 
 app = typer.Typer(
     help="jijian (基建): infrastructure for large language models — train, feed, plan, retrieve, serve, guard.",
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 app.add_typer(serve_app, name="serve")
 app.add_typer(model_app, name="model")
+app.add_typer(up_app, name="up")
 
 
 @config_app.command("check")
