@@ -76,13 +76,9 @@ def plan_of(output: str) -> dict[str, str]:
     return plan
 
 
-def ran(state: Path) -> dict[str, str]:
-    """The finish time of each stage's manifest: what changed tells which stages ran."""
-    return {
-        s: json.loads((state / f"{s}.json").read_text())["finished_at"]
-        for s in STAGES
-        if (state / f"{s}.json").exists()
-    }
+def ran(state: Path) -> dict[str, int]:
+    """When each stage's manifest was written: what changed tells which stages ran."""
+    return {s: (state / f"{s}.json").stat().st_mtime_ns for s in STAGES if (state / f"{s}.json").exists()}
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
