@@ -250,3 +250,21 @@ def test_a_corrupt_manifest_reruns_its_stage(deployment):
     code, output = up(str(deployment / "deploy.toml"), "--dry-run")
     assert code == 0 and plan_of(output)["kb"] == "will run" and "unreadable" in output
     assert (deployment / "out" / "up" / "kb.json").read_text() == "{not json"
+
+
+def test_quickstart_command_summarises_a_built_deployment(deployment):
+    result = CliRunner().invoke(app, ["quickstart", "--config", str(deployment / "deploy.toml")])
+    assert result.exit_code == 0, result.output
+    assert "everything up to date" in result.output and "loss at step 10" in result.output
+    summary = json.loads((deployment / "out" / "run" / "quickstart.json").read_text())
+    train = json.loads((deployment / "out" / "up" / "train.json").read_text())["result"]
+    assert summary["steps"] == 6 and summary["built"] == []
+    assert summary["final_over_step_10"] == train["final_over_step_10"]
+    assert summary["kb"]["count"] == 2 and summary["rag"]["citations"]
+    assert summary["sample"].startswith("def f(x):")
+
+
+def test_step_calibration_measures_a_positive_time():
+    from jijian.cli.build.stages.train import seconds_per_step
+
+    assert seconds_per_step({"preset": "llama-tiny", "n_layers": 1, "vocab_size": 512}, 2, 16, 1, 1) > 0

@@ -29,6 +29,9 @@ def up_run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the plan and the training estimate; build and write nothing")
     ] = False,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="this node's index in a multi-node training job (with --only train)")
+    ] = 0,
     serve: Annotated[
         bool, typer.Option("--serve", help="after the build, keep serving ([serve] host:port) until interrupted")
     ] = False,
@@ -37,7 +40,7 @@ def up_run(
     from jijian.cli.build.runner import StageFailed
     from jijian.cli.build.up import UpOptions, up
 
-    options = UpOptions(only=only, start=start, force=force, dry_run=dry_run)
+    options = UpOptions(only=only, start=start, force=force, dry_run=dry_run, node_rank=node_rank)
     try:
         outcome = up(config, options, err_console)
     except StageFailed as exc:

@@ -361,6 +361,10 @@ class UpConfig(Section):
     )
     question_max_tokens: int = Field(default=96, ge=1)
     rag_top_k: int = Field(default=3, ge=1)
+    nnodes: int = Field(default=1, ge=1, description="nodes the train stage runs on (torchrun --nnodes)")
+    nproc_per_node: int | None = Field(default=None, ge=1, description="ranks per node; default: GPUs, or the layout")
+    rdzv_endpoint: str | None = Field(default=None, description="HOST:PORT of torchrun's rendezvous when nnodes > 1")
+    max_restarts: int = Field(default=0, ge=0, description="torchrun restarts of the training job after a lost rank")
 
     @model_validator(mode="after")
     def _check_stages(self) -> UpConfig:
