@@ -268,3 +268,16 @@ def test_step_calibration_measures_a_positive_time():
     from jijian.cli.build.stages.train import seconds_per_step
 
     assert seconds_per_step({"preset": "llama-tiny", "n_layers": 1, "vocab_size": 512}, 2, 16, 1, 1) > 0
+
+
+def test_a_deleted_output_reruns_its_stage_resuming_from_its_checkpoints(deployment):
+    shutil.rmtree(deployment / "out" / "run" / "model")
+    code, output = up(str(deployment / "deploy.toml"))
+    assert code == 0, output
+    assert plan_of(output) == {"data": "up to date", "train": "will run", "export": "will run",
+                               "kb": "up to date", "serve": "will run"}  # fmt: skip
+    assert "output missing" in output
+    events = [json.loads(line) for line in (deployment / "out" / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Config and data are unchanged, so the checkpoints are still this run's: training resumed, no step redone.
+    assert any(e.get("event") == "resumed" for e in events)
+    assert (deployment / "out" / "run" / "model" / "model.safetensors").is_file()
