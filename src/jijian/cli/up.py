@@ -11,7 +11,8 @@ from jijian.cli.common import DefaultCommandGroup, err_console, fail, reports_er
 
 up_app = typer.Typer(
     cls=DefaultCommandGroup,
-    help="Build the deployment a deploy.toml describes: run the stages whose outputs are missing or stale.",
+    help="Build the deployment a deploy.toml describes (`jijian up deploy.toml`): run the stages whose outputs "
+    "are missing or stale. Options (--dry-run, --from, --only, --force, --serve): `jijian up run --help`.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
