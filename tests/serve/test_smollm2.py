@@ -76,17 +76,38 @@ def test_engine_greedy_equals_transformers_generate_on_smollm2(smollm2_dir):
 
 
 @pytest.mark.slow
-def test_quick_start_rag_step_answers_with_citations(smollm2_dir, tmp_path, stdlib_paths):
-    """The quick start's last step: SmolLM2 served over HTTP, RAG over a stdlib-docstring knowledge base."""
-    from rich.console import Console
+def test_quick_start_rag_step_answers_with_citations(smollm2_dir, tmp_path):
+    """The quick start's kb and serve stages: SmolLM2 served over HTTP, RAG over stdlib docstrings."""
+    import json
+    from pathlib import Path
 
-    from jijian.cli.quickstart import SERVE_QUESTION, build_docs_kb, serve_rag_answer
+    from typer.testing import CliRunner
 
+    from jijian.cli.main import app
+    from jijian.config import load_config
+
+    question = load_config(Path(__file__).resolve().parents[2] / "examples" / "quickstart.toml").up.question
     (tmp_path / "models").symlink_to(smollm2_dir.parent)  # reuse this module's converted model
-    with (tmp_path / "log").open("w") as log:
-        console = Console(file=log)
-        build_docs_kb(tmp_path / "kb", stdlib_paths, console, max_docs=40)
-        summary = serve_rag_answer(tmp_path, SERVE_QUESTION, console)
-    assert summary["answer"].strip()
+    config = tmp_path / "deploy.toml"
+    config.write_text(
+        f"""
+[kb]
+path = "kb"
+[serve]
+model_cache_dir = "models"
+max_num_seqs = 4
+[up]
+stages = ["kb", "serve"]
+state_dir = "up"
+kb_collection = "stdlib-docs"
+kb_sources = ["python-stdlib-docs"]
+kb_max_docs = 40
+question = {json.dumps(question)}
+"""
+    )
+    result = CliRunner().invoke(app, ["up", str(config)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "up" / "serve-answer.json").read_text())
+    assert summary["answer"].strip() and summary["rag_collection"] == "stdlib-docs"
     assert 1 <= len(summary["citations"]) <= 3
     assert all(c["id"] and c["source"] for c in summary["citations"])

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
-from jijian.cli.common import err_console, reports_errors
+from jijian.cli.common import err_console, fail, reports_errors
 from jijian.cli.data import data_app
 from jijian.cli.guard import guard_app
 from jijian.cli.kb import kb_app
 from jijian.cli.plan import plan_app
 from jijian.cli.serve import model_app, serve_app
 from jijian.cli.train import train_app
+from jijian.cli.up import up_app
 
 app = typer.Typer(
     help="jijian (基建): infrastructure for large language models — train, feed, plan, retrieve, serve, guard.",
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 app.add_typer(serve_app, name="serve")
 app.add_typer(model_app, name="model")
+app.add_typer(up_app, name="up")
 
 
 @config_app.command("check")
@@ -121,19 +123,29 @@ def generate(
 @app.command()
 @reports_errors
 def quickstart(
-    out: Annotated[Path, typer.Option(help="directory for everything the quick start writes")] = Path(
-        "runs/quickstart"
-    ),
-    minutes: Annotated[float, typer.Option(help="training time in minutes (sets the step count)")] = 3.5,
-    steps: Annotated[
-        int | None, typer.Option(help="training steps; default: as many as fit in --minutes on this machine")
+    config: Annotated[
+        Path | None, typer.Option(help="the deployment to build; default: the bundled examples/quickstart.toml")
     ] = None,
-    vocab_size: Annotated[int, typer.Option(help="tokenizer vocabulary size (the model's vocabulary follows)")] = 4096,
+    minutes: Annotated[
+        float | None, typer.Option(help="training time in minutes (sets the step count); default: the config's")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="a fixed number of training steps instead of --minutes")] = None,
 ) -> None:
-    """Train a tokenizer and llama-tiny on the Python standard library, offline, then sample from it."""
-    from jijian.cli.quickstart import run_quickstart
+    """`jijian up examples/quickstart.toml`: data, llama-tiny, export, docstring KB, RAG answer; then a summary."""
+    from jijian.cli.build.runner import StageFailed
+    from jijian.cli.quickstart import bundled_example, run_quickstart
 
-    run_quickstart(out, minutes=minutes, steps=steps, vocab_size=vocab_size, console=err_console)
+    path = config or bundled_example()
+    overrides: dict = {}
+    if minutes is not None:
+        overrides["up"] = {"train_minutes": minutes}
+    if steps is not None:
+        overrides["up"] = {"train_minutes": None}
+        overrides["train"] = {"steps": steps, "warmup_steps": min(20, steps)}
+    try:
+        run_quickstart(path, err_console, overrides or None)
+    except StageFailed as exc:
+        raise fail(f"{exc}\nrun `jijian quickstart` again to continue from {exc.stage}", code=1) from None
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from jijian.config.schema import (
     ServeConfig,
     TokenizerConfig,
     TrainConfig,
+    UpConfig,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ServeConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "UpConfig",
     "UserInputError",
     "dump_config",
     "load_config",

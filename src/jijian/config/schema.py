@@ -332,6 +332,53 @@ class HardwareConfig(Section):
     )
 
 
+UpStage = Literal["data", "train", "export", "kb", "serve"]
+
+
+class UpConfig(Section):
+    """`jijian up`: which stages build this deployment, where their manifests go, and stage-only inputs."""
+
+    stages: list[UpStage] | None = Field(
+        default=None,
+        description="stages to build; default: data, train, export when [data] sources is set, kb when "
+        "kb_sources is, and serve",
+    )
+    state_dir: OutputPath = Field(default=Path("runs/up"), description="one manifest per stage, the hash cache")
+    tokenizer_sample_mb: float = Field(
+        default=6.0,
+        gt=0,
+        description="text read from the data sources to train a tokenizer when [tokenizer] path is unset",
+    )
+    train_minutes: float | None = Field(
+        default=None, gt=0, description="calibrate [train] steps so the whole schedule fits this wall time here"
+    )
+    export_dir: OutputPath | None = Field(default=None, description="exported HF model; default <train output>/export")
+    sample_prompt: str | None = Field(default=None, description="continued by the exported model after export")
+    kb_collection: str = Field(default="docs", min_length=1, description="the collection the kb stage builds")
+    kb_sources: list[str] = Field(
+        default_factory=list, description="files or directories to ingest, or 'python-stdlib-docs'"
+    )
+    kb_max_docs: int = Field(default=800, ge=1, description="docstrings taken by the 'python-stdlib-docs' source")
+    serve_model: Literal["serve", "export"] = Field(
+        default="serve", description="serve [serve] model_path (or SmolLM2), or the model the export stage wrote"
+    )
+    question: str | None = Field(
+        default=None, description="asked through the HTTP server, with RAG, by the serve stage"
+    )
+    question_max_tokens: int = Field(default=96, ge=1)
+    rag_top_k: int = Field(default=3, ge=1)
+    nnodes: int = Field(default=1, ge=1, description="nodes the train stage runs on (torchrun --nnodes)")
+    nproc_per_node: int | None = Field(default=None, ge=1, description="ranks per node; default: GPUs, or the layout")
+    rdzv_endpoint: str | None = Field(default=None, description="HOST:PORT of torchrun's rendezvous when nnodes > 1")
+    max_restarts: int = Field(default=0, ge=0, description="torchrun restarts of the training job after a lost rank")
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> UpConfig:
+        if self.stages is not None and len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages lists a stage twice: {self.stages}")
+        return self
+
+
 class DeployConfig(Section):
     """A whole deployment, as described by one `deploy.toml`."""
 
@@ -346,3 +393,4 @@ class DeployConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
+    up: UpConfig = Field(default_factory=UpConfig)

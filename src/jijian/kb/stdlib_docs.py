@@ -63,13 +63,13 @@ def _module_name(path: Path) -> str:
 
 
 def build_stdlib_docs(
-    kb: KnowledgeBase, files: Sequence[Path], embedder: Embedder, max_docs: int = 800
+    kb: KnowledgeBase, files: Sequence[Path], embedder: Embedder, max_docs: int = 800, collection: str = COLLECTION
 ) -> tuple[int, float]:
-    """(Re)create the `stdlib-docs` collection from up to `max_docs` docstrings; returns (docs, seconds)."""
+    """(Re)create the `collection` from up to `max_docs` docstrings; returns (docs, seconds)."""
     started = time.perf_counter()
-    if COLLECTION in {c["name"] for c in kb.list_collections()}:
-        kb.drop_collection(COLLECTION)
-    collection = kb.create_collection(COLLECTION, embedder.dim)
+    if collection in {c["name"] for c in kb.list_collections()}:
+        kb.drop_collection(collection)
+    target = kb.create_collection(collection, embedder.dim)
     docs: dict[str, Docstring] = {}
     for path in files:
         if "test" in path.parts or path.name.startswith("test_"):
@@ -82,13 +82,13 @@ def build_stdlib_docs(
     # Embed the name with the text: "zipfile.ZipFile: Class with methods to open..." retrieves better.
     texts = [f"{d.qualname}: {d.text[:1000]}" for d in docs]
     vectors = embedder.embed(texts)
-    collection.insert(
+    target.insert(
         [
             Record(d.qualname, vector, text, {"kind": d.kind, "source": d.source, "line": d.line})
             for d, vector, text in zip(docs, vectors, texts, strict=True)
         ]
     )
-    collection.checkpoint()
+    target.checkpoint()
     return len(docs), time.perf_counter() - started
 
 
