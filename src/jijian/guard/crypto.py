@@ -18,7 +18,7 @@ import contextlib
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -204,3 +204,35 @@ def decrypt_tree(root: str | os.PathLike[str], key: bytes) -> list[Path]:
             decrypt_file(path, path, key)
             done.append(path)
     return done
+
+
+def file_reader(key: bytes | None) -> Callable[[Path], bytes]:
+    """A `read_bytes` for model loaders: encrypted files decrypted in memory with `key`, others read as is.
+
+    Nothing decrypted touches the disk. An encrypted file and no key raises `KeyMaterialError` naming it.
+    """
+
+    def read(path: Path) -> bytes:
+        if not is_encrypted(path):
+            return Path(path).read_bytes()
+        if key is None:
+            raise KeyMaterialError(
+                f"{path} is encrypted: set [guard] encrypt_at_rest = true and provide the key "
+                f"(key_env or key_file) to read it"
+            )
+        return decrypt_bytes(path, key)
+
+    return read
+
+
+def encrypt_exported_model(
+    model_dir: str | os.PathLike[str], guard: GuardConfig, key: bytes | None = None
+) -> list[Path]:
+    """Encrypt an exported model directory's files in place if `[guard] encrypt_at_rest` is on; returns them.
+
+    `key` is the already loaded key (load it with `key_from_config` before exporting, so a missing key
+    fails before any weights are written); by default it is loaded here.
+    """
+    if not guard.encrypt_at_rest:
+        return []
+    return encrypt_tree(model_dir, key if key is not None else load_key(guard.key_file, guard.key_env))

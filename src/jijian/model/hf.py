@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import ValidationError
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from jijian.config import ModelConfig
-from jijian.config.hf_config import HFFormatError, model_fields_from_hf, read_hf_config
+from jijian.config.hf_config import HFFormatError, ReadBytes, model_fields_from_hf, read_hf_config
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 
 if TYPE_CHECKING:
@@ -155,16 +156,19 @@ def load_hf(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = torch.float32,
+    read_bytes: ReadBytes | None = None,
 ) -> tuple[CausalLM, Tokenizer | None]:
     """Load an HF-format Llama directory; returns the model (eval mode) and its tokenizer if present.
 
-    `dtype=None` keeps the dtype the weights were stored in.
+    `dtype=None` keeps the dtype the weights were stored in. `read_bytes` reads every file instead of
+    the file system (the server passes one that decrypts encrypted files in memory); weights are then
+    parsed from bytes rather than memory-mapped.
     """
     directory = Path(directory)
     config_path = directory / "config.json"
-    cfg = model_config_from_hf(read_hf_config(directory), source=str(config_path))
+    cfg = model_config_from_hf(read_hf_config(directory, read_bytes), source=str(config_path))
 
-    state = _read_weights(directory, device, dtype)
+    state = _read_weights(directory, device, dtype, read_bytes)
     model = build_model(cfg, device="meta")
     expected = set(model.state_dict())
     if cfg.tie_embeddings:
@@ -193,14 +197,16 @@ def load_hf(
     if (directory / "tokenizer.json").is_file():
         from jijian.model.tokenizer import Tokenizer  # deferred: weights-only users skip `tokenizers`
 
-        tokenizer = Tokenizer.load(directory)
+        tokenizer = Tokenizer.load(directory, read_bytes=read_bytes)
     return model, tokenizer
 
 
-def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _read_weights(
+    directory: Path, device: torch.device | str, dtype: torch.dtype | None, read_bytes: ReadBytes | None = None
+) -> dict[str, torch.Tensor]:
     index_path = directory / WEIGHTS_INDEX_NAME
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = json.loads((read_bytes or Path.read_bytes)(index_path).decode("utf-8"))["weight_map"]
         files = sorted(set(weight_map.values()))
     elif (directory / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
@@ -211,6 +217,9 @@ def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtyp
         path = directory / filename
         if not path.is_file():
             raise HFFormatError(f"{path}: listed in {WEIGHTS_INDEX_NAME} but missing")
+        if read_bytes is not None:
+            state.update(_weights_from_bytes(path, read_bytes(path), device, dtype))
+            continue
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
                 for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -221,6 +230,20 @@ def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtyp
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise HFFormatError(f"{path}: cannot read safetensors file: {exc}") from None
     return state
+
+
+def _weights_from_bytes(
+    path: Path, data: bytes, device: torch.device | str, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise HFFormatError(f"{path}: cannot read safetensors data: {exc}") from None
+    return {
+        name: (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).to(device)
+        for name, tensor in tensors.items()
+        if not name.endswith(_IGNORED_SUFFIXES)
+    }
 
 
 def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
