@@ -443,7 +443,7 @@ class Collection:
             scores = -scores
         id_of = self._ids.get
         return [
-            [Hit(i, score) for score, rowid in zip(row_scores, row_ids, strict=True) if (i := id_of(rowid)) is not None]
+            [Hit(i, score) for score, i in zip(row_scores, map(id_of, row_ids), strict=True) if i is not None]
             for row_scores, row_ids in zip(scores.tolist(), rowids.tolist(), strict=True)
         ]
 

@@ -168,8 +168,15 @@ class VectorIndex:
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rowids) per query among `allow` (all if None) minus sorted `exclude`; rowid -1 pads."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim or queries.dtype != np.float32:
+            raise ValueError(f"queries must be float32 of shape (n, {self.dim}), got {queries.dtype} {queries.shape}")
         params, _keep_alive = self._search_params(k, allow, exclude, ef_search)
-        scores, positions = self.index.search(queries, k, params=params)
+        queries = np.ascontiguousarray(queries)
+        n = len(queries)
+        scores, positions = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+        # FAISS's own C entry point: its Python `search` wrapper re-validates and re-converts what
+        # `prepare` already guarantees, which is a measurable share of a one-query search.
+        self.index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(positions), params)
         return scores, self._rowid_at[positions]
 
     def to_bytes(self) -> bytes:
