@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import io
 import os
 import secrets
 import struct
@@ -134,20 +135,30 @@ def is_encrypted(path: str | os.PathLike[str]) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
-def encrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes) -> None:
-    """Encrypt `src` into `dst` (atomically; `dst` may equal `src`)."""
-    src, dst = Path(src), Path(dst)
+def _seal(chunks: Iterator[tuple[bytes, bool]], key: bytes) -> Iterator[bytes]:
+    """The encrypted file's bytes: header, then each (chunk, is_last) sealed."""
     aead = AESGCM(parse_key(key, "key"))
     header = HEADER.pack(MAGIC, VERSION, CHUNK_SIZE, secrets.token_bytes(8))
     prefix = header[-8:]
+    yield header
+    for index, (chunk, last) in enumerate(chunks):
+        yield aead.encrypt(_nonce(prefix, index), chunk, _aad(header, last))
 
-    def sealed() -> Iterator[bytes]:
-        yield header
+
+def encrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes) -> None:
+    """Encrypt `src` into `dst` (atomically; `dst` may equal `src`)."""
+    src, dst = Path(src), Path(dst)
+
+    def plaintext() -> Iterator[tuple[bytes, bool]]:
         with src.open("rb") as f:
-            for index, (chunk, last) in enumerate(_read_chunks(f, CHUNK_SIZE)):
-                yield aead.encrypt(_nonce(prefix, index), chunk, _aad(header, last))
+            yield from _read_chunks(f, CHUNK_SIZE)
 
-    _atomic_write(dst, sealed())
+    _atomic_write(dst, _seal(plaintext(), key))
+
+
+def encrypt_bytes_to_file(data: bytes, dst: str | os.PathLike[str], key: bytes) -> None:
+    """Write `data` encrypted into `dst` atomically; the plaintext never touches the disk."""
+    _atomic_write(Path(dst), _seal(_read_chunks(io.BytesIO(data), CHUNK_SIZE), key))
 
 
 def decrypt_chunks(src: str | os.PathLike[str], key: bytes) -> Iterator[bytes]:

@@ -82,7 +82,7 @@ def knowledge_base_services(
     from jijian.kb.store import open_knowledge_base
     from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever
 
-    kb = open_knowledge_base(kb_config)
+    kb = open_knowledge_base(kb_config, key_from_config(config.guard))
     embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
     return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
 
