@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from jijian.config import GuardConfig
+from jijian.config import DeployConfig, GuardConfig
 from jijian.guard.apikeys import KeyEntry, KeyRing, key_digest
 from jijian.guard.leakage import ngrams
 from jijian.guard.policy import GuardPolicy
@@ -24,8 +24,8 @@ from jijian.kb.store import Record
 from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine, RequestOutput
-from jijian.serve.knowledge import KnowledgeBaseRetriever
-from jijian.serve.server import serve_in_thread
+from jijian.serve.knowledge import KnowledgeBaseRetriever, protect_restricted_documents
+from jijian.serve.server import knowledge_base_services, serve_in_thread
 
 ALICE, BOB = "sk-alice-finance", "sk-bob-staff"
 TITLE = "Project Heron acquisition memo"
@@ -82,7 +82,7 @@ def service(small_model, tmp_path_factory):
     # Injection-looking prompts are let through (block_injections off) so every adversarial query below
     # reaches retrieval: the ACL alone must keep the restricted passage out.
     policy = GuardPolicy(GuardConfig(audit_log=audit, block_injections=False), keyring=keyring)
-    policy.protect_document("heron-memo", SECRET, ["role:finance"])
+    assert protect_restricted_documents(kb, policy) == 1  # what the server does at start
     engine = ScriptedEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=64, block_size=4)), tokenizer)
     app = create_app(
         engine, tokenizer, ApiSettings(model_name="small"), retriever=KnowledgeBaseRetriever(kb, embedder, policy),
@@ -193,3 +193,19 @@ def test_the_same_queries_do_put_it_in_a_readers_prompt(service):
     )
     assert response.status_code == 200, response.text
     assert "310 million" in engine.prompts[-1] and "board/heron.md" in engine.prompts[-1]
+
+
+def test_the_server_registers_the_knowledge_bases_restricted_records_for_the_leak_check(tmp_path):
+    embedder = HashingEmbedder()
+    kb = KnowledgeBase(tmp_path / "kb")
+    vectors = embedder.embed([SECRET, PUBLIC])
+    kb.create_collection("wiki", embedder.dim).insert(
+        [Record("heron-memo", vectors[0], SECRET, readers=["role:finance"]), Record("cafeteria", vectors[1], PUBLIC)]
+    )
+    kb.close()
+    config = DeployConfig.model_validate({"kb": {"path": str(tmp_path / "kb"), "embedding_model": "hashing"}})
+    policy = GuardPolicy(GuardConfig())
+    knowledge_base_services(config, policy)
+    assert set(policy.protected_documents()) == {"wiki/heron-memo"}
+    assert policy.check_response(f"Sure: {SECRET}", Principal("bob")).blocked
+    assert not policy.check_response(f"Sure: {SECRET}", Principal("alice", frozenset({"finance"}))).blocked

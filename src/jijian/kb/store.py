@@ -23,7 +23,7 @@ import shutil
 import sqlite3
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,12 @@ class Collection:
         vector = np.frombuffer(self._plain(row[0], "vector", row[1]), dtype=np.float32).copy()
         text, metadata = self._plain(row[0], "text", row[2]), self._plain(row[0], "metadata", row[3])
         return Record(row[0], vector, text, json.loads(metadata), None if row[4] is None else json.loads(row[4]))
+
+    def restricted_records(self) -> Iterator[tuple[str, str, list[str]]]:
+        """(id, text, readers) of every record with an ACL: what the guard's output leak check must know."""
+        rows = self.db.execute("SELECT id, text, readers FROM rows WHERE readers IS NOT NULL").fetchall()
+        for record_id, text, readers in rows:
+            yield record_id, self._plain(record_id, "text", text), json.loads(readers)
 
     def _plain(self, record_id: str, field: str, value: Any) -> Any:
         """A stored field in clear: opened (and decoded, for text and metadata) if the collection is encrypted."""

@@ -74,15 +74,20 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
 def knowledge_base_services(
     config: DeployConfig, policy: GuardPolicy | None
 ) -> tuple[KnowledgeBase | None, Retriever | None, Embedder | None]:
-    """The `[kb]` store with its retriever and embedder, when the knowledge base exists on disk."""
+    """The `[kb]` store with its retriever and embedder, when the knowledge base exists on disk.
+
+    Every restricted record is registered with the guard policy's output leak check.
+    """
     kb_config = config.kb
     if kb_config.backend != "milvus" and not kb_config.path.is_dir():
         return None, None, None
     from jijian.kb.embed import load_embedder
     from jijian.kb.store import open_knowledge_base
-    from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever
+    from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever, protect_restricted_documents
 
     kb = open_knowledge_base(kb_config, key_from_config(config.guard))
+    if policy is not None and kb_config.backend != "milvus":  # milvus cannot list its restricted records
+        protect_restricted_documents(kb, policy)
     embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
     return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
 
