@@ -8,6 +8,7 @@ model trained on the restricted document would) and records every prompt the eng
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -209,3 +210,34 @@ def test_the_server_registers_the_knowledge_bases_restricted_records_for_the_lea
     assert set(policy.protected_documents()) == {"wiki/heron-memo"}
     assert policy.check_response(f"Sure: {SECRET}", Principal("bob")).blocked
     assert not policy.check_response(f"Sure: {SECRET}", Principal("alice", frozenset({"finance"}))).blocked
+
+
+def test_a_real_engines_leaking_stream_is_cut_and_its_generation_aborted(small_model):
+    # The random model's own greedy answer is made a restricted document nobody here may read, as if the
+    # model had memorised it: streaming the same request must stop early, and the engine must stop too.
+    model, tokenizer = small_model
+    engine = AsyncEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=256, block_size=4, max_batch_tokens=64)))
+    policy = GuardPolicy(GuardConfig())
+    settings = ApiSettings(model_name="small", api_keys={"sk-mallory": Principal("mallory")})
+    app = create_app(engine, tokenizer, settings, policy=policy)
+    body = {"model": "small", "prompt": "def main(args):", "max_tokens": 150, "temperature": 0, "ignore_eos": True}
+    auth = {"Authorization": "Bearer sk-mallory"}
+    with serve_in_thread(app) as url:
+        whole = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=60).json()["choices"][0]["text"]
+        policy.protect_document("memorised", whole, ["role:nobody"])
+        chunks = []
+        stream = {**body, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=stream, headers=auth, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line[6:]))
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+        assert not ngrams(text, 8) & ngrams(whole, 8)
+        assert chunks[-1]["usage"]["completion_tokens"] < 150  # cut off, not generated to the end
+        for _ in range(100):
+            if not engine.engine.has_unfinished():
+                break
+            time.sleep(0.05)
+        assert not engine.engine.has_unfinished()
+        assert engine.engine.stats.generated_tokens < 2 * 150  # aborted inside the engine, not run to the end

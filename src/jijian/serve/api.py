@@ -292,7 +292,7 @@ def create_app(
         except TimeoutError:
             outcome = "timeout"
             raise ApiError(504, f"the request took longer than {settings.request_timeout_s} s", "timeout") from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # client gone, or the guard stopped the stream
             outcome = "cancelled"
             raise
         finally:
