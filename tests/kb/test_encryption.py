@@ -93,6 +93,8 @@ def test_round_trip_search_filters_and_acls_work_with_the_key(tmp_path):
     collection.upsert([Record("memo", rows[-1].vector, "replaced text about otters", {"codename": "X"})])
     assert collection.get("memo").text == "replaced text about otters"
     assert collection.search(text="heron", k=5, mode="lexical") == []
+    assert [h.id for h in collection.search(rows[0].vector, k=5, filter="codename == 'X'")] == ["memo"]  # not stale
+    assert collection.search(rows[0].vector, k=5, filter=f"codename == '{CODENAME}'") == []
 
 
 def test_blinded_lexical_index_ranks_exactly_like_the_clear_one(tmp_path):

@@ -34,7 +34,7 @@ from jijian.config import KBConfig
 from jijian.config.errors import UserInputError
 from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
-from jijian.kb.filters import Expr, matches, parse_filter, to_sql
+from jijian.kb.filters import matches, parse_filter, to_sql
 from jijian.kb.sealing import RowCipher
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
@@ -398,23 +398,27 @@ class Collection:
         opened = self.cipher.open(record_id, field, value)
         return opened if field == "vector" else opened.decode("utf-8")
 
-    def _matching_rowids(self, expr: Expr) -> list[int]:
+    def _matching_rowids(self, filter_expr: str) -> list[int]:
         """Rowids whose decrypted metadata matches a filter (sealed metadata cannot be filtered in SQL)."""
-        return [
-            rowid
-            for rowid, record_id, metadata in self.db.execute("SELECT rowid, id, metadata FROM rows")
-            if matches(expr, json.loads(self._plain(record_id, "metadata", metadata)))
-        ]
+        key = ("sealed metadata filter", filter_expr)  # kept with the filter cache, which every write clears
+        if key not in self._filter_cache:
+            expr = parse_filter(filter_expr)
+            found = [
+                rowid
+                for rowid, record_id, metadata in self.db.execute("SELECT rowid, id, metadata FROM rows")
+                if matches(expr, json.loads(self._plain(record_id, "metadata", metadata)))
+            ]
+            self._filter_cache[key] = (np.array(found, dtype=np.int64), None)
+        return self._filter_cache[key][0].tolist()
 
     def _condition(self, filter_expr: str | None, principal: Principal | None) -> tuple[str, list[Any]] | None:
         clauses, params = [], []
         if filter_expr:
-            expr = parse_filter(filter_expr)
             if self.cipher is None:
-                sql, sql_params = to_sql(expr, "rows.metadata")
+                sql, sql_params = to_sql(parse_filter(filter_expr), "rows.metadata")
             else:
                 sql = "rows.rowid IN (SELECT value FROM json_each(?))"
-                sql_params = [json.dumps(self._matching_rowids(expr))]
+                sql_params = [json.dumps(self._matching_rowids(filter_expr))]
             clauses.append(sql)
             params.extend(sql_params)
         if principal is not None and not principal.is_admin:
