@@ -220,6 +220,7 @@ class Collection:
         """Write the index file atomically with its watermark, so reopening replays nothing."""
         watermark = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='rows'").fetchone()
         watermark = watermark[0] if watermark else 0
+        self.index.optimize_layout()  # amortised: only after the index has grown by a quarter
         payload = _INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes()
         if self.cipher is not None:  # sealed, and written atomically (temporary file, fsync, rename) too
             encrypt_bytes_to_file(payload, self.directory / "index.faiss", self.cipher.file_key)
