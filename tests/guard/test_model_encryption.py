@@ -58,9 +58,17 @@ def serve_config(model_dir: Path, **guard) -> DeployConfig:
     return DeployConfig.model_validate({"serve": {"model_path": str(model_dir)}, "guard": guard})
 
 
-def test_export_encrypts_every_file_and_the_server_loads_it_in_memory(trained_run):
+def test_export_encrypts_every_file_and_the_server_loads_it_in_memory(trained_run, monkeypatch):
     root = trained_run
-    result = CliRunner().invoke(app, ["train", "export", str(root / "run"), "--to", str(root / "sealed")])
+
+    def no_plaintext(*args, **kwargs):
+        raise AssertionError("a plaintext write during an encrypted export")
+
+    with monkeypatch.context() as patch:  # the export must not write any file in clear, even for a moment
+        patch.setattr("jijian.model.hf.save_file", no_plaintext)
+        patch.setattr(Path, "write_bytes", no_plaintext)
+        patch.setattr(Path, "write_text", no_plaintext)
+        result = CliRunner().invoke(app, ["train", "export", str(root / "run"), "--to", str(root / "sealed")])
     assert result.exit_code == 0, result.output
     assert "encrypted" in result.output
     files = tree(root / "sealed")

@@ -99,13 +99,11 @@ def train_export(
     With `[guard] encrypt_at_rest = true` in the run's deploy.toml, every exported file is then encrypted.
     """
     from jijian.config import load_config
-    from jijian.guard.crypto import encrypt_exported_model, key_from_config
+    from jijian.guard.crypto import exported_model_writer
     from jijian.train.export import describe, export_checkpoint
 
     run_config = run_dir / "deploy.toml"
-    guard = load_config(run_config).guard if run_config.is_file() else None
-    key = key_from_config(guard) if guard is not None else None  # a missing key fails before anything is written
-    model_dir, source = export_checkpoint(run_dir, to, checkpoint)
-    err_console.print(f"exported {describe(source)} to {model_dir}")
-    if guard is not None and encrypt_exported_model(model_dir, guard, key):
-        err_console.print(f"encrypted the files of {model_dir} (AES-256-GCM, [guard] encrypt_at_rest)")
+    writer = exported_model_writer(load_config(run_config).guard) if run_config.is_file() else None
+    model_dir, source = export_checkpoint(run_dir, to, checkpoint, write_bytes=writer)
+    sealed = " (every file encrypted with AES-256-GCM: [guard] encrypt_at_rest)" if writer is not None else ""
+    err_console.print(f"exported {describe(source)} to {model_dir}{sealed}")

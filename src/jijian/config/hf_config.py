@@ -17,6 +17,9 @@ class HFFormatError(UserInputError):
 ReadBytes = Callable[[Path], bytes]
 """How a loader reads a file's contents: `Path.read_bytes`, or a reader that decrypts in memory."""
 
+WriteBytes = Callable[[Path, bytes], None]
+"""How a saver writes a file: e.g. sealing the bytes in memory so no plaintext reaches the disk."""
+
 
 def read_hf_config(directory: str | Path, read_bytes: ReadBytes | None = None) -> dict[str, Any]:
     """Parse `directory/config.json`, with an error naming the file when absent or malformed."""

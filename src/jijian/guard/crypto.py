@@ -236,6 +236,22 @@ def file_reader(key: bytes | None) -> Callable[[Path], bytes]:
     return read
 
 
+def exported_model_writer(guard: GuardConfig) -> Callable[[Path, bytes], None] | None:
+    """How a model export writes its files under `[guard]`: each sealed in memory when `encrypt_at_rest`
+    is on, so no plaintext reaches the disk; None (plain files) when it is off.
+
+    The key is loaded here, before anything is written: a missing key fails the export up front.
+    """
+    key = key_from_config(guard)
+    if key is None:
+        return None
+
+    def write(path: Path, data: bytes) -> None:
+        encrypt_bytes_to_file(data, path, key)
+
+    return write
+
+
 def encrypt_exported_model(
     model_dir: str | os.PathLike[str], guard: GuardConfig, key: bytes | None = None
 ) -> list[Path]:

@@ -20,10 +20,11 @@ import torch
 from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from jijian.config import ModelConfig
-from jijian.config.hf_config import HFFormatError, ReadBytes, model_fields_from_hf, read_hf_config
+from jijian.config.hf_config import HFFormatError, ReadBytes, WriteBytes, model_fields_from_hf, read_hf_config
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 
 if TYPE_CHECKING:
@@ -104,8 +105,13 @@ def save_hf_state_dict(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_bytes: WriteBytes | None = None,
 ) -> Path:
-    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0."""
+    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0.
+
+    `write_bytes` writes every file instead of the file system (`jijian train export` passes one that
+    encrypts in memory); weights are then serialised to bytes first.
+    """
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():
@@ -122,26 +128,33 @@ def save_hf_state_dict(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         metadata = {"format": "pt"}
+
+        def save_weights(part: dict[str, torch.Tensor], path: Path) -> None:
+            if write_bytes is None:
+                save_file(part, str(path), metadata=metadata)
+            else:
+                write_bytes(path, safetensors_bytes(part, metadata=metadata))
+
         if len(shards) == 1:
-            save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+            save_weights(tensors, staging / WEIGHTS_NAME)
         else:
             weight_map = {}
             for i, names in enumerate(shards, start=1):
                 filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file({n: tensors[n] for n in names}, str(staging / filename), metadata=metadata)
+                save_weights({n: tensors[n] for n in names}, staging / filename)
                 weight_map.update(dict.fromkeys(names, filename))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _write_json(staging / WEIGHTS_INDEX_NAME, index)
-        _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype))
+            _write_json(staging / WEIGHTS_INDEX_NAME, index, write_bytes)
+        _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype), write_bytes)
         if tokenizer is not None:
             generation = {
                 "bos_token_id": tokenizer.bos_id,
                 "eos_token_id": tokenizer.eos_id,
                 "pad_token_id": tokenizer.pad_id,
             }
-            _write_json(staging / "generation_config.json", generation)
-            tokenizer.save(staging)
+            _write_json(staging / "generation_config.json", generation, write_bytes)
+            tokenizer.save(staging, write_bytes=write_bytes)
         for path in staging.iterdir():
             _fsync(path)
         _replace_directory(staging, directory)
@@ -259,8 +272,8 @@ def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[li
     return shards
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: Any, write_bytes: WriteBytes | None = None) -> None:
+    (write_bytes or Path.write_bytes)(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _fsync(path: Path) -> None:

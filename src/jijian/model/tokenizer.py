@@ -158,11 +158,17 @@ class Tokenizer:
         except ValueError as e:
             raise TokenizerError(f"invalid tokenizer at {path}: {e}") from e
 
-    def save(self, directory: str | Path) -> None:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`."""
+    def save(self, directory: str | Path, *, write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`.
+
+        `write_bytes` writes the files instead of the file system (e.g. encrypting them in memory).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
+        if write_bytes is None:
+            self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
+        else:
+            write_bytes(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True).encode("utf-8"))
         special = {
             key: value
             for key, value in (
@@ -184,8 +190,8 @@ class Tokenizer:
             config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        _write_json(directory / CONFIG_FILE, config)
-        _write_json(directory / SPECIAL_TOKENS_MAP_FILE, special)
+        _write_json(directory / CONFIG_FILE, config, write_bytes)
+        _write_json(directory / SPECIAL_TOKENS_MAP_FILE, special, write_bytes)
         # A stale chat_template.jinja from an earlier save would override the config entry on load.
         (directory / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
 
@@ -338,8 +344,8 @@ def _read_json(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> d
     return data
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: dict[str, Any], write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
+    (write_bytes or Path.write_bytes)(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _raise_exception(message: str) -> None:
