@@ -30,6 +30,14 @@ def _kb_config(config: Path | None, path: Path | None, embedding_model: str | No
     return section.model_copy(update=updates) if updates else section
 
 
+def _kb_key(config: Path | None) -> bytes | None:
+    """The encryption key `[guard]` of the same deploy.toml asks for (None when encrypt_at_rest is off)."""
+    from jijian.config import load_config
+    from jijian.guard.crypto import key_from_config
+
+    return key_from_config(load_config(config).guard) if config else None
+
+
 @kb_app.command("ingest")
 @reports_errors
 def ingest(
@@ -50,7 +58,7 @@ def ingest(
     cfg = _kb_config(config, path, embedding_model)
     files = expand_paths(paths)
     embedder = load_embedder(cfg.embedding_model, cfg.embed_batch_size)
-    kb = open_knowledge_base(cfg)
+    kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         try:
             target = kb.collection(collection)
@@ -97,7 +105,7 @@ def search(
     from jijian.kb.store import open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
-    kb = open_knowledge_base(cfg)
+    kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         target = kb.collection(collection)
         vector = None if mode == "lexical" else load_embedder(cfg.embedding_model).embed([query])[0]
@@ -121,7 +129,7 @@ def list_collections(config: ConfigOption = None, path: PathOption = None) -> No
     """List collections with their dimension, index and size."""
     from jijian.kb.store import open_knowledge_base
 
-    kb = open_knowledge_base(_kb_config(config, path, None))
+    kb = open_knowledge_base(_kb_config(config, path, None), _kb_key(config))
     try:
         for c in kb.list_collections():
             out_console.print(
@@ -148,5 +156,6 @@ def serve(
     from jijian.kb.store import open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
-    app = create_kb_app(open_knowledge_base(cfg), lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size))
+    kb = open_knowledge_base(cfg, _kb_key(config))
+    app = create_kb_app(kb, lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size))
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -94,8 +94,16 @@ def train_export(
         Path | None, typer.Option(help="a checkpoint directory; default: the newest valid one of the run")
     ] = None,
 ) -> None:
-    """Consolidate a sharded checkpoint into HF format (config.json + safetensors + tokenizer)."""
+    """Consolidate a sharded checkpoint into HF format (config.json + safetensors + tokenizer).
+
+    With `[guard] encrypt_at_rest = true` in the run's deploy.toml, every exported file is then encrypted.
+    """
+    from jijian.config import load_config
+    from jijian.guard.crypto import exported_model_writer
     from jijian.train.export import describe, export_checkpoint
 
-    model_dir, source = export_checkpoint(run_dir, to, checkpoint)
-    err_console.print(f"exported {describe(source)} to {model_dir}")
+    run_config = run_dir / "deploy.toml"
+    writer = exported_model_writer(load_config(run_config).guard) if run_config.is_file() else None
+    model_dir, source = export_checkpoint(run_dir, to, checkpoint, write_bytes=writer)
+    sealed = " (every file encrypted with AES-256-GCM: [guard] encrypt_at_rest)" if writer is not None else ""
+    err_console.print(f"exported {describe(source)} to {model_dir}{sealed}")

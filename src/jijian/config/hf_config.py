@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,20 @@ class HFFormatError(UserInputError):
     """A Hugging Face model directory is missing a file or holds something jijian cannot load."""
 
 
-def read_hf_config(directory: str | Path) -> dict[str, Any]:
+ReadBytes = Callable[[Path], bytes]
+"""How a loader reads a file's contents: `Path.read_bytes`, or a reader that decrypts in memory."""
+
+WriteBytes = Callable[[Path, bytes], None]
+"""How a saver writes a file: e.g. sealing the bytes in memory so no plaintext reaches the disk."""
+
+
+def read_hf_config(directory: str | Path, read_bytes: ReadBytes | None = None) -> dict[str, Any]:
     """Parse `directory/config.json`, with an error naming the file when absent or malformed."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise HFFormatError(f"{path}: not found (is {directory} a Hugging Face model directory?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a decryption error is not caught here: it names the file and the cause itself
+        data = json.loads((read_bytes or Path.read_bytes)(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HFFormatError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):

@@ -15,10 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import io
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -134,20 +135,30 @@ def is_encrypted(path: str | os.PathLike[str]) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
-def encrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes) -> None:
-    """Encrypt `src` into `dst` (atomically; `dst` may equal `src`)."""
-    src, dst = Path(src), Path(dst)
+def _seal(chunks: Iterator[tuple[bytes, bool]], key: bytes) -> Iterator[bytes]:
+    """The encrypted file's bytes: header, then each (chunk, is_last) sealed."""
     aead = AESGCM(parse_key(key, "key"))
     header = HEADER.pack(MAGIC, VERSION, CHUNK_SIZE, secrets.token_bytes(8))
     prefix = header[-8:]
+    yield header
+    for index, (chunk, last) in enumerate(chunks):
+        yield aead.encrypt(_nonce(prefix, index), chunk, _aad(header, last))
 
-    def sealed() -> Iterator[bytes]:
-        yield header
+
+def encrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes) -> None:
+    """Encrypt `src` into `dst` (atomically; `dst` may equal `src`)."""
+    src, dst = Path(src), Path(dst)
+
+    def plaintext() -> Iterator[tuple[bytes, bool]]:
         with src.open("rb") as f:
-            for index, (chunk, last) in enumerate(_read_chunks(f, CHUNK_SIZE)):
-                yield aead.encrypt(_nonce(prefix, index), chunk, _aad(header, last))
+            yield from _read_chunks(f, CHUNK_SIZE)
 
-    _atomic_write(dst, sealed())
+    _atomic_write(dst, _seal(plaintext(), key))
+
+
+def encrypt_bytes_to_file(data: bytes, dst: str | os.PathLike[str], key: bytes) -> None:
+    """Write `data` encrypted into `dst` atomically; the plaintext never touches the disk."""
+    _atomic_write(Path(dst), _seal(_read_chunks(io.BytesIO(data), CHUNK_SIZE), key))
 
 
 def decrypt_chunks(src: str | os.PathLike[str], key: bytes) -> Iterator[bytes]:
@@ -204,3 +215,51 @@ def decrypt_tree(root: str | os.PathLike[str], key: bytes) -> list[Path]:
             decrypt_file(path, path, key)
             done.append(path)
     return done
+
+
+def file_reader(key: bytes | None) -> Callable[[Path], bytes]:
+    """A `read_bytes` for model loaders: encrypted files decrypted in memory with `key`, others read as is.
+
+    Nothing decrypted touches the disk. An encrypted file and no key raises `KeyMaterialError` naming it.
+    """
+
+    def read(path: Path) -> bytes:
+        if not is_encrypted(path):
+            return Path(path).read_bytes()
+        if key is None:
+            raise KeyMaterialError(
+                f"{path} is encrypted: set [guard] encrypt_at_rest = true and provide the key "
+                f"(key_env or key_file) to read it"
+            )
+        return decrypt_bytes(path, key)
+
+    return read
+
+
+def exported_model_writer(guard: GuardConfig) -> Callable[[Path, bytes], None] | None:
+    """How a model export writes its files under `[guard]`: each sealed in memory when `encrypt_at_rest`
+    is on, so no plaintext reaches the disk; None (plain files) when it is off.
+
+    The key is loaded here, before anything is written: a missing key fails the export up front.
+    """
+    key = key_from_config(guard)
+    if key is None:
+        return None
+
+    def write(path: Path, data: bytes) -> None:
+        encrypt_bytes_to_file(data, path, key)
+
+    return write
+
+
+def encrypt_exported_model(
+    model_dir: str | os.PathLike[str], guard: GuardConfig, key: bytes | None = None
+) -> list[Path]:
+    """Encrypt an exported model directory's files in place if `[guard] encrypt_at_rest` is on; returns them.
+
+    `key` is the already loaded key (load it with `key_from_config` before exporting, so a missing key
+    fails before any weights are written); by default it is loaded here.
+    """
+    if not guard.encrypt_at_rest:
+        return []
+    return encrypt_tree(model_dir, key if key is not None else load_key(guard.key_file, guard.key_env))

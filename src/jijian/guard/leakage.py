@@ -13,12 +13,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-_TOKENS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
+TOKEN_PATTERN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens, one per CJK character (Chinese has no spaces to split on)."""
-    return [t.lower() for t in _TOKENS.findall(text)]
+    return [t.lower() for t in TOKEN_PATTERN.findall(text)]
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -52,6 +52,10 @@ class LeakageChecker:
         """Index one restricted document."""
         for gram in ngrams(text, self.n):
             self._owners.setdefault(gram, set()).add(doc_id)
+
+    def owners(self, gram: tuple[str, ...]) -> frozenset[str]:
+        """The indexed documents that contain this n-gram (lower-cased tokens)."""
+        return frozenset(self._owners.get(gram, ()))
 
     def check(self, response: str, exclude: Iterable[str] = ()) -> LeakageVerdict:
         """Overlap of `response` with every indexed document except `exclude` (those the requester may read)."""

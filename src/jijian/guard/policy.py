@@ -4,7 +4,8 @@ On a request: injection check (refused when flagged and `block_injections`), PII
 audit entry in which the prompt appears as `log_prompts` says (by default with PII redacted, never
 in clear unless configured). On retrieved passages: injections dropped and audited. On a response:
 verbatim-leakage check against documents the requester may not read (a leaking response is
-withheld), PII redaction when `redact_responses`, and an audit entry.
+withheld), PII redaction when `redact_responses`, and an audit entry. A streamed response goes
+through `stream_check`, which holds text back until the same check has seen it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jijian.guard.leakage import LeakageChecker, LeakageVerdict
 from jijian.guard.pii import PiiSpan, find_pii, redact_spans
 from jijian.guard.principals import Principal, can_read, validate_readers
 from jijian.guard.rag import GuardedContext, Passage, wrap_passages
+from jijian.guard.stream import StreamingLeakCheck
 
 WITHHELD = "[response withheld: it repeats a document you are not allowed to read]"
 REFUSED = "[request refused: it looks like a prompt-injection attempt]"
@@ -87,6 +89,10 @@ class GuardPolicy:
             return  # public: nothing to leak
         self._readers[doc_id] = checked
         self.leakage.add(doc_id, text)
+
+    def protected_documents(self) -> dict[str, list[str] | None]:
+        """The registered restricted documents and their readers."""
+        return dict(self._readers)
 
     # --- logging ----------------------------------------------------------------------------
 
@@ -169,3 +175,7 @@ class GuardPolicy:
             "pii": sorted({s.type for s in spans}), "redacted": self.config.redact_responses,
         })  # fmt: skip
         return ResponseDecision(request_id, out, leakage.leaked, leakage, spans)
+
+    def stream_check(self, principal: Principal | None = None, request_id: str | None = None) -> StreamingLeakCheck:
+        """The incremental leakage check for one streamed response (see `jijian.guard.stream`)."""
+        return StreamingLeakCheck(self, principal, request_id or uuid.uuid4().hex)

@@ -9,6 +9,9 @@ with SQLite whatever moment the process died at.
 
 Deletes and upserts remove the row and record its rowid as a tombstone; searches exclude
 tombstones inside FAISS (an ID selector), and `compact()` rebuilds the index without them.
+
+A collection created with a key (`[guard] encrypt_at_rest`) keeps text, metadata, vectors and the
+index file encrypted and its lexical index blinded (`jijian.kb.sealing`); opening it needs the key.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 import sqlite3
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,10 @@ import numpy as np
 
 from jijian.config import KBConfig
 from jijian.config.errors import UserInputError
+from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
-from jijian.kb.filters import parse_filter, to_sql
+from jijian.kb.filters import matches, parse_filter, to_sql
+from jijian.kb.sealing import RowCipher
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
 SEARCH_MODES = ("vector", "lexical", "hybrid")
@@ -114,10 +119,12 @@ def _fsync_dir(path: Path) -> None:
 class Collection:
     """One collection: a directory with `rows.sqlite`, `index.faiss` and `collection.json`."""
 
-    def __init__(self, directory: Path, options: SearchOptions | None = None) -> None:
+    def __init__(self, directory: Path, options: SearchOptions | None = None, key: bytes | None = None) -> None:
         self.directory = directory
         self.options = options or SearchOptions()
         spec = json.loads((directory / "collection.json").read_text(encoding="utf-8"))
+        # None for a collection stored in clear; a missing or wrong key fails here, before any read.
+        self.cipher = RowCipher.from_spec(spec, key, directory / "collection.json")
         self.name: str = spec["name"]
         self.dim: int = spec["dim"]
         self.params = IndexParams(**spec["index"])
@@ -169,7 +176,7 @@ class Collection:
         path = self.directory / "index.faiss"
         if not path.exists():
             return VectorIndex(self.dim, self.params), 0
-        data = path.read_bytes()
+        data = path.read_bytes() if self.cipher is None else decrypt_bytes(path, self.cipher.file_key)
         if data[:8] != _INDEX_MAGIC:
             raise KBError(f"{path}: not a jijian index file")
         (watermark,) = struct.unpack("<q", data[8:16])
@@ -185,16 +192,17 @@ class Collection:
 
     def _live_rows(self, after: int = 0, rowids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if rowids is None:
-            cursor = self.db.execute("SELECT rowid, vector FROM rows WHERE rowid > ? ORDER BY rowid", (after,))
+            cursor = self.db.execute("SELECT rowid, vector, id FROM rows WHERE rowid > ? ORDER BY rowid", (after,))
         else:
             ids = list(rowids)
             cursor = self.db.execute(
-                "SELECT rowid, vector FROM rows WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
+                "SELECT rowid, vector, id FROM rows WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
                 (json.dumps(ids),),
             )
         found = cursor.fetchall()
         ids_out = np.array([row[0] for row in found], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(row[1] for row in found), dtype=np.float32).reshape(-1, self.dim)
+        blobs = (row[1] if self.cipher is None else self.cipher.open(row[2], "vector", row[1]) for row in found)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, self.dim)
         return ids_out, vectors
 
     def _index_add(self, rowids: np.ndarray, vectors: np.ndarray) -> None:
@@ -213,12 +221,16 @@ class Collection:
         watermark = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name='rows'").fetchone()
         watermark = watermark[0] if watermark else 0
         self.index.optimize_layout()  # amortised: only after the index has grown by a quarter
-        tmp = self.directory / "index.faiss.tmp"
-        with tmp.open("wb") as handle:
-            handle.write(_INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.directory / "index.faiss")
+        payload = _INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes()
+        if self.cipher is not None:  # sealed, and written atomically (temporary file, fsync, rename) too
+            encrypt_bytes_to_file(payload, self.directory / "index.faiss", self.cipher.file_key)
+        else:
+            tmp = self.directory / "index.faiss.tmp"
+            with tmp.open("wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.directory / "index.faiss")
         _fsync_dir(self.directory)
         self.watermark, self.rows_since_checkpoint = watermark, 0
 
@@ -272,7 +284,15 @@ class Collection:
             if not isinstance(record.metadata, dict):
                 raise KBError(f"record {i} ({record_id!r}): metadata must be a JSON object")
             readers = validate_readers(record.readers, where=f"record {i} ({record_id!r}) readers")
-            rows.append((record_id, vectors[i].tobytes(), record.text or "", json.dumps(record.metadata), readers))
+            text, metadata, blob = record.text or "", json.dumps(record.metadata), vectors[i].tobytes()
+            lexical = text if self.cipher is None else self.cipher.blind_text(text)
+            if self.cipher is not None:
+                text, metadata, blob = (
+                    self.cipher.seal(record_id, "text", text.encode("utf-8")),
+                    self.cipher.seal(record_id, "metadata", metadata.encode("utf-8")),
+                    self.cipher.seal(record_id, "vector", blob),
+                )
+            rows.append((record_id, blob, text, metadata, readers, lexical))
             ids.append(record_id)
         if len(set(ids)) != len(ids):
             raise KBError("records: the same id appears twice in one request")
@@ -289,13 +309,13 @@ class Collection:
                 ).fetchone()
                 if taken:
                     raise KBError(f"id {taken[0]!r} already exists in {self.name!r} (use upsert to replace it)")
-            for record_id, blob, text, metadata, readers in rows:
+            for record_id, blob, text, metadata, readers, lexical in rows:
                 cursor = self.db.execute(
                     "INSERT INTO rows (id, vector, text, metadata, readers) VALUES (?, ?, ?, ?, ?)",
                     (record_id, blob, text, metadata, None if readers is None else json.dumps(readers)),
                 )
                 new_rowids.append(cursor.lastrowid)
-                self.db.execute("INSERT INTO fts (rowid, text) VALUES (?, ?)", (cursor.lastrowid, text))
+                self.db.execute("INSERT INTO fts (rowid, text) VALUES (?, ?)", (cursor.lastrowid, lexical))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -362,13 +382,44 @@ class Collection:
         ).fetchone()
         if row is None:
             return None
-        vector = np.frombuffer(row[1], dtype=np.float32).copy()
-        return Record(row[0], vector, row[2], json.loads(row[3]), None if row[4] is None else json.loads(row[4]))
+        vector = np.frombuffer(self._plain(row[0], "vector", row[1]), dtype=np.float32).copy()
+        text, metadata = self._plain(row[0], "text", row[2]), self._plain(row[0], "metadata", row[3])
+        return Record(row[0], vector, text, json.loads(metadata), None if row[4] is None else json.loads(row[4]))
+
+    def restricted_records(self) -> Iterator[tuple[str, str, list[str]]]:
+        """(id, text, readers) of every record with an ACL: what the guard's output leak check must know."""
+        rows = self.db.execute("SELECT id, text, readers FROM rows WHERE readers IS NOT NULL").fetchall()
+        for record_id, text, readers in rows:
+            yield record_id, self._plain(record_id, "text", text), json.loads(readers)
+
+    def _plain(self, record_id: str, field: str, value: Any) -> Any:
+        """A stored field in clear: opened (and decoded, for text and metadata) if the collection is encrypted."""
+        if self.cipher is None or value is None:
+            return value
+        opened = self.cipher.open(record_id, field, value)
+        return opened if field == "vector" else opened.decode("utf-8")
+
+    def _matching_rowids(self, filter_expr: str) -> list[int]:
+        """Rowids whose decrypted metadata matches a filter (sealed metadata cannot be filtered in SQL)."""
+        key = ("sealed metadata filter", filter_expr)  # kept with the filter cache, which every write clears
+        if key not in self._filter_cache:
+            expr = parse_filter(filter_expr)
+            found = [
+                rowid
+                for rowid, record_id, metadata in self.db.execute("SELECT rowid, id, metadata FROM rows")
+                if matches(expr, json.loads(self._plain(record_id, "metadata", metadata)))
+            ]
+            self._filter_cache[key] = (np.array(found, dtype=np.int64), None)
+        return self._filter_cache[key][0].tolist()
 
     def _condition(self, filter_expr: str | None, principal: Principal | None) -> tuple[str, list[Any]] | None:
         clauses, params = [], []
         if filter_expr:
-            sql, sql_params = to_sql(parse_filter(filter_expr), "rows.metadata")
+            if self.cipher is None:
+                sql, sql_params = to_sql(parse_filter(filter_expr), "rows.metadata")
+            else:
+                sql = "rows.rowid IN (SELECT value FROM json_each(?))"
+                sql_params = [json.dumps(self._matching_rowids(filter_expr))]
             clauses.append(sql)
             params.extend(sql_params)
         if principal is not None and not principal.is_admin:
@@ -410,6 +461,8 @@ class Collection:
                 if row is None or (record_id := ids.get(rowid)) is None:
                     continue
                 _, text, metadata, readers = row
+                if self.cipher is not None:
+                    text, metadata = self._plain(record_id, "text", text), self._plain(record_id, "metadata", metadata)
                 hits.append(
                     Hit(
                         record_id,
@@ -495,7 +548,7 @@ class Collection:
         return [(r, sign * s) for s, r in zip(scores.tolist(), rowids.tolist(), strict=True) if r >= 0]
 
     def _lexical_ranking(self, text: str, k: int, condition: tuple[str, list[Any]] | None) -> list[tuple[int, float]]:
-        query = fts_query(text)
+        query = fts_query(text) if self.cipher is None else self.cipher.fts_query(text)
         if not query:
             return []
         sql, params = condition if condition is not None else ("1", [])
@@ -560,11 +613,13 @@ class Collection:
 
     def source_hash(self, path: str) -> str | None:
         """The content hash recorded when `path` was last ingested."""
-        row = self.db.execute("SELECT sha256 FROM sources WHERE path = ?", (path,)).fetchone()
+        stored = path if self.cipher is None else self.cipher.blind_name(path)
+        row = self.db.execute("SELECT sha256 FROM sources WHERE path = ?", (stored,)).fetchone()
         return row[0] if row else None
 
     def replace_source(self, path: str, sha256: str, records: Sequence[Record]) -> list[str]:
         """Replace every chunk of one source file by `records` and remember its content hash."""
+        path = path if self.cipher is None else self.cipher.blind_name(path)  # source paths are not kept in clear
         row = self.db.execute("SELECT ids FROM sources WHERE path = ?", (path,)).fetchone()
         if row:
             self.delete(json.loads(row[0]))
@@ -579,9 +634,15 @@ class KnowledgeBase:
     """The embedded store: one directory per collection under `root`."""
 
     def __init__(
-        self, root: Path | str, options: SearchOptions | None = None, defaults: IndexParams | None = None
+        self,
+        root: Path | str,
+        options: SearchOptions | None = None,
+        defaults: IndexParams | None = None,
+        key: bytes | None = None,
     ) -> None:
+        """`key`: the 256-bit master key; with one, new collections are encrypted and encrypted ones open."""
         self.root = Path(root)
+        self.key = key
         self.root.mkdir(parents=True, exist_ok=True)
         self.options = options or SearchOptions()
         self.defaults = defaults or IndexParams()
@@ -613,7 +674,9 @@ class KnowledgeBase:
         if params.kind == "ivf_pq" and dim % params.pq_m:
             raise KBError(f"index ivf_pq: dimension {dim} is not divisible by pq_m={params.pq_m}")
         directory.mkdir(parents=True, exist_ok=True)
-        spec = {"name": name, "dim": dim, "index": asdict(params)}
+        spec: dict[str, Any] = {"name": name, "dim": dim, "index": asdict(params)}
+        if self.key is not None:
+            spec["encryption"] = RowCipher.new_spec(self.key, name)
         tmp = directory / "collection.json.tmp"
         tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         os.replace(tmp, directory / "collection.json")
@@ -625,7 +688,7 @@ class KnowledgeBase:
             directory = self._directory(name)
             if not (directory / "collection.json").exists():
                 raise CollectionNotFound(f"collection {name!r} does not exist under {self.root}")
-            self._open[name] = Collection(directory, self.options)
+            self._open[name] = Collection(directory, self.options, self.key)
         return self._open[name]
 
     def list_collections(self) -> list[dict[str, Any]]:
@@ -660,9 +723,11 @@ class KnowledgeBase:
         self._open.clear()
 
 
-def open_knowledge_base(config: KBConfig) -> KnowledgeBase:
-    """The store described by a `[kb]` config section."""
+def open_knowledge_base(config: KBConfig, key: bytes | None = None) -> KnowledgeBase:
+    """The store described by a `[kb]` config section; `key` encrypts it at rest (`[guard] encrypt_at_rest`)."""
     if config.backend == "milvus":
+        if key is not None:
+            raise KBError("[guard] encrypt_at_rest: the milvus backend does not support encryption at rest")
         from jijian.kb.milvus import MilvusKnowledgeBase
 
         return MilvusKnowledgeBase(config)  # type: ignore[return-value]
@@ -671,4 +736,4 @@ def open_knowledge_base(config: KBConfig) -> KnowledgeBase:
         ef_search=config.ef_search, nlist=config.nlist, pq_m=config.pq_m, nprobe=config.nprobe,
     )  # fmt: skip
     options = SearchOptions(exact_below=config.exact_search_below, checkpoint_rows=config.checkpoint_rows)
-    return KnowledgeBase(config.path, options, defaults)
+    return KnowledgeBase(config.path, options, defaults, key)

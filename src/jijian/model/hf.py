@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import ValidationError
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from jijian.config import ModelConfig
-from jijian.config.hf_config import HFFormatError, model_fields_from_hf, read_hf_config
+from jijian.config.hf_config import HFFormatError, ReadBytes, WriteBytes, model_fields_from_hf, read_hf_config
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 
 if TYPE_CHECKING:
@@ -103,8 +105,13 @@ def save_hf_state_dict(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_bytes: WriteBytes | None = None,
 ) -> Path:
-    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0."""
+    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0.
+
+    `write_bytes` writes every file instead of the file system (`jijian train export` passes one that
+    encrypts in memory); weights are then serialised to bytes first.
+    """
     directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():
@@ -121,26 +128,33 @@ def save_hf_state_dict(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         metadata = {"format": "pt"}
+
+        def save_weights(part: dict[str, torch.Tensor], path: Path) -> None:
+            if write_bytes is None:
+                save_file(part, str(path), metadata=metadata)
+            else:
+                write_bytes(path, safetensors_bytes(part, metadata=metadata))
+
         if len(shards) == 1:
-            save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+            save_weights(tensors, staging / WEIGHTS_NAME)
         else:
             weight_map = {}
             for i, names in enumerate(shards, start=1):
                 filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file({n: tensors[n] for n in names}, str(staging / filename), metadata=metadata)
+                save_weights({n: tensors[n] for n in names}, staging / filename)
                 weight_map.update(dict.fromkeys(names, filename))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            _write_json(staging / WEIGHTS_INDEX_NAME, index)
-        _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype))
+            _write_json(staging / WEIGHTS_INDEX_NAME, index, write_bytes)
+        _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype), write_bytes)
         if tokenizer is not None:
             generation = {
                 "bos_token_id": tokenizer.bos_id,
                 "eos_token_id": tokenizer.eos_id,
                 "pad_token_id": tokenizer.pad_id,
             }
-            _write_json(staging / "generation_config.json", generation)
-            tokenizer.save(staging)
+            _write_json(staging / "generation_config.json", generation, write_bytes)
+            tokenizer.save(staging, write_bytes=write_bytes)
         for path in staging.iterdir():
             _fsync(path)
         _replace_directory(staging, directory)
@@ -155,16 +169,19 @@ def load_hf(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = torch.float32,
+    read_bytes: ReadBytes | None = None,
 ) -> tuple[CausalLM, Tokenizer | None]:
     """Load an HF-format Llama directory; returns the model (eval mode) and its tokenizer if present.
 
-    `dtype=None` keeps the dtype the weights were stored in.
+    `dtype=None` keeps the dtype the weights were stored in. `read_bytes` reads every file instead of
+    the file system (the server passes one that decrypts encrypted files in memory); weights are then
+    parsed from bytes rather than memory-mapped.
     """
     directory = Path(directory)
     config_path = directory / "config.json"
-    cfg = model_config_from_hf(read_hf_config(directory), source=str(config_path))
+    cfg = model_config_from_hf(read_hf_config(directory, read_bytes), source=str(config_path))
 
-    state = _read_weights(directory, device, dtype)
+    state = _read_weights(directory, device, dtype, read_bytes)
     model = build_model(cfg, device="meta")
     expected = set(model.state_dict())
     if cfg.tie_embeddings:
@@ -193,14 +210,16 @@ def load_hf(
     if (directory / "tokenizer.json").is_file():
         from jijian.model.tokenizer import Tokenizer  # deferred: weights-only users skip `tokenizers`
 
-        tokenizer = Tokenizer.load(directory)
+        tokenizer = Tokenizer.load(directory, read_bytes=read_bytes)
     return model, tokenizer
 
 
-def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+def _read_weights(
+    directory: Path, device: torch.device | str, dtype: torch.dtype | None, read_bytes: ReadBytes | None = None
+) -> dict[str, torch.Tensor]:
     index_path = directory / WEIGHTS_INDEX_NAME
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = json.loads((read_bytes or Path.read_bytes)(index_path).decode("utf-8"))["weight_map"]
         files = sorted(set(weight_map.values()))
     elif (directory / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
@@ -211,6 +230,9 @@ def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtyp
         path = directory / filename
         if not path.is_file():
             raise HFFormatError(f"{path}: listed in {WEIGHTS_INDEX_NAME} but missing")
+        if read_bytes is not None:
+            state.update(_weights_from_bytes(path, read_bytes(path), device, dtype))
+            continue
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
                 for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -221,6 +243,20 @@ def _read_weights(directory: Path, device: torch.device | str, dtype: torch.dtyp
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise HFFormatError(f"{path}: cannot read safetensors file: {exc}") from None
     return state
+
+
+def _weights_from_bytes(
+    path: Path, data: bytes, device: torch.device | str, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise HFFormatError(f"{path}: cannot read safetensors data: {exc}") from None
+    return {
+        name: (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor).to(device)
+        for name, tensor in tensors.items()
+        if not name.endswith(_IGNORED_SUFFIXES)
+    }
 
 
 def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
@@ -236,8 +272,8 @@ def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[li
     return shards
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: Any, write_bytes: WriteBytes | None = None) -> None:
+    (write_bytes or Path.write_bytes)(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _fsync(path: Path) -> None:

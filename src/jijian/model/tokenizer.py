@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,13 @@ class Tokenizer:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        """Load a tokenizer.json file, or an HF tokenizer directory holding one plus its config files."""
+    def load(cls, path: str | Path, *, read_bytes: Callable[[Path], bytes] | None = None) -> Tokenizer:
+        """Load a tokenizer.json file, or an HF tokenizer directory holding one plus its config files.
+
+        `read_bytes` reads the files instead of the file system (e.g. decrypting them in memory).
+        """
         path = Path(path)
+        read = read_bytes or Path.read_bytes
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer at {path}: the path does not exist")
         if path.is_dir():
@@ -108,8 +112,9 @@ class Tokenizer:
             # Only a file named like the HF layout takes its siblings' configs; any other file stands alone.
             directory = path.parent if path.name == TOKENIZER_FILE else None
 
+        raw = read(file) if read_bytes is not None else None
         try:
-            backend = Backend.from_file(str(file))
+            backend = Backend.from_file(str(file)) if raw is None else Backend.from_str(raw.decode("utf-8"))
         except Exception as e:
             raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from e
 
@@ -117,12 +122,12 @@ class Tokenizer:
         special_map: dict[str, Any] = {}
         chat_template: str | None = None
         if directory is not None:
-            special_map = _read_json(directory / SPECIAL_TOKENS_MAP_FILE)
-            config = _read_json(directory / CONFIG_FILE)
+            special_map = _read_json(directory / SPECIAL_TOKENS_MAP_FILE, read)
+            config = _read_json(directory / CONFIG_FILE, read)
             chat_template = _chat_template_from_config(config.get("chat_template"), directory / CONFIG_FILE)
             template_file = directory / CHAT_TEMPLATE_FILE
             if template_file.is_file():
-                chat_template = template_file.read_text(encoding="utf-8")
+                chat_template = read(template_file).decode("utf-8")
         if not config and not special_map:
             # A tokenizer.json without configs (ours, copied alone): the standard special tokens, if present.
             vocab = backend.get_vocab(with_added_tokens=True)
@@ -153,11 +158,17 @@ class Tokenizer:
         except ValueError as e:
             raise TokenizerError(f"invalid tokenizer at {path}: {e}") from e
 
-    def save(self, directory: str | Path) -> None:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`."""
+    def save(self, directory: str | Path, *, write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `directory`.
+
+        `write_bytes` writes the files instead of the file system (e.g. encrypting them in memory).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
+        if write_bytes is None:
+            self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
+        else:
+            write_bytes(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True).encode("utf-8"))
         special = {
             key: value
             for key, value in (
@@ -179,8 +190,8 @@ class Tokenizer:
             config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
-        _write_json(directory / CONFIG_FILE, config)
-        _write_json(directory / SPECIAL_TOKENS_MAP_FILE, special)
+        _write_json(directory / CONFIG_FILE, config, write_bytes)
+        _write_json(directory / SPECIAL_TOKENS_MAP_FILE, special, write_bytes)
         # A stale chat_template.jinja from an earlier save would override the config entry on load.
         (directory / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
 
@@ -321,11 +332,11 @@ def _chat_template_from_config(value: Any, source: Path) -> str | None:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # a decryption error is not caught here: it names the file and the cause itself
+        data = json.loads(read(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
@@ -333,8 +344,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: dict[str, Any], write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
+    (write_bytes or Path.write_bytes)(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _raise_exception(message: str) -> None:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jijian.guard.allowlists import AccessDenied
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
+from jijian.guard.stream import STOPPED
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.async_engine import AsyncEngine, QueueFullError
 from jijian.serve.engine import RequestOutput
@@ -157,8 +158,9 @@ def create_app(
     """The FastAPI application serving `engine` under `settings.model_name`.
 
     With a guard `policy`, every prompt is checked for injection (and audited, PII redacted in the log)
-    before it reaches the engine, and every non-streamed answer is checked for leakage of documents
-    the caller may not read (and PII-redacted when configured) before it leaves.
+    before it reaches the engine, and every answer is checked for leakage of documents the caller may
+    not read (and PII-redacted when configured) before it leaves: a non-streamed one whole, a streamed
+    one incrementally, text held back until checked, a leak ending the stream with "content_filter".
     """
 
     @contextlib.asynccontextmanager
@@ -290,7 +292,7 @@ def create_app(
         except TimeoutError:
             outcome = "timeout"
             raise ApiError(504, f"the request took longer than {settings.request_timeout_s} s", "timeout") from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # client gone, or the guard stopped the stream
             outcome = "cancelled"
             raise
         finally:
@@ -346,7 +348,7 @@ def create_app(
 
     async def started(
         request: Request, prompt: list[int], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         """The request's outputs, with the first one already pulled: a full queue or a bad request then
         raises here, as a 4xx, instead of in the middle of a 200 stream."""
         outputs = run(request, prompt, params, request_id)
@@ -355,13 +357,36 @@ def create_app(
         except StopAsyncIteration:
             head = None
 
-        async def with_head() -> AsyncIterator[RequestOutput]:
+        async def with_head() -> AsyncGenerator[RequestOutput, None]:
             if head is not None:
                 yield head
             async for output in outputs:
                 yield output
 
         return with_head()
+
+    async def guarded_stream(
+        outputs: AsyncGenerator[RequestOutput, None], principal: Principal | None, request_id: str
+    ) -> AsyncIterator[tuple[str, RequestOutput, str | None]]:
+        """(text to send, engine output, finish reason) per engine output of a streamed answer.
+
+        With a guard, text goes out only once the streaming leakage check has cleared it; a leak ends
+        the stream with a notice and finish_reason "content_filter", and generation is aborted.
+        """
+        if policy is None:
+            async for output in outputs:
+                yield output.text_delta, output, output.finish_reason
+            return
+        check = policy.stream_check(principal, request_id)
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                text = check.feed(output.text_delta)
+                if output.finished and not check.blocked:
+                    text += await asyncio.to_thread(check.finish)
+                if check.blocked:
+                    yield STOPPED, output, "content_filter"
+                    return
+                yield text, output, output.finish_reason
 
     def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
         async def lines() -> AsyncIterator[str]:
@@ -420,9 +445,9 @@ def create_app(
         if body.stream:
 
             async def chunks() -> AsyncIterator[dict]:
-                async for output in outputs:
-                    chunk = {**base, "choices": [choice(output.text_delta, output.finish_reason)]}
-                    if output.finished:
+                async for text, output, reason in guarded_stream(outputs, principal, request_id):
+                    chunk = {**base, "choices": [choice(text, reason)]}
+                    if reason is not None:
                         chunk["usage"] = usage(output)
                     yield chunk
 
@@ -474,14 +499,14 @@ def create_app(
 
             async def chunks() -> AsyncIterator[dict]:
                 first = True
-                async for output in outputs:
-                    delta: dict[str, str] = {"content": output.text_delta}
+                async for text, output, reason in guarded_stream(outputs, principal, request_id):
+                    delta: dict[str, str] = {"content": text}
                     if first:
                         delta["role"] = "assistant"
                         first = False
-                    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": output.finish_reason}
+                    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
                     chunk = {**base, "object": "chat.completion.chunk", "choices": [choice], **extra}
-                    if output.finished:
+                    if reason is not None:
                         chunk["usage"] = usage(output)
                     yield chunk
 

@@ -61,3 +61,18 @@ class KnowledgeBaseEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, as lists of floats."""
         return self.embedder.embed(list(texts)).tolist()
+
+
+def protect_restricted_documents(kb: KnowledgeBase, policy: GuardPolicy) -> int:
+    """Register every record that has an ACL with the guard's output leak check; returns how many.
+
+    Retrieval already keeps them from non-readers; this stops an answer that repeats one verbatim
+    (from a model trained on it, a cached answer, a tool) from reaching a non-reader, streamed or not.
+    """
+    count = 0
+    for spec in kb.list_collections():
+        collection = kb.collection(spec["name"])
+        for record_id, text, readers in collection.restricted_records():
+            policy.protect_document(f"{spec['name']}/{record_id}", text, readers)
+            count += 1
+    return count

@@ -15,6 +15,7 @@ import torch
 from fastapi import FastAPI
 
 from jijian.config import DeployConfig, UserInputError
+from jijian.guard.crypto import file_reader, is_encrypted, key_from_config
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.model.hf import load_hf
@@ -48,7 +49,11 @@ def kv_block_bytes(model: CausalLM, block_size: int) -> int:
 
 
 def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
-    """The served model: `[serve] model_path`, or SmolLM2-135M-Instruct converted once into the cache."""
+    """The served model: `[serve] model_path`, or SmolLM2-135M-Instruct converted once into the cache.
+
+    An encrypted model directory (`jijian train export` with `[guard] encrypt_at_rest`) is decrypted in
+    memory with the `[guard]` key; no plaintext copy is written.
+    """
     serve = config.serve
     if serve.model_path is not None:
         directory = serve.model_path
@@ -56,7 +61,9 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
         from jijian.model.gguf import smollm2_model_dir
 
         directory = smollm2_model_dir(serve.model_cache_dir)
-    model, tokenizer = load_hf(directory)
+    key = key_from_config(config.guard)
+    encrypted = any(is_encrypted(path) for path in Path(directory).glob("*") if path.is_file())
+    model, tokenizer = load_hf(directory, read_bytes=file_reader(key) if key is not None or encrypted else None)
     if tokenizer is None:
         raise UserInputError(f"[serve] model_path: {directory} has no tokenizer.json; the server needs one")
     if serve.quantization == "int8":
@@ -67,15 +74,20 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
 def knowledge_base_services(
     config: DeployConfig, policy: GuardPolicy | None
 ) -> tuple[KnowledgeBase | None, Retriever | None, Embedder | None]:
-    """The `[kb]` store with its retriever and embedder, when the knowledge base exists on disk."""
+    """The `[kb]` store with its retriever and embedder, when the knowledge base exists on disk.
+
+    Every restricted record is registered with the guard policy's output leak check.
+    """
     kb_config = config.kb
     if kb_config.backend != "milvus" and not kb_config.path.is_dir():
         return None, None, None
     from jijian.kb.embed import load_embedder
     from jijian.kb.store import open_knowledge_base
-    from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever
+    from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever, protect_restricted_documents
 
-    kb = open_knowledge_base(kb_config)
+    kb = open_knowledge_base(kb_config, key_from_config(config.guard))
+    if policy is not None and kb_config.backend != "milvus":  # milvus cannot list its restricted records
+        protect_restricted_documents(kb, policy)
     embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
     return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
 

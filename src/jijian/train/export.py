@@ -9,6 +9,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
 from jijian.config import UserInputError, load_config
+from jijian.config.hf_config import WriteBytes
 from jijian.model import CausalLM
 from jijian.model.hf import save_hf_state_dict
 from jijian.train.checkpoint import checkpoint_step, newest_valid_checkpoint, validate_checkpoint
@@ -19,8 +20,13 @@ class ExportError(UserInputError):
     """Nothing exportable: no run config, or no valid checkpoint."""
 
 
-def export_checkpoint(run_dir: Path, to: Path, checkpoint: Path | None = None) -> tuple[Path, Path]:
-    """Write checkpoint (default: the newest valid one of `run_dir`) as HF weights; returns (model dir, source)."""
+def export_checkpoint(
+    run_dir: Path, to: Path, checkpoint: Path | None = None, write_bytes: WriteBytes | None = None
+) -> tuple[Path, Path]:
+    """Write checkpoint (default: the newest valid one of `run_dir`) as HF weights; returns (model dir, source).
+
+    `write_bytes` writes each file instead of the file system (encryption at rest passes one).
+    """
     config_path = run_dir / "deploy.toml"
     if not config_path.is_file():
         raise ExportError(f"{config_path} not found: RUN_DIR must be a training run's output directory")
@@ -39,7 +45,7 @@ def export_checkpoint(run_dir: Path, to: Path, checkpoint: Path | None = None) -
     state = {f"model.{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
     dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
     weights = {k.removeprefix("model."): v for k, v in state.items()}
-    save_hf_state_dict(weights, model_cfg, load_tokenizer(config), to)
+    save_hf_state_dict(weights, model_cfg, load_tokenizer(config), to, write_bytes=write_bytes)
     return to, checkpoint
 
 
