@@ -1,0 +1,1 @@
+"""`jijian up`'s build system: stages with declared inputs and outputs, manifests of content hashes, a runner."""

@@ -1,0 +1,94 @@
+"""Stage `kb`: [up] kb_sources chunked, embedded and indexed into one collection of [kb]."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from jijian.cli.build.paths import PYTHON_STDLIB_DOCS, config_dir, expand_sources
+from jijian.cli.build.stage import StageContext, StageError, section
+from jijian.config import DeployConfig
+
+
+class KnowledgeBaseStage:
+    """(Re)build the collection from its sources, so edits and deletions in them are always reflected."""
+
+    name = "kb"
+
+    def upstream(self, config: DeployConfig, stages: tuple[str, ...]) -> list[str]:
+        """Reads nothing another stage writes."""
+        return []
+
+    def config_sections(self, config: DeployConfig) -> dict[str, Any]:
+        """[kb] and the collection's name, sources and docstring budget."""
+        return {
+            "kb": section(config, "kb"),
+            "up.kb": section(config, "up", "kb_collection", "kb_sources", "kb_max_docs"),
+        }
+
+    def inputs(self, config: DeployConfig, base: Path) -> list[Path]:
+        """The source files and directories (the standard library's files for python-stdlib-docs)."""
+        paths, stdlib = expand_sources(config.up.kb_sources, base, PYTHON_STDLIB_DOCS)
+        inputs = [Path(p) for p in paths]
+        if stdlib:
+            from jijian.data import python_stdlib_files
+
+            inputs += python_stdlib_files()
+        return inputs
+
+    def outputs(self, config: DeployConfig) -> list[Path]:
+        """The collection's directory."""
+        return [config.kb.path / config.up.kb_collection]
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Drop and rebuild the collection; run one sample search."""
+        from jijian.kb.embed import load_embedder
+        from jijian.kb.ingest import expand_paths, ingest_files
+        from jijian.kb.stdlib_docs import build_stdlib_docs
+        from jijian.kb.store import open_knowledge_base
+
+        config = ctx.config
+        if config.kb.backend != "embedded":
+            raise StageError("[kb] backend: jijian up builds embedded knowledge bases only (its output is a directory)")
+        name = config.up.kb_collection
+        if not config.up.kb_sources:
+            raise StageError("[up] kb_sources is empty: name what to ingest, or leave 'kb' out of [up] stages")
+        started = time.perf_counter()
+        paths, stdlib = expand_sources(config.up.kb_sources, config_dir(ctx.config_path), PYTHON_STDLIB_DOCS)
+        files = expand_paths([Path(p) for p in paths])
+        embedder = load_embedder(config.kb.embedding_model, config.kb.embed_batch_size)
+        kb = open_knowledge_base(config.kb)
+        try:
+            if name in {c["name"] for c in kb.list_collections()}:
+                kb.drop_collection(name)
+            docstrings = 0
+            if stdlib:
+                from jijian.data import python_stdlib_files
+
+                docstrings, _ = build_stdlib_docs(
+                    kb, python_stdlib_files(), embedder, max_docs=config.up.kb_max_docs, collection=name
+                )
+                collection = kb.collection(name)
+            else:
+                collection = kb.create_collection(name, embedder.dim)
+            report = ingest_files(
+                collection, files, embedder, chunk_tokens=config.kb.chunk_tokens, chunk_overlap=config.kb.chunk_overlap
+            )
+            collection.checkpoint()
+            count = collection.count()
+        finally:
+            kb.close()
+        seconds = time.perf_counter() - started
+        ctx.console.print(
+            f"collection {name!r}: {count} entries ({docstrings} docstrings, {report.files} files in "
+            f"{report.chunks} chunks) in {seconds:.0f} s -> {config.kb.path / name}"
+        )
+        return {
+            "collection": name,
+            "path": str(config.kb.path),
+            "count": count,
+            "docstrings": docstrings,
+            "files": report.files,
+            "chunks": report.chunks,
+        }

@@ -1,0 +1,114 @@
+"""Stage `serve`: load the served model into the real server and, when asked, answer a question with RAG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jijian.cli.build.paths import answer_path, export_dir
+from jijian.cli.build.stage import StageContext, StageError, section
+from jijian.config import DeployConfig
+
+
+def served_config(config: DeployConfig) -> DeployConfig:
+    """The config the server runs with: [serve] as written, or pointing at the export stage's model."""
+    if config.up.serve_model != "export":
+        return config
+    return config.model_copy(update={"serve": config.serve.model_copy(update={"model_path": export_dir(config)})})
+
+
+class ServeStage:
+    """Check that the model loads and the server answers; records the answer with its citations."""
+
+    name = "serve"
+
+    def upstream(self, config: DeployConfig, stages: tuple[str, ...]) -> list[str]:
+        """The knowledge base it retrieves from, and the exported model when that is what it serves."""
+        wanted = ["export"] if config.up.serve_model == "export" else []
+        return [s for s in ("kb", *wanted) if s in stages]
+
+    def config_sections(self, config: DeployConfig) -> dict[str, Any]:
+        """[serve], [guard] and [kb] (retrieval), and the sample question."""
+        return {
+            "serve": section(config, "serve"),
+            "guard": section(config, "guard"),
+            "kb": section(config, "kb"),
+            "up.serve": section(config, "up", "serve_model", "question", "question_max_tokens", "rag_top_k"),
+            "up.kb_collection": config.up.kb_collection,
+        }
+
+    def inputs(self, config: DeployConfig, base: Path) -> list[Path]:
+        """A model named by [serve] model_path (the exported one is the export stage's output)."""
+        if config.up.serve_model == "serve" and config.serve.model_path is not None:
+            return [config.serve.model_path]
+        return []
+
+    def outputs(self, config: DeployConfig) -> list[Path]:
+        """The record of what was served and answered."""
+        return [answer_path(config)]
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Build the server (loading the model), ask the question over HTTP, write the record."""
+        from jijian.data.shards import write_json_atomic
+        from jijian.serve.server import build_server, serve_in_thread
+
+        config = served_config(ctx.config)
+        if config.up.serve_model == "export" and not (config.serve.model_path / "config.json").is_file():
+            raise StageError(f"[up] serve_model = 'export' but {config.serve.model_path} holds no exported model")
+        started = time.perf_counter()
+        server = build_server(config)
+        record: dict[str, Any] = {
+            "model": server.settings.model_name,
+            "model_dir": str(server.model_dir),
+            "load_seconds": round(time.perf_counter() - started, 1),
+        }
+        ctx.console.print(f"served model {record['model']} loads ({record['model_dir']})")
+        question = config.up.question
+        if question:
+            with serve_in_thread(server.app) as url:
+                record.update(ask(url, record["model"], question, config))
+            ctx.console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {record['answer']}", highlight=False)
+            for citation in record["citations"]:
+                ctx.console.print(
+                    f"  [{citation['index']}] {citation['id']}  ({citation['source']})", markup=False, highlight=False
+                )
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        path = answer_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        return record
+
+
+def ask(url: str, model: str, question: str, config: DeployConfig) -> dict[str, Any]:
+    """One chat completion through the HTTP API, with retrieval from [up] kb_collection when it exists."""
+    import httpx
+
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": config.up.question_max_tokens,
+        "temperature": 0,
+    }
+    if (config.kb.path / config.up.kb_collection / "collection.json").is_file():
+        body["rag"] = {"collection": config.up.kb_collection, "top_k": config.up.rag_top_k}
+    headers = {}
+    if config.serve.api_keys:
+        headers["Authorization"] = f"Bearer {next(iter(config.serve.api_keys))}"
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=600)
+    if response.status_code != 200:
+        raise StageError(f"the server answered HTTP {response.status_code}: {response.text[:300]}")
+    answer = response.json()
+    return {
+        "question": question,
+        "answer": answer["choices"][0]["message"]["content"],
+        "citations": answer.get("citations", []),
+        "rag_collection": body.get("rag", {}).get("collection"),
+    }
+
+
+def read_answer(config: DeployConfig) -> dict[str, Any] | None:
+    """The serve stage's last record, if any."""
+    path = answer_path(config)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
