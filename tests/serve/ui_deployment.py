@@ -42,7 +42,7 @@ def _config(root: Path, *, served_model: Path | None) -> dict:
             "n_kv_heads": 2,
             "ffn_dim": 64,
             "vocab_size": 512,
-            "max_seq_len": 512,
+            "max_seq_len": 1024,
             "tie_embeddings": False,
         },
         "tokenizer": {"path": str(root / "tokenizer")},

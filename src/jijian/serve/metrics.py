@@ -40,7 +40,8 @@ class ServerMetrics:
         self.output_tokens = Counter("jijian_output_tokens", "Generated tokens of finished requests", registry=r)
         self._recent_ttft: deque[float] = deque(maxlen=_RECENT_SAMPLES)
         self._recent_tpot: deque[float] = deque(maxlen=_RECENT_SAMPLES)
-        self._rate_samples: deque[tuple[float, int]] = deque()
+        # Seeded at start-up, so the first poll already measures the tokens generated since then.
+        self._rate_samples: deque[tuple[float, int]] = deque([(time.monotonic(), engine.engine.stats.generated_tokens)])
         self._lock = threading.Lock()
         stats = engine.engine.stats
         Gauge("jijian_queue_depth", "Requests waiting to run", registry=r).set_function(engine.queue_depth)
