@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from jijian.config import load_config
@@ -68,10 +69,10 @@ def target(request) -> Iterator[Target]:
         config = load_config(deployment.config_path)
         admin_key, user_key = deployment.admin_key, deployment.bob_key
     server = build_server(config)
-    keys_required = bool(server.settings.api_keys) or bool(config.guard.api_keys and config.guard.api_keys.exists())
-    if existing and keys_required and not admin_key:
-        pytest.skip("JIJIAN_UI_DEPLOY has API keys: set JIJIAN_UI_KEY to an admin key to log in")
     with serve_in_thread(server.app) as url:
+        keys_required = httpx.get(f"{url}/ui/api/me", timeout=30).status_code == 401
+        if existing and keys_required and not admin_key:
+            pytest.skip("JIJIAN_UI_DEPLOY has API keys: set JIJIAN_UI_KEY to an admin key to log in")
         yield Target(url, admin_key if keys_required else None, user_key, bool(existing))
 
 
