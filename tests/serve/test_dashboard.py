@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from jijian.config import load_config
 from jijian.guard.audit import AuditLog
+from jijian.guard.principals import Principal
 from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.dashboard import DashboardSources
@@ -198,6 +199,7 @@ def test_a_tampered_audit_log_is_reported_with_the_line(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
     for user in ["alice", "bob", "alice"]:
         log.append({"type": "request", "user": user, "allowed": user != "bob"})
+    assert audit_view(tmp_path / "audit.jsonl", None)["verification"]["ok"]  # cached until the file changes
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     edited = json.loads(lines[1])
     edited["event"]["allowed"] = True
@@ -206,6 +208,8 @@ def test_a_tampered_audit_log_is_reported_with_the_line(tmp_path):
     view = audit_view(tmp_path / "audit.jsonl", None)
     assert not view["verification"]["ok"] and view["verification"]["bad_line"] == 2
     assert [e["seq"] for e in view["events"]] == [3, 2, 1]
+    alice = audit_view(tmp_path / "audit.jsonl", Principal("alice"))
+    assert [e["seq"] for e in alice["events"]] == [3, 1] and alice["blocked"] == []
 
 
 def test_goodput_counts_a_step_redone_after_a_rollback_once():
@@ -231,8 +235,6 @@ def test_a_torn_last_metrics_line_is_skipped(tmp_path):
 def test_sessions_expire_and_close():
     now = [0.0]
     store = SessionStore(ttl_s=10, clock=lambda: now[0])
-    from jijian.guard.principals import Principal
-
     token = store.open(Principal("alice"))
     assert store.principal(token) == Principal("alice")
     now[0] = 11

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -145,6 +146,7 @@ def run_server(config: DeployConfig) -> None:
 
     torch.set_grad_enabled(False)
     server = build_server(config)
+    print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
     uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
 
 

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from jijian.guard.audit import verify_audit
+from jijian.guard.audit import AuditVerdict, verify_audit
 from jijian.guard.principals import Principal
 
 RECENT = 100
+# Verifying re-reads the whole chain: remember the verdict until the log or its tip file changes.
+_verdicts: dict[Path, tuple[tuple[int, ...], AuditVerdict]] = {}
+_verdicts_lock = threading.Lock()
+
+
+def cached_verdict(path: Path) -> AuditVerdict:
+    """`verify_audit(path)`, recomputed only when the log's or its tip's size or modification time changed."""
+    tip = path.with_name(path.name + ".tip")
+    stamp = tuple(
+        value for p in (path, tip) for value in ((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (-1, -1))
+    )
+    with _verdicts_lock:
+        known = _verdicts.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+    verdict = verify_audit(path)
+    with _verdicts_lock:
+        _verdicts[path] = (stamp, verdict)
+    return verdict
 
 
 def _blocked(event: dict[str, Any]) -> bool:
@@ -41,7 +61,7 @@ def audit_view(path: Path | None, principal: Principal | None, limit: int = RECE
             "events": [],
             "blocked": [],
         }
-    verdict = verify_audit(path)
+    verdict = cached_verdict(path)
     recent: deque[dict[str, Any]] = deque(maxlen=limit)
     blocked: deque[dict[str, Any]] = deque(maxlen=limit)
     totals = {"events": 0, "blocked": 0}
