@@ -52,3 +52,11 @@ def _random_prompts(lengths, vocab, seed=0):
 def prompts_of_lengths():
     """Random prompts (token ids avoiding special tokens 0..4) of the given lengths: f(lengths, vocab, seed)."""
     return _random_prompts
+
+
+@pytest.fixture(scope="session")
+def ui_deployment(tmp_path_factory, tokenizer, corpus_texts):
+    """The dashboard tests' deployment: a tiny trained run, a knowledge base, guard keys (built once)."""
+    from ui_deployment import build_deployment
+
+    return build_deployment(tmp_path_factory.mktemp("ui-deployment"), tokenizer, corpus_texts)

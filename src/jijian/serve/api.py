@@ -26,10 +26,13 @@ from jijian.guard.principals import Principal
 from jijian.guard.stream import STOPPED
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.async_engine import AsyncEngine, QueueFullError
+from jijian.serve.dashboard.sessions import SESSION_COOKIE, SessionStore
+from jijian.serve.dashboard.sources import DashboardSources
 from jijian.serve.engine import RequestOutput
 from jijian.serve.metrics import ServerMetrics
 from jijian.serve.rag import Passage, Retriever, augment_messages, citations, last_user_message
 from jijian.serve.request import InvalidRequestError, SamplingParams
+from jijian.serve.usage import UsageMeter
 
 
 class Embedder(Protocol):
@@ -154,6 +157,7 @@ def create_app(
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
     policy: GuardPolicy | None = None,
+    dashboard: DashboardSources | None = None,
 ) -> FastAPI:
     """The FastAPI application serving `engine` under `settings.model_name`.
 
@@ -161,6 +165,7 @@ def create_app(
     before it reaches the engine, and every answer is checked for leakage of documents the caller may
     not read (and PII-redacted when configured) before it leaves: a non-streamed one whole, a streamed
     one incrementally, text held back until checked, a leak ending the stream with "content_filter".
+    With `dashboard` sources, the operator dashboard is served at `/ui` (see `jijian.serve.dashboard`).
     """
 
     @contextlib.asynccontextmanager
@@ -173,8 +178,10 @@ def create_app(
 
     app = FastAPI(title="jijian", docs_url=None, redoc_url=None, lifespan=lifespan)
     metrics = ServerMetrics(engine, settings.price_per_hour)
+    usage_meter = UsageMeter()
+    sessions = SessionStore()
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
-    app.state.engine, app.state.metrics = engine, metrics
+    app.state.engine, app.state.metrics, app.state.usage = engine, metrics, usage_meter
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -190,16 +197,28 @@ def create_app(
             405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error"
         ).response()
 
+    def keys_required() -> bool:
+        return bool(settings.api_keys) or (policy is not None and policy.keyring.has_keys)
+
+    def principal_for_key(key: str | None) -> Principal | None:
+        """The principal holding an API key: `[serve] api_keys` first, then the guard's key file."""
+        if key is None:
+            return None
+        principal = settings.api_keys.get(key)
+        if principal is None and policy is not None and policy.keyring.has_keys:
+            principal = policy.authenticate(key)
+        return principal
+
     def authenticate(request: Request) -> Principal | None:
         key = None
         header = request.headers.get("authorization", "")
         if header.lower().startswith("bearer "):
             key = header[7:].strip()
-        guard_keys = policy is not None and policy.keyring.has_keys
-        if settings.api_keys or guard_keys:
-            principal = settings.api_keys.get(key) if key is not None else None
-            if principal is None and guard_keys and key is not None:
-                principal = policy.authenticate(key)  # type: ignore[union-attr]
+        if keys_required():
+            principal = principal_for_key(key)
+            if principal is None and not header:
+                # The dashboard's playground calls the API with its session cookie instead of the key.
+                principal = sessions.principal(request.cookies.get(SESSION_COOKIE))
             if principal is None:
                 raise ApiError(401, "missing or invalid API key", "invalid_request_error", code="invalid_api_key")
         else:
@@ -267,7 +286,7 @@ def create_app(
             raise ApiError(400, str(exc), "invalid_request_error", param=exc.param) from None
 
     async def run(
-        request: Request, prompt: list[int], params: SamplingParams, request_id: str
+        request: Request, prompt: list[int], params: SamplingParams, request_id: str, principal: Principal | None
     ) -> AsyncIterator[RequestOutput]:
         """Engine outputs for one request, with the timeout, metrics and error mapping applied."""
         began = time.monotonic()
@@ -279,7 +298,7 @@ def create_app(
                 async for output in engine.generate(request_id, prompt, params):
                     if first is None:
                         first = time.monotonic()
-                        metrics.ttft.observe(first - began)
+                        metrics.observe_ttft(first - began)
                     last = output
                     yield output
             outcome = "finished"
@@ -300,8 +319,14 @@ def create_app(
             if last is not None:
                 metrics.prompt_tokens.inc(last.prompt_tokens)
                 metrics.output_tokens.inc(last.completion_tokens)
+                usage_meter.record(
+                    principal.user if principal else None,
+                    last.prompt_tokens,
+                    last.completion_tokens,
+                    metrics.cost_per_million_tokens(),
+                )
                 if first is not None and last.completion_tokens > 1:
-                    metrics.tpot.observe((time.monotonic() - first) / (last.completion_tokens - 1))
+                    metrics.observe_tpot((time.monotonic() - first) / (last.completion_tokens - 1))
 
     async def until_disconnected(request: Request, task: asyncio.Task) -> None:
         while not task.done():
@@ -347,11 +372,11 @@ def create_app(
         return max_tokens if max_tokens is not None else limit - len(prompt)
 
     async def started(
-        request: Request, prompt: list[int], params: SamplingParams, request_id: str
+        request: Request, prompt: list[int], params: SamplingParams, request_id: str, principal: Principal | None
     ) -> AsyncGenerator[RequestOutput, None]:
         """The request's outputs, with the first one already pulled: a full queue or a bad request then
         raises here, as a 4xx, instead of in the middle of a 200 stream."""
-        outputs = run(request, prompt, params, request_id)
+        outputs = run(request, prompt, params, request_id, principal)
         try:
             head = await outputs.__anext__()
         except StopAsyncIteration:
@@ -436,7 +461,7 @@ def create_app(
         await screen_prompt(
             body.prompt if isinstance(body.prompt, str) else tokenizer.decode(prompt), principal, request_id
         )
-        outputs = await started(request, prompt, params, request_id)
+        outputs = await started(request, prompt, params, request_id, principal)
 
         def choice(text: str, reason: str | None) -> dict:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -491,7 +516,7 @@ def create_app(
         max_tokens = check_length(prompt, body.max_completion_tokens or body.max_tokens)
         params = sampling(body, max_tokens)
         created = int(time.time())
-        outputs = await started(request, prompt, params, request_id)
+        outputs = await started(request, prompt, params, request_id, principal)
 
         base: dict[str, Any] = {"id": request_id, "created": created, "model": settings.model_name}
         extra = {"citations": citations(passages)} if body.rag is not None else {}
@@ -549,4 +574,9 @@ def create_app(
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
 
+    if dashboard is not None:
+        from jijian.serve.dashboard import DashboardAuth, mount_dashboard
+
+        auth = DashboardAuth(sessions=sessions, keys_required=keys_required, principal_for_key=principal_for_key)
+        mount_dashboard(app, dashboard, auth, model_name=settings.model_name, policy=policy, retriever=retriever)
     return app

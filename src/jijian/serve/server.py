@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from jijian.model.llama import CausalLM
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.api import ApiSettings, Embedder, create_app
 from jijian.serve.async_engine import AsyncEngine
+from jijian.serve.dashboard import DashboardSources
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import quantize_int8
 from jijian.serve.rag import Retriever
@@ -105,11 +107,13 @@ def build_server(
     The guard policy of `[guard]` runs on every request unless another `policy` is given; the
     knowledge base of `[kb]`, when it exists, serves RAG and /v1/embeddings. (Its own HTTP API is not
     mounted here: it takes the principal from the request body, which only a trusted caller may do.)
+    The operator dashboard is served at /ui from the same app, reading the parts `config` names.
     """
     serve = config.serve
     policy = policy if policy is not None else GuardPolicy(config.guard)
+    kb = None
     if with_knowledge_base and retriever is None and embedder is None:
-        _, retriever, embedder = knowledge_base_services(config, policy)
+        kb, retriever, embedder = knowledge_base_services(config, policy)
     model, tokenizer, directory = load_model(config)
     max_len = min(serve.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
     num_blocks = max(1, serve.kv_cache_mb * 2**20 // kv_block_bytes(model, serve.block_size))
@@ -136,7 +140,15 @@ def build_server(
         price_per_hour=price,
     )
     async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
-    app = create_app(async_engine, tokenizer, settings, retriever=retriever, embedder=embedder, policy=policy)
+    app = create_app(
+        async_engine,
+        tokenizer,
+        settings,
+        retriever=retriever,
+        embedder=embedder,
+        policy=policy,
+        dashboard=DashboardSources.from_config(config, kb),
+    )
     return Server(app=app, engine=engine, settings=settings, model_dir=directory)
 
 
@@ -146,6 +158,7 @@ def run_server(config: DeployConfig) -> None:
 
     torch.set_grad_enabled(False)
     server = build_server(config)
+    print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
     uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
 
 

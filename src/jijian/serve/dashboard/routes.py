@@ -1,0 +1,256 @@
+"""The dashboard's HTTP routes under /ui: log-in, the five pages, their JSON endpoints and the static files."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from jijian.guard.policy import GuardPolicy
+from jijian.guard.principals import Principal
+from jijian.serve.dashboard import views
+from jijian.serve.dashboard.charts import format_number, line_chart
+from jijian.serve.dashboard.sessions import SESSION_COOKIE, SessionStore
+from jijian.serve.dashboard.sources import DashboardSources
+from jijian.serve.rag import Retriever
+
+PAGES = (("training", "Training"), ("kb", "Knowledge base"), ("serving", "Serving"), ("guard", "Guard"),
+         ("chat", "Chat playground"))  # fmt: skip
+_STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+
+
+@dataclass
+class DashboardAuth:
+    """How the dashboard authenticates: the server's API keys and its session store."""
+
+    sessions: SessionStore
+    keys_required: Callable[[], bool]
+    principal_for_key: Callable[[str | None], Principal | None]
+
+
+class NotLoggedIn(Exception):
+    """A page or endpoint was requested without a valid session on a deployment with API keys."""
+
+
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("jijian.serve.dashboard", "templates"),
+        autoescape=True,
+    )
+    env.filters["num"] = lambda v, digits=3: "—" if v is None else format_number(float(v)) if digits else v
+    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * float(v):.1f}%"
+    env.filters["ms"] = lambda v: "—" if v is None else f"{1000 * float(v):.1f} ms"
+    env.filters["utc"] = lambda ts: (
+        "—" if ts is None else dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    )
+    env.filters["bytes"] = lambda n: f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    return env
+
+
+def mount_dashboard(
+    app: FastAPI,
+    sources: DashboardSources,
+    auth: DashboardAuth,
+    *,
+    model_name: str,
+    policy: GuardPolicy | None = None,
+    retriever: Retriever | None = None,
+) -> None:
+    """Add the /ui routes to the API's app (which must carry `state.engine`, `state.metrics`, `state.usage`)."""
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+    env = _templates()
+
+    def viewer(request: Request) -> views.Viewer:
+        if not auth.keys_required():
+            return views.Viewer(None, open_deployment=True)
+        principal = auth.sessions.principal(request.cookies.get(SESSION_COOKIE))
+        if principal is None:
+            raise NotLoggedIn
+        return views.Viewer(principal, open_deployment=False)
+
+    def page(
+        request: Request, template: str, context: Callable[[views.Viewer], dict[str, Any]], status: int = 200
+    ) -> HTMLResponse:
+        try:
+            who = viewer(request)
+        except NotLoggedIn:
+            target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="")
+            return RedirectResponse(f"/ui/login?next={target}", status_code=303)  # type: ignore[return-value]
+        html = env.get_template(template).render(
+            viewer=who, pages=PAGES, deployment=sources.name, model_name=model_name, **context(who)
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def data(request: Request, build: Callable[[views.Viewer], Any]) -> JSONResponse:
+        try:
+            who = viewer(request)
+        except NotLoggedIn:
+            return JSONResponse({"error": {"message": "log in at /ui/login first", "code": "not_logged_in"}}, 401)
+        return JSONResponse({"viewer": who.to_json(), **build(who)})
+
+    # --- log-in --------------------------------------------------------------------------------
+
+    def login_form(error: str | None = None, next_url: str = "/ui/training", status: int = 200) -> HTMLResponse:
+        html = env.get_template("login.html.jinja").render(
+            deployment=sources.name, keys_required=auth.keys_required(), error=error, next_url=next_url
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def safe_next(target: str | None) -> str:
+        # Only redirect inside the dashboard: an open redirect would help phishing.
+        return target if target and target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/training"
+
+    @router.get("", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/training", status_code=303)
+
+    @router.get("/login")
+    async def login_page(request: Request) -> HTMLResponse:
+        return login_form(next_url=safe_next(request.query_params.get("next")))
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+        key = (form.get("api_key") or [""])[0].strip()
+        next_url = safe_next((form.get("next") or [None])[0])
+        if not auth.keys_required():
+            return RedirectResponse(next_url, status_code=303)
+        principal = auth.principal_for_key(key) if key else None
+        if principal is None:
+            return login_form("api_key: missing or invalid API key", next_url, status=401)
+        response = RedirectResponse(next_url, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            auth.sessions.open(principal),
+            max_age=int(auth.sessions.ttl_s),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> RedirectResponse:
+        auth.sessions.close(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # --- pages and their JSON -----------------------------------------------------------------
+
+    def training_context(_: views.Viewer) -> dict[str, Any]:
+        view = views.training_view(sources)
+        for run in view["runs"]:
+            series, good = run["series"], run["goodput"]
+            run["charts"] = {
+                "loss": line_chart(
+                    {"train": series["loss"], "validation": series["val_loss"]}, title="loss", x_label="step"
+                ),
+                "throughput": line_chart({"tokens/s": series["tokens_per_s"]}, title="tokens/s", x_label="step"),
+                "mfu": line_chart(
+                    {"MFU": series["mfu"]}, title="MFU", x_label="step", y_format=lambda v: f"{100 * v:.2g}%"
+                ),
+                "goodput": line_chart(
+                    {"goodput": good["curve"] if good else []},
+                    title="goodput (productive / wall time)",
+                    x_label="wall time (s)",
+                    y_format=lambda v: f"{100 * v:.0f}%",
+                ),
+            }
+        return view
+
+    @router.get("/training")
+    async def training_page(request: Request) -> HTMLResponse:
+        return await asyncio.to_thread(page, request, "training.html.jinja", training_context)
+
+    @router.get("/api/training")
+    async def training_data(request: Request) -> JSONResponse:
+        return await asyncio.to_thread(data, request, lambda _: views.training_view(sources))
+
+    @router.get("/kb")
+    async def kb_page(request: Request) -> HTMLResponse:
+        query = request.query_params.get("q", "")
+        collection = request.query_params.get("collection", "")
+        hits, error, status = None, None, 200
+        if query:
+            try:
+                hits = await views.kb_search(retriever, viewer(request), collection, query, 5)
+            except views.SearchError as exc:
+                error, status = str(exc), exc.status
+            except NotLoggedIn:
+                pass  # page() below redirects to the log-in form
+
+        def context(who: views.Viewer) -> dict[str, Any]:
+            found = {"query": query, "collection": collection, "hits": hits, "error": error}
+            return {**views.kb_view(sources, who, policy), **found}
+
+        return await asyncio.to_thread(page, request, "kb.html.jinja", context, status)
+
+    @router.get("/api/kb")
+    async def kb_data(request: Request) -> JSONResponse:
+        return await asyncio.to_thread(data, request, lambda who: views.kb_view(sources, who, policy))
+
+    @router.get("/api/kb/search")
+    async def kb_search_data(request: Request) -> JSONResponse:
+        try:
+            who = viewer(request)
+        except NotLoggedIn:
+            return data(request, dict)
+        params = request.query_params
+        try:
+            k = int(params.get("k", "5"))
+            hits = await views.kb_search(retriever, who, params.get("collection", ""), params.get("q", ""), k)
+        except ValueError:
+            return JSONResponse({"error": {"message": "k: must be an integer", "code": "invalid"}}, 400)
+        except views.SearchError as exc:
+            return JSONResponse({"error": {"message": str(exc), "code": "search_failed"}}, exc.status)
+        return JSONResponse({"viewer": who.to_json(), "hits": hits})
+
+    def serving(who: views.Viewer) -> dict[str, Any]:
+        state = app.state
+        return views.serving_view(state.engine, state.metrics, state.usage, who, sources.currency)
+
+    @router.get("/serving")
+    async def serving_page(request: Request) -> HTMLResponse:
+        return page(request, "serving.html.jinja", serving)
+
+    @router.get("/api/serving")
+    async def serving_data(request: Request) -> JSONResponse:
+        return data(request, serving)
+
+    @router.get("/guard")
+    async def guard_page(request: Request) -> HTMLResponse:
+        return await asyncio.to_thread(page, request, "guard.html.jinja", lambda who: views.guard_view(sources, who))
+
+    @router.get("/api/guard")
+    async def guard_data(request: Request) -> JSONResponse:
+        return await asyncio.to_thread(data, request, lambda who: views.guard_view(sources, who))
+
+    @router.get("/chat")
+    async def chat_page(request: Request) -> HTMLResponse:
+        return await asyncio.to_thread(
+            page, request, "chat.html.jinja", lambda who: views.kb_view(sources, who, policy)
+        )
+
+    @router.get("/api/me")
+    async def me(request: Request) -> JSONResponse:
+        return data(request, lambda who: {"model": model_name})
+
+    @router.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in _STATIC:
+            return JSONResponse({"error": {"message": f"no static file {name!r}", "code": "not_found"}}, 404)
+        body = resources.files("jijian.serve.dashboard").joinpath("static", name).read_bytes()
+        return Response(body, media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    app.include_router(router)
