@@ -4,7 +4,10 @@ Workload: N requests (mixed prompt lengths cut from real Python standard-library
 a fixed number of output tokens between the given bounds, greedy, EOS ignored so lengths are exact).
 
 - jijian: the real HTTP server (uvicorn in a thread, `/v1/completions` with token-id prompts), fed by
-  an async client keeping `concurrency` requests in flight; tokens/s = output tokens / wall time.
+  an async client keeping `concurrency` requests in flight; tokens/s = output tokens / wall time. The
+  main run verifies `--speculative-tokens` n-gram drafts per decode step (`[serve] speculative_tokens`;
+  greedy output is unchanged); a second run without drafts is printed for comparison, with a check
+  that both produced the same texts.
 - transformers one by one: `model.generate` per request, one after another.
 - transformers static batches: requests in arrival order in batches of `concurrency`, left-padded,
   each batch generating until its longest request is done; only the tokens each request asked for
@@ -129,6 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 requests of 16-32 tokens")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "jijian-bench-models"))
+    parser.add_argument(
+        "--speculative-tokens",
+        type=int,
+        default=2,
+        help="n-gram drafts per decode step for jijian's main run (0: off); a run without drafts is printed too",
+    )
     args = parser.parse_args()
     count, outputs, prompts = (16, (16, 32), (16, 256)) if args.quick else (64, (64, 128), (16, 512))
     concurrency = 16
@@ -144,38 +153,56 @@ def main() -> None:
         f"({total} output tokens), concurrency {concurrency}, torch threads {torch.get_num_threads()}"
     )
 
-    engine = LLMEngine(
-        model,
-        tokenizer,
-        EngineConfig(max_num_seqs=concurrency, max_batch_tokens=2048, block_size=16, num_blocks=concurrency * 48),
-    )
-    app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"))
-    with serve_in_thread(app) as url:
-        # Correctness first: the first request, greedy, equals transformers (tokens -> same text).
-        prompt = requests[0][0]
-        _, _, texts = asyncio.run(drive(url, [(prompt, 8)], 1))
-        ids = torch.tensor([prompt])
-        ref = reference.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=8,
-            min_new_tokens=8,
-            do_sample=False,
-            pad_token_id=0,
+    runs = {}
+    for speculative in (args.speculative_tokens, 0):
+        engine = LLMEngine(
+            model,
+            tokenizer,
+            EngineConfig(
+                max_num_seqs=concurrency,
+                max_batch_tokens=2048,
+                block_size=16,
+                num_blocks=concurrency * 48,
+                num_speculative_tokens=speculative,
+            ),
         )
-        assert texts[0] == tokenizer.decode(ref[0, len(prompt) :].tolist()), "jijian and transformers disagree"
-        wall, tokens, _ = asyncio.run(drive(url, requests, concurrency))
+        app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"))
+        with serve_in_thread(app) as url:
+            # Correctness first: the first request, greedy, equals transformers (tokens -> same text).
+            prompt = requests[0][0]
+            _, _, texts = asyncio.run(drive(url, [(prompt, 8)], 1))
+            ids = torch.tensor([prompt])
+            ref = reference.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=8,
+                min_new_tokens=8,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            assert texts[0] == tokenizer.decode(ref[0, len(prompt) :].tolist()), "jijian and transformers disagree"
+            runs[speculative] = (*asyncio.run(drive(url, requests, concurrency)), engine.stats)
+        if args.speculative_tokens == 0:
+            break
+    wall, tokens, texts, stats = runs[args.speculative_tokens]
     ours = tokens / wall
-    print(f"jijian server          {tokens:6d} tokens in {wall:7.1f} s = {ours:7.1f} tokens/s")
+    label = f"jijian, {args.speculative_tokens} n-gram drafts" if args.speculative_tokens else "jijian server"
+    print(f"{label:22s} {tokens:6d} tokens in {wall:7.1f} s = {ours:7.1f} tokens/s")
+    if args.speculative_tokens:
+        wall_0, tokens_0, texts_0, _ = runs[0]
+        same = sum(a == b for a, b in zip(texts, texts_0, strict=True))
+        print(f"{'jijian, no drafts':22s} {tokens_0:6d} tokens in {wall_0:7.1f} s = {tokens_0 / wall_0:7.1f} tokens/s")
+        print(
+            f"speculative decoding: {stats.accepted_tokens} of {stats.draft_tokens} drafts accepted, "
+            f"{stats.steps} engine steps; {same}/{len(texts)} outputs identical with and without drafts"
+        )
     wall_b, tokens_b = hf_static_batches(reference, requests, concurrency)
     batched = tokens_b / wall_b
     print(f"transformers batch 16  {tokens_b:6d} tokens in {wall_b:7.1f} s = {batched:7.1f} tokens/s")
     wall_s, tokens_s = hf_sequential(reference, requests)
     sequential = tokens_s / wall_s
     print(f"transformers 1-by-1    {tokens_s:6d} tokens in {wall_s:7.1f} s = {sequential:7.1f} tokens/s")
-    print(
-        f"prefix-cache hits: {engine.stats.prompt_tokens_cached} prompt tokens; preemptions: {engine.stats.preemptions}"
-    )
+    print(f"prefix-cache hits: {stats.prompt_tokens_cached} prompt tokens; preemptions: {stats.preemptions}")
     suffix = "_quick" if args.quick else ""
     result(f"serve_speedup_vs_hf_sequential{suffix}", ours / sequential, 5.0)
     result(f"serve_speedup_vs_hf_static_batch{suffix}", ours / batched, 1.5)

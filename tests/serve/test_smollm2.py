@@ -73,6 +73,10 @@ def test_engine_greedy_equals_transformers_generate_on_smollm2(smollm2_dir):
         ref = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
         assert out == ref[0, len(prompt) :].tolist()
     assert tokenizer.decode(outs[0]).startswith("The capital of France is Paris.")
+    # n-gram speculative decoding verifies drafts in one pass and keeps exactly the same tokens.
+    speculative = LLMEngine(model, tokenizer, EngineConfig(num_blocks=64, block_size=16, num_speculative_tokens=3))
+    assert speculative.generate(prompts, SamplingParams(max_tokens=16)) == outs
+    assert speculative.stats.draft_tokens > 0
 
 
 @pytest.mark.slow

@@ -286,10 +286,27 @@ class ServeConfig(Section):
     max_model_len: int | None = Field(default=None, ge=1)
     kv_cache_mb: int = Field(default=1024, ge=1)
     prefix_caching: bool = True
+    speculative_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="n-gram (prompt lookup) draft tokens verified per decode step; 0 turns it off",
+    )
+    speculative_ngram: list[int] = Field(
+        default_factory=lambda: [1, 3], description="[shortest, longest] tail of the request the draft proposer matches"
+    )
     max_queue: int = Field(default=256, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     api_keys: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_ngram(self) -> ServeConfig:
+        if len(self.speculative_ngram) != 2 or not 1 <= self.speculative_ngram[0] <= self.speculative_ngram[1]:
+            raise ValueError(
+                f"speculative_ngram must be [min, max] with 1 <= min <= max, got {list(self.speculative_ngram)}"
+            )
+        return self
 
 
 class GuardConfig(Section):

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from jijian.model.llama import CausalLM
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.kv_cache import KVCacheManager
@@ -19,6 +21,7 @@ from jijian.serve.request import InvalidRequestError, Request, RequestStatus, Sa
 from jijian.serve.runner import ModelRunner
 from jijian.serve.sampler import Sampler
 from jijian.serve.scheduler import Scheduler
+from jijian.serve.spec_decode import NgramProposer
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class EngineConfig:
     num_blocks: int = 1024
     max_model_len: int | None = None  # None: the model's max_seq_len
     enable_prefix_caching: bool = True
+    num_speculative_tokens: int = 0  # n-gram drafts verified per decode step; 0: one token at a time
+    ngram_range: tuple[int, int] = (1, 3)  # shortest and longest tail the proposer matches
 
 
 @dataclass
@@ -60,6 +65,8 @@ class EngineStats:
     last_batch_tokens: int = 0
     kv_usage: float = 0.0
     busy_seconds: float = 0.0
+    draft_tokens: int = 0  # speculative tokens verified
+    accepted_tokens: int = 0  # ... and kept
 
 
 class LLMEngine:
@@ -75,6 +82,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
         self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size)
         self.sampler = Sampler(self.runner.device)
+        self.proposer = (
+            NgramProposer(cfg.num_speculative_tokens, *cfg.ngram_range) if cfg.num_speculative_tokens > 0 else None
+        )
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
@@ -139,8 +149,7 @@ class LLMEngine:
             return False
         request.status = RequestStatus.FINISHED
         request.finish_reason = "abort"
-        self.scheduler.remove(request)
-        self.sampler.forget(request_id)
+        self._release(request)
         return True
 
     def step(self) -> list[RequestOutput]:
@@ -150,38 +159,91 @@ class LLMEngine:
         if not batch:
             return []
         began = time.perf_counter()
-        token_lists, starts, tables, sample_rows = [], [], [], []
-        for row, (request, num_new) in enumerate(zip(batch.requests, batch.num_new_tokens, strict=True)):
+        token_lists, starts, tables, logits_counts, drafts = [], [], [], [], []
+        for request, num_new in zip(batch.requests, batch.num_new_tokens, strict=True):
             start = request.num_computed_tokens
             tokens = request.all_token_ids
-            token_lists.append(tokens[start : start + num_new])
+            pending = len(tokens) - start
+            draft = request.spec_token_ids[: num_new - pending] if num_new > pending else []
+            token_lists.append(tokens[start:] + draft if draft else tokens[start : start + num_new])
             starts.append(start)
             tables.append(self.kv_cache.block_ids(request.request_id))
-            if start + num_new == len(tokens):
-                sample_rows.append(row)
+            logits_counts.append(1 + len(draft) if num_new >= pending else 0)
+            drafts.append(draft)
             if start < len(request.prompt_token_ids):
                 self.stats.prompt_tokens_computed += min(num_new, len(tokens) - start)
         # With only prompt chunks in the batch the pass still runs, to write their KV entries.
-        logits = self.runner.execute(token_lists, starts, tables, sample_rows or [0])
-        for request, num_new in zip(batch.requests, batch.num_new_tokens, strict=True):
-            request.num_computed_tokens += num_new
-            self.kv_cache.cache_full_blocks(request.request_id, request.all_token_ids, request.num_computed_tokens)
+        logits = self.runner.execute(token_lists, starts, tables, logits_counts)
+        new_tokens = self._pick_tokens(logits, batch.requests, logits_counts, drafts)
         outputs = []
-        if sample_rows:
-            sampling = [batch.requests[row] for row in sample_rows]
-            next_tokens = self.sampler.sample(logits, sampling)
-            now = time.monotonic()
-            for request, token in zip(sampling, next_tokens, strict=True):
-                outputs.append(self._append_token(request, token, now))
+        now = time.monotonic()
+        for request, num_new, draft, tokens in zip(
+            batch.requests, batch.num_new_tokens, drafts, new_tokens, strict=True
+        ):
+            # Drafts the model rejected hold KV entries past the computed length: overwritten next step.
+            request.num_computed_tokens += num_new - len(draft) + len(tokens) - 1 if draft else num_new
+            computed_ids = request.all_token_ids + tokens[:-1] if draft else request.all_token_ids
+            self.kv_cache.cache_full_blocks(request.request_id, computed_ids, request.num_computed_tokens)
+            if tokens:
+                outputs.append(self._append_tokens(request, tokens, now))
+        self._propose_drafts(outputs)
         elapsed = time.perf_counter() - began
         self.stats.steps += 1
         self.stats.busy_seconds += elapsed
         self.stats.last_batch_size = len(batch.requests)
         self.stats.last_batch_tokens = batch.total_tokens
         self.stats.kv_usage = self.kv_cache.usage()
-        self.stats.generated_tokens += len(outputs)
+        self.stats.generated_tokens += sum(len(o.new_token_ids) for o in outputs)
         self.stats.prompt_tokens_cached = self.scheduler.num_cached_tokens_total
         return outputs
+
+    def _pick_tokens(
+        self,
+        logits: torch.Tensor,
+        requests: Sequence[Request],
+        logits_counts: Sequence[int],
+        drafts: Sequence[list[int]],
+    ) -> list[list[int]]:
+        """The tokens each request gains this step: none, one sampled, or accepted drafts plus one.
+
+        A request with drafts is greedy (the proposer drafts for no other), so it keeps its drafts up
+        to the first one that differs from the argmax at that position, and then the argmax there.
+        """
+        offsets = list(itertools.accumulate(logits_counts, initial=0))
+        sampling = [i for i, d in enumerate(drafts) if logits_counts[i] and not d]
+        picked: list[list[int]] = [[] for _ in requests]
+        if sampling:
+            last_rows = torch.as_tensor([offsets[i + 1] - 1 for i in sampling], dtype=torch.long, device=logits.device)
+            sampled = self.sampler.sample(logits[last_rows], [requests[i] for i in sampling])
+            for i, token in zip(sampling, sampled, strict=True):
+                picked[i] = [token]
+        verifying = [i for i, d in enumerate(drafts) if d]
+        if verifying:
+            argmax = logits.argmax(dim=-1).tolist()
+            for i in verifying:
+                predicted = argmax[offsets[i] : offsets[i + 1]]
+                accepted = 0
+                while accepted < len(drafts[i]) and drafts[i][accepted] == predicted[accepted]:
+                    accepted += 1
+                picked[i] = predicted[: accepted + 1]
+                self.stats.draft_tokens += len(drafts[i])
+                self.stats.accepted_tokens += accepted
+        return picked
+
+    def _propose_drafts(self, outputs: Sequence[RequestOutput]) -> None:
+        """Draft the next step's speculative tokens for the greedy requests that advanced."""
+        if self.proposer is None:
+            return
+        for output in outputs:
+            request = self.requests.get(output.request_id)
+            if request is None or output.finished:
+                continue
+            params = request.params
+            request.spec_token_ids = []
+            if params.greedy and params.repetition_penalty == 1.0:
+                # Never draft past max_tokens or the context: the token after the drafts comes too.
+                room = min(params.max_tokens - len(request.output_token_ids), self.max_model_len - request.num_tokens)
+                request.spec_token_ids = self.proposer.propose(request.request_id, request.all_token_ids, room - 1)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
@@ -193,28 +255,32 @@ class LLMEngine:
             self.step()
         return [list(r.output_token_ids) for r in requests]
 
-    def _append_token(self, request: Request, token: int, now: float) -> RequestOutput:
-        request.output_token_ids.append(token)
+    def _append_tokens(self, request: Request, tokens: Sequence[int], now: float) -> RequestOutput:
+        """Append new tokens in order until one ends the request; the rest are dropped."""
         if request.first_token_time is None:
             request.first_token_time = now
         params = request.params
         reason = None
-        hit_eos = not params.ignore_eos and token == request.eos_token_id
-        if hit_eos or token in params.stop_token_ids:
-            reason = "stop"
-        elif len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_model_len:
-            reason = "length"
+        kept = []
+        for token in tokens:
+            request.output_token_ids.append(token)
+            kept.append(token)
+            hit_eos = not params.ignore_eos and token == request.eos_token_id
+            if hit_eos or token in params.stop_token_ids:
+                reason = "stop"
+            elif len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_model_len:
+                reason = "length"
+            if reason is not None:
+                break
         delta, stop_reason = self._detokenize(request, final=reason is not None)
         reason = stop_reason or reason
         if reason is not None:
             request.status = RequestStatus.FINISHED
             request.finish_reason = reason
-            self.scheduler.remove(request)
-            self.sampler.forget(request.request_id)
-            self.requests.pop(request.request_id, None)
+            self._release(request)
         return RequestOutput(
             request_id=request.request_id,
-            new_token_ids=[token],
+            new_token_ids=kept,
             text_delta=delta,
             finished=reason is not None,
             finish_reason=reason,
@@ -222,6 +288,14 @@ class LLMEngine:
             completion_tokens=len(request.output_token_ids),
             cached_tokens=request.num_cached_tokens,
         )
+
+    def _release(self, request: Request) -> None:
+        """Forget a finished or aborted request everywhere; its blocks go back to the cache."""
+        self.scheduler.remove(request)
+        self.sampler.forget(request.request_id)
+        if self.proposer is not None:
+            self.proposer.forget(request.request_id)
+        self.requests.pop(request.request_id, None)
 
     def _detokenize(self, request: Request, final: bool) -> tuple[str, str | None]:
         """New text since the last call, held back while it may still become a stop string or a partial character."""

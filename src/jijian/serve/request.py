@@ -78,6 +78,7 @@ class Request:
     text: str = ""
     num_text_sent: int = 0
     first_token_time: float | None = None
+    spec_token_ids: list[int] = field(default_factory=list)  # draft tokens to verify on the next decode step
 
     @property
     def all_token_ids(self) -> list[int]:

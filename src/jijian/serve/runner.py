@@ -15,15 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from jijian.model.llama import CausalLM
+from jijian.serve.matmul import with_packed_linears
+
+SHORT_QUERY = 16  # queries per request up to which attention uses batched matmuls instead of SDPA
 
 
 @dataclass
 class AttentionGroup:
     """Requests whose queries attend together: a (B, Q) grid of packed queries over (B, L) keys."""
 
-    context_slots: torch.Tensor  # (B * L,) cache slot of each request's context position, padded with slot 0
+    context_blocks: torch.Tensor  # (B * L / block_size,) cache block of each request's context, padded with block 0
     query_index: torch.Tensor  # (B, Q) packed-token index of each request's i-th query, padded with 0
-    mask: torch.Tensor  # (B, 1, Q, L) True where a query may attend to a key
+    mask: torch.Tensor | None  # (B, 1, Q, L) True where a query may attend to a key; None: plain causal
     grid_index: torch.Tensor  # (N,) flat (b * Q + i) grid cell of each real query ...
     packed_index: torch.Tensor  # (N,) ... and its packed-token index
 
@@ -73,19 +76,25 @@ class PagedKVCache:
         value_cache[:, layout.slot_mapping] = v[0]
         kv_heads, heads, dim = key_cache.shape[0], q.shape[1], q.shape[3]
         out = q.new_empty(heads, q.shape[2], dim)
+        # Gathering whole blocks (block_size * head_dim contiguous floats each) copies the same bytes
+        # as gathering slots but in 16x fewer, larger pieces.
+        key_blocks = key_cache.view(kv_heads, self.num_blocks, -1)
+        value_blocks = value_cache.view(kv_heads, self.num_blocks, -1)
         for group in layout.groups:
             batch, width = group.query_index.shape
-            keys = key_cache.index_select(1, group.context_slots).view(kv_heads, batch, -1, dim)
-            values = value_cache.index_select(1, group.context_slots).view(kv_heads, batch, -1, dim)
+            keys = key_blocks.index_select(1, group.context_blocks).view(kv_heads, batch, -1, dim)
+            values = value_blocks.index_select(1, group.context_blocks).view(kv_heads, batch, -1, dim)
             queries = q[0][:, group.query_index]  # (heads, B, Q, d)
-            if width == 1:
-                attended = _decode_attention(queries, keys, values, group.mask)  # (heads, B, 1, d)
+            if width <= SHORT_QUERY:
+                attended = _short_query_attention(queries, keys, values, group.mask)  # (heads, B, Q, d)
             else:
+                # Without a mask (prompts from position 0) the kernel skips the blocks above the diagonal.
                 attended = F.scaled_dot_product_attention(
                     queries.transpose(0, 1),
                     keys.transpose(0, 1),
                     values.transpose(0, 1),
                     attn_mask=group.mask,
+                    is_causal=group.mask is None,
                     enable_gqa=heads != kv_heads,
                 ).transpose(0, 1)
             out[:, group.packed_index] = attended.reshape(heads, -1, dim)[:, group.grid_index]
@@ -96,8 +105,8 @@ class ModelRunner:
     """Runs the jijian model on packed batches; returns logits only for the rows that sample."""
 
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
-        self.model = model
         self.device = next(model.parameters()).device
+        self.model = with_packed_linears(model) if self.device.type == "cpu" else model
         self.cache = PagedKVCache(model, num_blocks, block_size)
         self.block_size = block_size
 
@@ -107,12 +116,13 @@ class ModelRunner:
         token_ids: Sequence[Sequence[int]],
         start_positions: Sequence[int],
         block_tables: Sequence[Sequence[int]],
-        sample_rows: Sequence[int],
+        logits_counts: Sequence[int],
     ) -> torch.Tensor:
-        """Logits (len(sample_rows), vocab) at the last new token of each request listed in sample_rows.
+        """Logits (sum(logits_counts), vocab): request i's last logits_counts[i] new tokens, in batch order.
 
         token_ids[i] are request i's new tokens, starting at absolute position start_positions[i];
-        block_tables[i] must cover all of its positions.
+        block_tables[i] must cover all of its positions. A request finishing its prompt wants one row,
+        a decode step with d draft tokens 1 + d, a prompt chunk none.
         """
         layout, tokens, positions, last_rows = self._layout(token_ids, start_positions, block_tables)
         self.cache.layout = layout
@@ -120,9 +130,13 @@ class ModelRunner:
             hidden = self.model.hidden_states(tokens[None, :], cache=self.cache, positions=positions)
         finally:
             self.cache.layout = None
-        rows = last_rows[torch.as_tensor(list(sample_rows), dtype=torch.long)]
+        rows = [
+            int(last) - back
+            for last, count in zip(last_rows, logits_counts, strict=True)
+            for back in range(count - 1, -1, -1)
+        ]
         head = self.model.lm_head
-        selected = hidden[0, rows.to(self.device)]
+        selected = hidden[0, torch.as_tensor(rows or [0], dtype=torch.long, device=self.device)]
         return (head(selected) if head is not None else selected).float()
 
     def _layout(
@@ -147,10 +161,20 @@ class ModelRunner:
         positions = starts[owner] + within
         slots = tables[owner, positions // size] * size + positions % size
 
-        decoding = lengths == 1
+        # One query (decode), a few (decode with drafts, short prompt tails) and long prompt chunks
+        # attend in separate padded grids, each as wide as its own longest query.
+        # Long chunks that start a prompt see only their own keys, so plain causal attention (no
+        # mask, which lets SDPA skip the upper triangle) is exact for them.
+        short = lengths <= SHORT_QUERY
+        fresh = starts == 0
         groups = [
-            _attention_group(members, lengths, starts, offsets, tables, size, device)
-            for members in (torch.nonzero(decoding).flatten(), torch.nonzero(~decoding).flatten())
+            _attention_group(members, lengths, starts, offsets, tables, size, device, causal=causal)
+            for members, causal in (
+                (torch.nonzero(lengths == 1).flatten(), False),
+                (torch.nonzero(short & (lengths > 1)).flatten(), False),
+                (torch.nonzero(~short & ~fresh).flatten(), False),
+                (torch.nonzero(~short & fresh).flatten(), True),
+            )
             if len(members)
         ]
         layout = BatchLayout(slot_mapping=slots.to(device), groups=groups)
@@ -158,21 +182,23 @@ class ModelRunner:
         return layout, flat_tokens.to(device), positions.to(device), last_rows
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One query per request, as two batched matmuls per KV head group; no copy of the keys or values.
+def _short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A few queries per request, as two batched matmuls per KV head group; no copy of the keys or values.
 
-    q: (heads, B, 1, d); k, v: (kv_heads, B, L, d); mask: (B, 1, 1, L) -> (heads, B, 1, d). Query head
-    h uses KV head h // (heads / kv_heads), as in grouped-query attention. The fused SDPA kernel is
-    built for long query blocks and is slower than this for a single query row.
+    q: (heads, B, Q, d); k, v: (kv_heads, B, L, d); mask: (B, 1, Q, L) -> (heads, B, Q, d). Query head
+    h uses KV head h // (heads / kv_heads), as in grouped-query attention, so the queries of one KV
+    head's group stack into one (group * Q)-row matmul. The fused SDPA kernel is built for long query
+    blocks and is slower than this for a handful of query rows.
     """
-    heads, batch, _, dim = q.shape
+    heads, batch, width, dim = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
-    grouped = q.view(kv_heads, group, batch, dim).transpose(1, 2)  # (kv_heads, B, group, d)
-    scores = torch.matmul(grouped, k.transpose(2, 3)) * dim**-0.5  # (kv_heads, B, group, L)
-    scores = scores.masked_fill(~mask.view(1, batch, 1, -1), float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (kv_heads, B, group, d)
-    return out.transpose(1, 2).reshape(heads, batch, 1, dim)
+    grouped = q.view(kv_heads, group, batch, width, dim).transpose(1, 2).reshape(kv_heads, batch, group * width, dim)
+    scores = torch.matmul(grouped, k.transpose(2, 3)) * dim**-0.5  # (kv_heads, B, group * Q, L)
+    allowed = mask.view(1, batch, 1, width, -1).expand(1, batch, group, width, mask.shape[-1])
+    scores = scores.masked_fill(~allowed.reshape(1, batch, group * width, -1), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (kv_heads, B, group * Q, d)
+    return out.view(kv_heads, batch, group, width, dim).transpose(1, 2).reshape(heads, batch, width, dim)
 
 
 def _attention_group(
@@ -183,6 +209,8 @@ def _attention_group(
     tables: torch.Tensor,
     block_size: int,
     device: torch.device,
+    *,
+    causal: bool = False,
 ) -> AttentionGroup:
     """The padded query grid and key mask of the requests `members`, sized to their own longest query/context."""
     lengths, starts, offsets = lengths[members], starts[members], offsets[members]
@@ -194,13 +222,12 @@ def _attention_group(
     # Padded query rows get position 0 so they still see one key (an all-masked row would be NaN).
     query_pos = torch.where(valid, starts[:, None] + grid, 0)
     key_pos = torch.arange(context_blocks * block_size)
-    mask = key_pos[None, None, :] <= query_pos[:, :, None]
+    mask = None if causal else (key_pos[None, None, :] <= query_pos[:, :, None])[:, None].to(device)
     flat_valid = valid.flatten()
-    block_slots = tables[members, :context_blocks, None] * block_size + torch.arange(block_size)
     return AttentionGroup(
-        context_slots=block_slots.flatten().to(device),
+        context_blocks=tables[members, :context_blocks].flatten().to(device),
         query_index=query_index.to(device),
-        mask=mask[:, None].to(device),
+        mask=mask,
         grid_index=torch.nonzero(flat_valid).flatten().to(device),
         packed_index=query_index.flatten()[flat_valid].to(device),
     )

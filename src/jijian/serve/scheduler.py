@@ -1,7 +1,8 @@
 """Continuous (iteration-level) batching under a per-step token budget, as in vLLM's v1 scheduler.
 
 There is no separate prefill phase: every step each scheduled request advances by some tokens — a
-decode step by one, a prompt by as many as the budget allows (chunked prefill). Running requests go
+decode step by one (plus the draft tokens it verifies under speculative decoding), a prompt by as
+many as the budget allows (chunked prefill). Running requests go
 first, in arrival order; when the cache runs out of blocks the most recently admitted running request
 is preempted (its blocks freed, to be recomputed later from prompt + output so far). Waiting
 requests are admitted while budget, sequence slots and blocks last.
@@ -67,8 +68,13 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            pending = request.num_tokens - request.num_computed_tokens
+            drafts = len(request.spec_token_ids) if pending == 1 else 0  # only a decode step verifies drafts
+            num_new = min(pending + drafts, budget)
             while not self.kv_cache.allocate(request.request_id, request.num_computed_tokens + num_new):
+                if num_new > pending:  # drop the drafts before taking anyone's blocks
+                    num_new = min(pending, budget)
+                    continue
                 victim = self.running.pop()
                 self._preempt(victim)
                 batch.preempted.append(victim)
@@ -106,6 +112,7 @@ class Scheduler:
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request.request_id)
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)

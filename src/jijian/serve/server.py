@@ -126,6 +126,8 @@ def build_server(
         num_blocks=num_blocks,
         max_model_len=max_len,
         enable_prefix_caching=serve.prefix_caching,
+        num_speculative_tokens=serve.speculative_tokens,
+        ngram_range=(serve.speculative_ngram[0], serve.speculative_ngram[1]),
     )
     engine = LLMEngine(model, tokenizer, engine_config)
     hardware = config.hardware
