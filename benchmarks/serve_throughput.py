@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument(
         "--speculative-tokens",
         type=int,
-        default=2,
+        default=4,
         help="n-gram drafts per decode step for jijian's main run (0: off); a run without drafts is printed too",
     )
     args = parser.parse_args()

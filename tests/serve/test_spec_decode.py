@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from jijian.model.generate import generate
 from jijian.serve.engine import EngineConfig, LLMEngine
@@ -21,14 +22,17 @@ def test_the_proposer_continues_the_latest_earlier_match_of_the_longest_tail():
     proposer = NgramProposer(num_tokens=3, min_n=1, max_n=3)
     #        0  1  2  3  4  5  6  7  8  9 10
     tokens = [1, 2, 3, 9, 9, 1, 2, 3, 7, 1, 2]
-    # The tail (1, 2) last occurred at 5..6, followed by 3, 7, 1.
-    assert proposer.propose("a", tokens, limit=5) == [3, 7, 1]
-    assert proposer.propose("a", [*tokens, 3], limit=2) == [7, 1]  # (1, 2, 3) at 5..7; the index grows
+    # The tail (1, 2) last occurred at 5..6, followed by 3, 7, 1; a 2-token match drafts 2 tokens.
+    assert proposer.propose("a", tokens, limit=5) == [3, 7]
+    # (1, 2, 3) matches at 5..7 (the index grows with the tokens); the limit caps the draft.
+    assert proposer.propose("a", [*tokens, 3], limit=2) == [7, 1]
+    assert proposer.propose("a", [*tokens, 3], limit=5) == [7, 1, 2]
     assert proposer.propose("b", [4, 5, 6], limit=3) == []  # no earlier occurrence of any tail
-    assert proposer.propose("b", [4, 5, 6, 4], limit=3) == [5, 6, 4]  # only the 1-gram (4) matches
+    assert proposer.propose("b", [4, 5, 6, 4], limit=3) == [5]  # only the 1-gram (4) matches
     assert proposer.propose("c", [8, 8, 8], limit=0) == []
     proposer.forget("a")
-    assert proposer.propose("a", [5, 5], limit=2) == [5]  # a fresh index; the draft stops at the end
+    assert proposer.propose("a", [5, 5], limit=2) == [5]  # a fresh index
+    assert NgramProposer(num_tokens=4, min_n=2, max_n=4).propose("d", [4, 5, 6, 4], limit=4) == []
     with pytest.raises(ValueError):
         NgramProposer(num_tokens=2, min_n=3, max_n=2)
 
@@ -91,3 +95,23 @@ def test_sampled_and_penalised_requests_decode_one_token_at_a_time(small_model, 
         engine = engine_for(model, num_speculative_tokens=3)
         assert engine.generate(prompts, params) == engine_for(model).generate(prompts, params)
         assert engine.stats.draft_tokens == 0
+
+
+def test_decode_rows_attend_in_groups_of_similar_context_length(small_model, prompts_of_lengths, monkeypatch):
+    from jijian.serve import runner
+
+    blocks = torch.tensor([1, 9, 1, 10, 1, 10, 2, 10])
+    short, long = runner._split_by_context(torch.arange(8), blocks)
+    assert sorted(short.tolist()) == [0, 2, 4, 6] and sorted(long.tolist()) == [1, 3, 5, 7]
+    assert len(runner._split_by_context(torch.arange(4), torch.tensor([5, 5, 6, 6]))) == 1  # too little saved
+    assert len(runner._split_by_context(torch.arange(3), torch.tensor([1, 1, 30]))) == 1  # too few rows
+
+    splits = []
+    original = runner._split_by_context
+    monkeypatch.setattr(runner, "_split_by_context", lambda m, c: splits.append(len(r := original(m, c))) or r)
+    model, _ = small_model
+    prompts = prompts_of_lengths([3, 90, 7, 120, 1, 100, 9, 110], model.cfg.vocab_size, 12)
+    outs = engine_for(model, num_blocks=256, max_batch_tokens=512).generate(prompts, GREEDY_24)
+    assert 2 in splits  # short and long contexts were split apart, and the outputs are still exact
+    for prompt, out in zip(prompts, outs, strict=True):
+        assert out == generate(model, prompt, 24)

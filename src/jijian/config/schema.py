@@ -293,7 +293,7 @@ class ServeConfig(Section):
         description="n-gram (prompt lookup) draft tokens verified per decode step; 0 turns it off",
     )
     speculative_ngram: list[int] = Field(
-        default_factory=lambda: [1, 3], description="[shortest, longest] tail of the request the draft proposer matches"
+        default_factory=lambda: [2, 4], description="[shortest, longest] tail of the request the draft proposer matches"
     )
     max_queue: int = Field(default=256, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)

@@ -35,7 +35,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_seq_len
     enable_prefix_caching: bool = True
     num_speculative_tokens: int = 0  # n-gram drafts verified per decode step; 0: one token at a time
-    ngram_range: tuple[int, int] = (1, 3)  # shortest and longest tail the proposer matches
+    ngram_range: tuple[int, int] = (2, 4)  # shortest and longest tail the proposer matches
 
 
 @dataclass

@@ -167,11 +167,15 @@ class ModelRunner:
         # mask, which lets SDPA skip the upper triangle) is exact for them.
         short = lengths <= SHORT_QUERY
         fresh = starts == 0
+        context_blocks = (starts + lengths + size - 1) // size
+        parts = [
+            *_split_by_context(torch.nonzero(lengths == 1).flatten(), context_blocks),
+            *_split_by_context(torch.nonzero(short & (lengths > 1)).flatten(), context_blocks),
+        ]
         groups = [
             _attention_group(members, lengths, starts, offsets, tables, size, device, causal=causal)
             for members, causal in (
-                (torch.nonzero(lengths == 1).flatten(), False),
-                (torch.nonzero(short & (lengths > 1)).flatten(), False),
+                *((members, False) for members in parts),
                 (torch.nonzero(~short & ~fresh).flatten(), False),
                 (torch.nonzero(~short & fresh).flatten(), True),
             )
@@ -180,6 +184,26 @@ class ModelRunner:
         layout = BatchLayout(slot_mapping=slots.to(device), groups=groups)
         last_rows = offsets + lengths - 1
         return layout, flat_tokens.to(device), positions.to(device), last_rows
+
+
+def _split_by_context(members: torch.Tensor, context_blocks: torch.Tensor) -> list[torch.Tensor]:
+    """`members` as one group, or two by context length when that pads far fewer cache blocks.
+
+    A group gathers and attends over B x (its longest context) blocks, so short contexts batched
+    with a long one copy and multiply padding; a second group costs a few more small kernel calls
+    per layer, which pays off only when it saves at least a quarter of the blocks.
+    """
+    if len(members) < 4:
+        return [members]
+    lengths, order = torch.sort(context_blocks[members])
+    count = len(members)
+    whole = count * int(lengths[-1])
+    # Splitting before sorted index i: i requests padded to lengths[i - 1], the rest to the longest.
+    cost = torch.arange(1, count) * lengths[:-1] + (count - torch.arange(1, count)) * lengths[-1]
+    best = int(torch.argmin(cost))
+    if int(cost[best]) > 0.75 * whole:
+        return [members]
+    return [members[order[: best + 1]], members[order[best + 1 :]]]
 
 
 def _short_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 A decode step reads every weight once to produce one token per request; on a memory-bound device
 the same read can check several tokens. The proposer looks for the latest earlier occurrence of the
-request's last n tokens (longest n first) in its prompt and output, and drafts the tokens that
-followed it. The engine then runs the last token plus the drafts in one pass and keeps the drafts
+request's last n tokens (longest n first) in its prompt and output, and drafts up to n of the tokens
+that followed it (a short match is weak evidence, and on a compute-bound CPU every rejected draft
+costs as much as a real token). The engine then runs the last token plus the drafts in one pass and keeps the drafts
 the model agrees with, plus the model's own next token: greedy output is exactly what decoding one
 token at a time gives, only fewer passes are needed when text repeats (code, quoted passages, RAG
 answers copying their sources). vLLM calls this the `ngram` speculative method.
@@ -27,7 +28,7 @@ class _History:
 
 
 class NgramProposer:
-    """Proposes up to `num_tokens` drafts per request by matching its last `max_n`..`min_n` tokens."""
+    """Proposes up to min(`num_tokens`, n) drafts per request after matching its last n tokens, n = `max_n`..`min_n`."""
 
     def __init__(self, num_tokens: int, min_n: int = 1, max_n: int = 3) -> None:
         if num_tokens < 1 or not 1 <= min_n <= max_n:
@@ -42,7 +43,7 @@ class NgramProposer:
         self._histories.pop(request_id, None)
 
     def propose(self, request_id: str, token_ids: Sequence[int], limit: int) -> list[int]:
-        """Up to min(num_tokens, limit) tokens that followed the latest earlier match of the tail."""
+        """Up to min(num_tokens, limit, n) tokens that followed the latest earlier match of the n-token tail."""
         limit = min(limit, self.num_tokens)
         if limit <= 0 or len(token_ids) <= self.min_n:
             return []
@@ -51,7 +52,9 @@ class NgramProposer:
         for n in range(min(self.max_n, len(token_ids) - 1), self.min_n - 1, -1):
             end = history.ends.get(tuple(token_ids[-n:]))
             if end is not None:
-                return list(token_ids[end : end + limit])
+                # A longer matched tail is better evidence: draft at most n tokens after an n-token match,
+                # since a rejected draft costs a full row of compute in the verifying pass.
+                return list(token_ids[end : end + min(limit, n)])
         return []
 
     def _index(self, history: _History, token_ids: Sequence[int]) -> None:
