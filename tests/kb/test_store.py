@@ -14,7 +14,7 @@ import pytest
 
 from jijian.config import UserInputError
 from jijian.guard.principals import Principal
-from jijian.kb.store import CollectionNotFound, KBError, KnowledgeBase, Record, SearchOptions
+from jijian.kb.store import CollectionNotFound, Hit, KBError, KnowledgeBase, Record, SearchOptions
 
 DIM = 16
 WORDS = ["cat", "dog", "fish", "bird", "lion", "wolf", "bear", "frog"]
@@ -282,3 +282,17 @@ def test_output_fields_on_lexical_and_hybrid_search(tmp_path):
     assert hybrid[0].id == "doc13" and hybrid[0].readers == ["alice"] and hybrid[0].text == ""
     with pytest.raises(KBError, match="output_fields"):
         col.search_batch(np.ones((1, DIM)), output_fields=["embedding"])
+
+
+def test_ids_only_hits_read_like_a_list_of_hits(tmp_path):
+    kb = KnowledgeBase(tmp_path)
+    col = kb.create_collection("c", DIM, index="hnsw")
+    rows = records(5)
+    col.insert(rows)
+    bare = col.search(rows[2].vector, k=10, output_fields=[])  # k above the row count: padding drops out
+    full = col.search(rows[2].vector, k=10, output_fields=["text"])
+    assert len(bare) == 5 and bare[0].id == "doc2" and bare[-1] == list(bare)[-1]
+    assert [(h.id, h.score) for h in bare] == [(h.id, h.score) for h in full]
+    assert bare == [Hit(h.id, h.score) for h in full] and bare != [Hit("x", 0.0)] and bare != "doc2"
+    assert bare[1:3] == list(bare)[1:3] and isinstance(bare[0], Hit)
+    assert [h.to_dict()["id"] for h in bare] == [h.id for h in full]

@@ -82,6 +82,42 @@ class Hit:
         return asdict(self)
 
 
+class Hits(Sequence[Hit]):
+    """The hits of a search for ids and scores only, held as two parallel lists.
+
+    Each `Hit` is made when it is read: a search answered from memory costs little more than the
+    FAISS call itself, and building ten objects per query would be a measurable share of it. It
+    compares equal to any sequence of the same hits, and reads like a list of them.
+    """
+
+    __slots__ = ("ids", "scores")
+
+    def __init__(self, ids: list[str], scores: list[float]) -> None:
+        self.ids = ids
+        self.scores = scores
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return Hits(self.ids[index], self.scores[index])
+        return Hit(self.ids[index], self.scores[index])
+
+    def __iter__(self) -> Iterator[Hit]:
+        return map(Hit, self.ids, self.scores)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """Tuning knobs shared by every collection of a store."""
@@ -492,14 +528,18 @@ class Collection:
         scores, rowids = self.index.search(prepare(queries, self.params.metric), k, exclude=self._tombstone_array)
         if columns:
             return self._hits([self._ranked(s, r) for s, r in zip(scores, rowids, strict=True)], columns)
-        # Ids and scores only: straight from FAISS's arrays to hits; padding (-1) is no rowid, so it drops out.
+        # Ids and scores only: straight from FAISS's arrays; padding (-1) is no rowid, so it drops out.
         if self.params.metric == "l2":
             scores = -scores
         id_of = self._ids.get
-        return [
-            [Hit(i, score) for score, i in zip(row_scores, map(id_of, row_ids), strict=True) if i is not None]
-            for row_scores, row_ids in zip(scores.tolist(), rowids.tolist(), strict=True)
-        ]
+        found: list[Hits] = []
+        for row_scores, row_ids in zip(scores.tolist(), rowids.tolist(), strict=True):
+            ids = list(map(id_of, row_ids))
+            if None in ids:
+                kept = [i for i, found_id in enumerate(ids) if found_id is not None]
+                ids, row_scores = [ids[i] for i in kept], [row_scores[i] for i in kept]
+            found.append(Hits(ids, row_scores))
+        return found  # type: ignore[return-value]
 
     def _vector_ranking(
         self, query: np.ndarray, k: int, condition: tuple[str, list[Any]] | None

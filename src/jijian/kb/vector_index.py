@@ -184,8 +184,10 @@ class VectorIndex:
             # and `add`/`rebuild` replace `labels` and `index`.
             key = (ef, self.params.nprobe, self.index, self.labels, exclude)
             plain = self._plain
-            if plain is not None and plain[0][:2] == key[:2] and all(a is b for a, b in zip(plain[0][2:], key[2:])):  # noqa: B905
-                return plain[1], plain[2]
+            if plain is not None:
+                old = plain[0]
+                if old[0] == ef and old[1] == key[1] and old[2] is key[2] and old[3] is key[3] and old[4] is exclude:
+                    return plain[1], plain[2]
         params = self._new_params(ef)
         keep_alive: tuple = ()
         if allow is not None or (exclude is not None and len(exclude)):
