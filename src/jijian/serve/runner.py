@@ -131,8 +131,8 @@ class ModelRunner:
         finally:
             self.cache.layout = None
         rows = [
-            int(last) - back
-            for last, count in zip(last_rows, logits_counts, strict=True)
+            last - back
+            for last, count in zip(last_rows.tolist(), logits_counts, strict=True)
             for back in range(count - 1, -1, -1)
         ]
         head = self.model.lm_head
@@ -173,7 +173,7 @@ class ModelRunner:
             *_split_by_context(torch.nonzero(short & (lengths > 1)).flatten(), context_blocks),
         ]
         groups = [
-            _attention_group(members, lengths, starts, offsets, tables, size, device, causal=causal)
+            _attention_group(members, lengths, starts, offsets, context_blocks, tables, size, device, causal=causal)
             for members, causal in (
                 *((members, False) for members in parts),
                 (torch.nonzero(~short & ~fresh).flatten(), False),
@@ -230,26 +230,30 @@ def _attention_group(
     lengths: torch.Tensor,
     starts: torch.Tensor,
     offsets: torch.Tensor,
+    context_blocks: torch.Tensor,
     tables: torch.Tensor,
     block_size: int,
     device: torch.device,
     *,
     causal: bool = False,
 ) -> AttentionGroup:
-    """The padded query grid and key mask of the requests `members`, sized to their own longest query/context."""
+    """The padded query grid and key mask of the requests `members`, sized to their own longest query/context.
+
+    context_blocks[i] is how many cache blocks request i's context (through its last new token) spans.
+    """
     lengths, starts, offsets = lengths[members], starts[members], offsets[members]
     max_q = int(lengths.max())
-    context_blocks = int(((starts + lengths + block_size - 1) // block_size).max())
+    num_blocks = int(context_blocks[members].max())
     grid = torch.arange(max_q)[None, :]
     valid = grid < lengths[:, None]
     query_index = torch.where(valid, offsets[:, None] + grid, 0)
     # Padded query rows get position 0 so they still see one key (an all-masked row would be NaN).
     query_pos = torch.where(valid, starts[:, None] + grid, 0)
-    key_pos = torch.arange(context_blocks * block_size)
+    key_pos = torch.arange(num_blocks * block_size)
     mask = None if causal else (key_pos[None, None, :] <= query_pos[:, :, None])[:, None].to(device)
     flat_valid = valid.flatten()
     return AttentionGroup(
-        context_blocks=tables[members, :context_blocks].flatten().to(device),
+        context_blocks=tables[members, :num_blocks].flatten().to(device),
         query_index=query_index.to(device),
         mask=mask,
         grid_index=torch.nonzero(flat_valid).flatten().to(device),
