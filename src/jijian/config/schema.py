@@ -171,9 +171,11 @@ class TrainConfig(Section):
     eps: float = Field(default=1e-8, gt=0)
     grad_clip: float = Field(default=1.0, ge=0, description="global gradient-norm limit; 0 disables clipping")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="auto = the accelerator PyTorch finds (torch.accelerator), else the CPU"
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU"
+        default="auto", description="compute dtype: auto = bf16 on an accelerator, fp32 on CPU"
     )
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=0, ge=0, description="steps between validation passes; 0 = only at the end")

@@ -1,4 +1,4 @@
-"""Process-group set-up and tear-down for ranks started by torchrun."""
+"""Process-group set-up and tear-down for ranks started by torchrun, and the device a rank computes on."""
 
 from __future__ import annotations
 
@@ -8,25 +8,97 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from jijian.config import UserInputError
+
+
+class DeviceError(UserInputError):
+    """[train] asks for a device or dtype this machine cannot run."""
+
+
+def accelerator_type() -> str | None:
+    """The accelerator PyTorch found (cuda, xpu, mps, ...), or None on a CPU-only machine."""
+    if not torch.accelerator.is_available():
+        return None
+    current = torch.accelerator.current_accelerator()
+    return current.type if current is not None else None
+
+
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """'auto' picks the accelerator PyTorch finds (CUDA, XPU, ...) else the CPU; a missing one is an error."""
+    found = accelerator_type()
+    if name == "auto":
+        return torch.device(found or "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if found != name:
+        have = f"this machine has {found}" if found else "this machine has no accelerator"
+        raise DeviceError(f'{field} = {name!r} but {have}; use {field} = "auto" (or "cpu")')
+    return torch.device(name)
+
+
+def supports_bfloat16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 (CPUs emulate it; CUDA needs compute capability 8.0 or newer)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+def check_dtype(device: torch.device, dtype: str, field: str = "train.dtype") -> None:
+    """Refuse a dtype the device cannot run, naming the field, before any work starts."""
+    if dtype in ("bfloat16", "bf16") and not supports_bfloat16(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        raise DeviceError(f'{field} = {dtype!r} but {name} has no bf16 support; use "float32" or "auto"')
+
+
+def process_group_backend(device: torch.device) -> str:
+    """A backend for CPU tensors and one for the accelerator's, e.g. 'cpu:gloo,cuda:nccl'.
+
+    One group serves both devices, so a small CPU-side tensor (a flag, an object list) can be
+    all-reduced beside the accelerator's tensors; an NCCL-only group would fail on the first one.
+    """
+    if device.type == "cpu":
+        return "gloo"
+    accelerator_backend = dist.Backend.default_device_backend_map.get(device.type)
+    if accelerator_backend is None:
+        raise DeviceError(f"torch.distributed knows no collective backend for device type {device.type!r}")
+    if accelerator_backend == "gloo":
+        return "gloo"
+    return f"cpu:gloo,{device.type}:{accelerator_backend}"
+
 
 def env_world_size() -> int:
     """World size torchrun announced (1 when started as a plain process)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This rank's own accelerator (index LOCAL_RANK), made current; the CPU stays the CPU."""
+    if device.type == "cpu":
+        return device
+    device = torch.device(device.type, int(os.environ.get("LOCAL_RANK", "0")))
+    torch.accelerator.set_device_index(device.index)
+    return device
+
+
 def init_distributed(device: torch.device, timeout_s: float) -> torch.device:
-    """Join the process group (NCCL on CUDA, gloo on CPU) and return this rank's device.
+    """Join the process group (gloo for CPU tensors, plus the accelerator's backend) and return this rank's device.
 
     The timeout bounds every collective: a dead or hung peer fails the surviving ranks, so the
     launcher restarts the job instead of it waiting forever.
     """
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
+    device = rank_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(process_group_backend(device), timeout=timedelta(seconds=timeout_s))
     return device
+
+
+def agree_any(flag: bool, device: torch.device, group: dist.ProcessGroup | None = None) -> bool:
+    """True on every rank when `flag` is true on any rank (a MAX all-reduce on the rank's own device)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
 
 
 def is_rank0() -> bool:

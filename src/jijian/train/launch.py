@@ -32,11 +32,11 @@ class LaunchPlan:
 
 
 def default_nproc_per_node(config: DeployConfig, nnodes: int) -> int:
-    """One process per GPU on CUDA machines; on CPU, the world size the layout asks for (else 1)."""
+    """One process per accelerator (CUDA, XPU, ...); on CPU, the world size the layout asks for (else 1)."""
     import torch
 
-    if config.train.device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.device_count()
+    if config.train.device != "cpu" and torch.accelerator.is_available():
+        return torch.accelerator.device_count()
     requested = requested_world_size(config.parallel)
     if requested is None:
         return 1

@@ -21,7 +21,7 @@ from jijian.model import CausalLM
 from jijian.model.hf import load_hf, save_hf_state_dict
 from jijian.model.tokenizer import Tokenizer
 from jijian.train.checkpoint import CheckpointManager
-from jijian.train.distributed import env_world_size, init_distributed, is_rank0
+from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0, resolve_device
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
@@ -34,7 +34,6 @@ from jijian.train.trainer import (
     TrainResult,
     cross_entropy_loss,
     read_instability,
-    resolve_device,
 )
 
 INSTABILITY = "instability.json"
@@ -125,6 +124,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     world_size = env_world_size()
     layout = resolve_layout(config, world_size)
     device = resolve_device(tcfg.device)
+    check_dtype(device, tcfg.dtype)
     if world_size > 1:
         device = init_distributed(device, tcfg.collective_timeout_s)
     if tcfg.cpu_offload and (device.type != "cuda" or layout.dp == 1):
@@ -149,8 +149,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     def pipeline_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(logits, targets) / accum
 
-    # Multi-rank CUDA runs keep bf16 parameters under FSDP's policy; one GPU uses autocast instead.
-    bf16 = device.type == "cuda" and tcfg.dtype in ("auto", "bfloat16")
+    # Multi-rank accelerator runs keep bf16 parameters under FSDP's policy; one device uses autocast instead.
+    bf16 = device.type != "cpu" and tcfg.dtype in ("auto", "bfloat16")
     fsdp_bf16 = bf16 and dims.fsdp_mesh is not None
     parts = build_model_parts(
         model_cfg,
