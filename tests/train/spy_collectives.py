@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from jijian.config import load_config
-from jijian.train.distributed import resolve_device, shutdown
+from jijian.model.device import resolve_device
+from jijian.train.distributed import shutdown
 from jijian.train.run import run_training
 
 COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional")
@@ -42,6 +43,6 @@ if __name__ == "__main__":
     spy = CollectiveSpy()
     with spy:
         run_training(config)
-    record = {"trainer_device": resolve_device(config.train.device).type, "collectives": spy.seen}
+    record = {"trainer_device": resolve_device(config.train.device, "train.device").type, "collectives": spy.seen}
     (out / f"collectives-rank{dist.get_rank()}.json").write_text(json.dumps(record), encoding="utf-8")
     shutdown()

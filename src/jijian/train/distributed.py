@@ -8,46 +8,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from jijian.config import UserInputError
-
-
-class DeviceError(UserInputError):
-    """[train] asks for a device or dtype this machine cannot run."""
-
-
-def accelerator_type() -> str | None:
-    """The accelerator PyTorch found (cuda, xpu, mps, ...), or None on a CPU-only machine."""
-    if not torch.accelerator.is_available():
-        return None
-    current = torch.accelerator.current_accelerator()
-    return current.type if current is not None else None
-
-
-def resolve_device(name: str, field: str = "train.device") -> torch.device:
-    """'auto' picks the accelerator PyTorch finds (CUDA, XPU, ...) else the CPU; a missing one is an error."""
-    found = accelerator_type()
-    if name == "auto":
-        return torch.device(found or "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if found != name:
-        have = f"this machine has {found}" if found else "this machine has no accelerator"
-        raise DeviceError(f'{field} = {name!r} but {have}; use {field} = "auto" (or "cpu")')
-    return torch.device(name)
-
-
-def supports_bfloat16(device: torch.device) -> bool:
-    """Whether the device computes in bf16 (CPUs emulate it; CUDA needs compute capability 8.0 or newer)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return True
+from jijian.model.device import DeviceError, resolve_dtype
 
 
 def check_dtype(device: torch.device, dtype: str, field: str = "train.dtype") -> None:
-    """Refuse a dtype the device cannot run, naming the field, before any work starts."""
-    if dtype in ("bfloat16", "bf16") and not supports_bfloat16(device):
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        raise DeviceError(f'{field} = {dtype!r} but {name} has no bf16 support; use "float32" or "auto"')
+    """Refuse a training dtype the device cannot run, naming the field, before any work starts."""
+    if dtype != "auto":
+        resolve_dtype(dtype, device, field)
 
 
 def process_group_backend(device: torch.device) -> str:

@@ -21,11 +21,12 @@ from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
 from jijian.config.hf_config import read_hf_config
 from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
+from jijian.model.device import resolve_device
 from jijian.model.hf import model_config_from_hf
 from jijian.model.tokenizer import Tokenizer
 from jijian.train.checkpoint import CheckpointManager, checkpoint_step, newest_valid_checkpoint
 from jijian.train.consolidate import MODEL_PREFIX, write_hf_from_dcp
-from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0, resolve_device
+from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
@@ -141,7 +142,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     tcfg = config.train
     world_size = env_world_size()
     layout = resolve_layout(config, world_size)
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, "train.device")
     check_dtype(device, tcfg.dtype)
     if world_size > 1:
         device = init_distributed(device, tcfg.collective_timeout_s)
