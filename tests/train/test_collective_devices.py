@@ -21,8 +21,8 @@ import tomli_w
 import torch
 import torch.distributed as dist
 
-from jijian.model.device import DeviceError, resolve_device
-from jijian.train.distributed import check_dtype, process_group_backend
+from jijian.model.device import DeviceError, process_group_backend, resolve_device
+from jijian.train.distributed import check_dtype
 from jijian.train.trainer import InstabilityDetected, Trainer
 
 HELPER = Path(__file__).with_name("spy_collectives.py")

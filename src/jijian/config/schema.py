@@ -283,6 +283,15 @@ class ServeConfig(Section):
     max_batch_tokens: int = Field(default=2048, ge=1)
     block_size: int = Field(default=16, ge=1)
     quantization: Literal["none", "int8"] = "none"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="where the model and the paged KV cache live: auto = the accelerator PyTorch finds"
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="weights and KV cache: auto = bf16 on an accelerator (else fp16), fp32 on CPU"
+    )
+    tensor_parallel: int = Field(
+        default=1, ge=1, le=64, description="processes (devices) one model is split over, Megatron-style"
+    )
     served_model_name: str | None = None
     model_cache_dir: OutputPath = Path("runs/models")
     max_model_len: int | None = Field(default=None, ge=1)

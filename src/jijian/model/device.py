@@ -7,6 +7,7 @@ the same impossible requests with the same messages, naming the field.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from jijian.config import UserInputError
 
@@ -71,3 +72,19 @@ def resolve_dtype(name: str, device: torch.device, field: str) -> torch.dtype:
     if not supports_dtype(device, dtype):
         raise DeviceError(f'{field} = {name!r} but {device_name(device)} cannot run it; use "auto" or "float32"')
     return dtype
+
+
+def process_group_backend(device: torch.device) -> str:
+    """A backend for CPU tensors and one for the accelerator's, e.g. 'cpu:gloo,cuda:nccl'.
+
+    One group serves both devices, so a small CPU-side tensor (a flag, an object list) can be
+    all-reduced beside the accelerator's tensors; an NCCL-only group would fail on the first one.
+    """
+    if device.type == "cpu":
+        return "gloo"
+    accelerator_backend = dist.Backend.default_device_backend_map.get(device.type)
+    if accelerator_backend is None:
+        raise DeviceError(f"torch.distributed knows no collective backend for device type {device.type!r}")
+    if accelerator_backend == "gloo":
+        return "gloo"
+    return f"cpu:gloo,{device.type}:{accelerator_backend}"

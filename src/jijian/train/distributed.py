@@ -8,29 +8,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from jijian.model.device import DeviceError, resolve_dtype
+from jijian.model.device import process_group_backend, resolve_dtype
 
 
 def check_dtype(device: torch.device, dtype: str, field: str = "train.dtype") -> None:
     """Refuse a training dtype the device cannot run, naming the field, before any work starts."""
     if dtype != "auto":
         resolve_dtype(dtype, device, field)
-
-
-def process_group_backend(device: torch.device) -> str:
-    """A backend for CPU tensors and one for the accelerator's, e.g. 'cpu:gloo,cuda:nccl'.
-
-    One group serves both devices, so a small CPU-side tensor (a flag, an object list) can be
-    all-reduced beside the accelerator's tensors; an NCCL-only group would fail on the first one.
-    """
-    if device.type == "cpu":
-        return "gloo"
-    accelerator_backend = dist.Backend.default_device_backend_map.get(device.type)
-    if accelerator_backend is None:
-        raise DeviceError(f"torch.distributed knows no collective backend for device type {device.type!r}")
-    if accelerator_backend == "gloo":
-        return "gloo"
-    return f"cpu:gloo,{device.type}:{accelerator_backend}"
 
 
 def env_world_size() -> int:
