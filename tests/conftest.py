@@ -14,6 +14,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# The run fails if a test leaves a process running (see leftover_processes.py).
+pytest_plugins = ["leftover_processes"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Repeat pytest-randomly's seed at the end, where a failure is read, so that the order can be rerun."""
+    if config.pluginmanager.has_plugin("randomly") and config.getoption("randomly_reorganize", True):
+        seed = config.getoption("randomly_seed", None)
+        if seed is not None:
+            terminalreporter.write_line(f"random order: rerun it with --randomly-seed={seed}")
+
 
 def stdlib_sample(n_files: int = 40) -> list[Path]:
     """A fixed handful of real Python files from the interpreter's standard library."""
