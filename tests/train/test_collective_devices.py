@@ -10,8 +10,6 @@ multi-GPU run at its first step. On this CPU-only machine two tests stand in for
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +18,7 @@ import pytest
 import tomli_w
 import torch
 import torch.distributed as dist
+from torchrun_env import run_torchrun
 
 from jijian.model.device import DeviceError, process_group_backend, resolve_device
 from jijian.train.distributed import check_dtype
@@ -28,6 +27,7 @@ from jijian.train.trainer import InstabilityDetected, Trainer
 HELPER = Path(__file__).with_name("spy_collectives.py")
 
 
+@pytest.mark.multiprocess
 def test_a_two_rank_run_sends_only_trainer_device_tensors_to_collectives(tmp_path, tokenizer, stdlib_paths):
     tokenizer.save(tmp_path / "tokenizer")
     config = {
@@ -51,9 +51,8 @@ def test_a_two_rank_run_sends_only_trainer_device_tensors_to_collectives(tmp_pat
     }
     path = tmp_path / "deploy.toml"
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(HELPER)]
-    proc = subprocess.run([*cmd, str(path), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun([*cmd, str(path), str(tmp_path)], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in range(2):
         record = json.loads((tmp_path / f"collectives-rank{rank}.json").read_text())

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from torchrun_env import run_torchrun
 
 from jijian.config import DeployConfig, UserInputError
 from jijian.model.hf import load_hf
@@ -62,14 +61,12 @@ def test_one_process_loads_the_same_weights_as_load_hf(tmp_path, tied, dtype):
         assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
+@pytest.mark.multiprocess
 def test_four_ranks_each_read_only_their_slices_and_equal_the_full_load(tmp_path):
     hf_dir = write_hf_model(tmp_path / "hf", tied=False, dtype=torch.bfloat16)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", str(HELPER)]
     layout = json.dumps({"dp_shard": 2, "tp": 2})
-    proc = subprocess.run(
-        [*cmd, str(hf_dir), str(tmp_path), layout], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_torchrun([*cmd, str(hf_dir), str(tmp_path), layout], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     full_bytes = sum(t.numel() * 4 for t in load_hf(hf_dir)[0].state_dict().values())
     for rank in range(4):

@@ -183,22 +183,27 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout_s: float = 60
     """Run `app` with uvicorn on a free port in a background thread; yields its base URL, stops it on exit.
 
     For tests, benchmarks and the quick start, which need a real socket but not a separate process.
+    The socket is bound here and handed to uvicorn still held, so no other process can take the port
+    between choosing it and listening on it.
     """
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="jijian-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on {host}:{port}")
-        time.sleep(0.05)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=timeout_s)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        port = listener.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="jijian-uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.05)
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=timeout_s)

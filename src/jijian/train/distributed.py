@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from jijian.model.device import process_group_backend, resolve_dtype
+from jijian.train.launch import RENDEZVOUS_DIR_ENV
 
 
 def check_dtype(device: torch.device, dtype: str, field: str = "train.dtype") -> None:
@@ -39,8 +40,32 @@ def init_distributed(device: torch.device, timeout_s: float) -> torch.device:
     """
     device = rank_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(process_group_backend(device), timeout=timedelta(seconds=timeout_s))
+        backend = process_group_backend(device)
+        store = _file_store()
+        if store is None:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        else:
+            world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+            dist.init_process_group(
+                backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+            )
     return device
+
+
+def _file_store() -> dist.FileStore | None:
+    """A file-based store for a single-node job when the launcher names a directory for it, else None.
+
+    torchrun hands the ranks a MASTER_PORT it found free and then released; rank 0 binds it seconds
+    later, by when another process may hold it (EADDRINUSE). A file needs no port. One file per
+    attempt: ranks restarted after a failure must not read the keys of the attempt before.
+    """
+    directory = os.environ.get(RENDEZVOUS_DIR_ENV)
+    if not directory or os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+        return None
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    path = os.path.join(directory, f"store-{run_id}-attempt{attempt}")
+    return dist.FileStore(path, int(os.environ["WORLD_SIZE"]))
 
 
 def agree_any(flag: bool, device: torch.device, group: dist.ProcessGroup | None = None) -> bool:
