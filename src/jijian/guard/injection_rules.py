@@ -7,8 +7,9 @@ does 'ignore previous instructions' do?"), so its weight is halved and the class
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from jijian.guard.linear_re import LinearPattern
 
 
 @dataclass(frozen=True)
@@ -16,12 +17,13 @@ class Rule:
     """One named pattern and the score a match gives."""
 
     name: str
-    pattern: re.Pattern[str]
+    pattern: LinearPattern
     weight: float
 
 
 def _rule(name: str, weight: float, pattern: str) -> Rule:
-    return Rule(name, re.compile(pattern, re.IGNORECASE | re.MULTILINE), weight)
+    # RE2's \b is ASCII, so "请ignore" has a word boundary before "ignore" (Python's `re` saw none).
+    return Rule(name, LinearPattern(pattern, ignore_case=True, multiline=True), weight)
 
 
 _EN_TARGET = (
@@ -125,7 +127,8 @@ RULES: tuple[Rule, ...] = (
         "fake system or role marker",
         0.9,
         r"<\|im_start\|>\s*system|<\|(?:system|im_end)\|>|\[/?(?:system|inst)\]|<</?sys>>|</?system>"
-        r"|^\s*#{2,}\s*(?:system|instruction)s?\b|^\s*(?:system|系统)\s*(?:override|prompt|message|消息|指令)?\s*[:：]",
+        r"|^[\s\p{Z}]*#{2,}[\s\p{Z}]*(?:system|instruction)s?\b"
+        r"|^[\s\p{Z}]*(?:system|系统)[\s\p{Z}]*(?:override|prompt|message|消息|指令)?[\s\p{Z}]*[:：]",
     ),
     _rule(
         "instructions aimed at the AI reading a document",
