@@ -1,19 +1,25 @@
-"""A small trained injection classifier: logistic regression over hashed character n-grams, in numpy.
+"""A small trained injection classifier: logistic regression over hashed character and word n-grams, in numpy.
 
 Character n-grams (2 to 5) read English and Chinese alike without a tokenizer, and survive small
 spelling changes. They are hashed into 2**18 buckets with a fixed polynomial hash computed on
 whole arrays of code points at once (Python's own `hash` is salted per process, so it would not
-be reproducible), so featurising 1 KB costs well under a millisecond. Training is full-batch Adam
-from zero weights, with classes weighted equally: deterministic, so the same dataset always gives
-the same model, and the trained weights are cached per machine.
+be reproducible), so featurising 1 KB costs well under a millisecond. Word unigrams and bigrams
+(ASCII words, single Han characters, CRC-32 hashed into the same buckets) add what a phrase means
+beyond its letters: with them, 5-fold cross-validation on the training data cut the false-positive
+rate on everyday prompts at equal recall (see the README). Training is full-batch Adam from zero
+weights, with classes weighted equally: deterministic, so the same dataset always gives the same
+model, and the trained weights are cached per machine.
 scikit-learn would do the same job but would add a 30 MB dependency for ~80 lines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jijian.guard.linear_re import LinearPattern
 from jijian.guard.normalize import normalize
 
 HASH_BITS = 18
@@ -29,12 +36,18 @@ NGRAM_SIZES = (2, 3, 4, 5)
 _PRIME = np.uint64(1_000_003)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 DATASET = "injection_dataset.jsonl"
+BENIGN_DATASET = "benign_prompts.jsonl"
 TRAINING_SPLITS = ("train", "dev")
 TRAINING_STEPS = 300
+# The classifier's probability at which it alone flags a text, chosen by 5-fold cross-validation on the
+# training data (out-of-fold false-positive rate on everyday prompts <= 0.6%); `calibrated` maps it to 0.5.
+DECISION_PROBABILITY = 0.6
+_WORDS = LinearPattern(r"[a-z0-9']+|\p{Han}")
+_WORD_SALT = 0x5BD1E995
 
 
 def featurize(text: str) -> np.ndarray:
-    """Sorted unique hashed n-gram bucket ids of the lower-cased text (a binary bag of n-grams)."""
+    """Sorted unique hashed bucket ids of the lower-cased text's character 2-5-grams and word 1-2-grams."""
     codes = np.frombuffer((" " + text.lower() + " ").encode("utf-32-le"), dtype="<u4").astype(np.uint64)
     buckets = []
     with np.errstate(over="ignore"):  # the hash wraps around 2**64 on purpose
@@ -45,8 +58,11 @@ def featurize(text: str) -> np.ndarray:
             for k in range(n):
                 h = h * _PRIME + codes[k : len(codes) - n + 1 + k]
             buckets.append((h * _MIX) >> np.uint64(64 - HASH_BITS))
-    if not buckets:
-        return np.zeros(0, dtype=np.int64)
+    words = ["^", *_WORDS.findall(text.lower()), "$"]
+    word_hashes = [zlib.crc32(w.encode("utf-8")) for w in words]
+    word_hashes += [zlib.crc32(f"{a} {b}".encode()) ^ _WORD_SALT for a, b in itertools.pairwise(words)]
+    with np.errstate(over="ignore"):
+        buckets.append((np.array(word_hashes, dtype=np.uint64) * _MIX) >> np.uint64(64 - HASH_BITS))
     # A presence mask instead of np.unique: linear in the text, no sort of millions of ids on a long prompt.
     present = np.zeros(1 << HASH_BITS, dtype=bool)
     for b in buckets:
@@ -69,6 +85,12 @@ class InjectionClassifier:
             return float(1 / (1 + np.exp(-self.bias)))
         z = self.bias + float(self.weights[ids].sum()) / np.sqrt(len(ids))
         return float(1 / (1 + np.exp(-z)))
+
+    def calibrated(self, text: str) -> float:
+        """The probability shifted so that `DECISION_PROBABILITY` becomes 0.5, the detector's default threshold."""
+        p = min(max(self.probability(text), 1e-12), 1 - 1e-12)
+        z = math.log(p / (1 - p)) - math.log(DECISION_PROBABILITY / (1 - DECISION_PROBABILITY))
+        return 1 / (1 + math.exp(-z))
 
 
 def train_classifier(
@@ -104,11 +126,16 @@ def train_classifier(
     return w, b
 
 
-def load_dataset(*splits: str) -> list[dict[str, object]]:
-    """Rows of the shipped injection dataset (id, split, label, lang, kind, text); all, or those of `splits`."""
-    text = files("jijian.guard").joinpath("data", DATASET).read_text(encoding="utf-8")
+def load_dataset(*splits: str, name: str = DATASET) -> list[dict[str, object]]:
+    """Rows of a shipped guard dataset (id, split, label, lang, kind, text); all, or those of `splits`."""
+    text = files("jijian.guard").joinpath("data", name).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [r for r in rows if not splits or r["split"] in splits]
+
+
+def training_rows() -> list[dict[str, object]]:
+    """What the shipped classifier learns from: injection train + dev, and the everyday prompts' train + dev."""
+    return load_dataset(*TRAINING_SPLITS) + load_dataset(*TRAINING_SPLITS, name=BENIGN_DATASET)
 
 
 def _cache_dir() -> Path:
@@ -118,15 +145,16 @@ def _cache_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def default_classifier() -> InjectionClassifier:
-    """The classifier trained on the train and dev splits of the shipped dataset, once per machine.
+    """The classifier trained on the train and dev splits of the shipped datasets, once per machine.
 
-    The test split is never trained on: `benchmarks/guard_eval.py` measures the detector on it.
+    The test splits are never trained on: `benchmarks/guard_eval.py` measures the detector on it.
     Texts are normalised as the detector normalises them, so training sees what detection sees.
     Training is deterministic, so the cached weights (keyed by the dataset's and the training
     settings' hash) are exactly what retraining from the shipped file gives.
     """
-    raw = files("jijian.guard").joinpath("data", DATASET).read_bytes()
-    settings = repr((HASH_BITS, NGRAM_SIZES, TRAINING_SPLITS, TRAINING_STEPS)).encode()
+    data = files("jijian.guard").joinpath("data")
+    raw = data.joinpath(DATASET).read_bytes() + data.joinpath(BENIGN_DATASET).read_bytes()
+    settings = repr((HASH_BITS, NGRAM_SIZES, "words 1-2", TRAINING_SPLITS, TRAINING_STEPS)).encode()
     key = hashlib.sha256(raw + settings).hexdigest()
     cached = _cache_dir() / f"classifier-{key[:16]}.npz"
     try:
@@ -134,7 +162,7 @@ def default_classifier() -> InjectionClassifier:
             return InjectionClassifier(data["weights"], float(data["bias"]), key)
     except (OSError, KeyError, ValueError):
         pass  # not cached yet (or unreadable): train
-    rows = load_dataset(*TRAINING_SPLITS)
+    rows = training_rows()
     weights, bias = train_classifier(
         [normalize(str(r["text"]))[0] for r in rows], [int(r["label"]) for r in rows], steps=TRAINING_STEPS
     )  # type: ignore[call-overload]

@@ -91,7 +91,7 @@ class InjectionDetector:
         normalized, tricks = normalize(text)
         evidence = [(f"hidden text: {trick}", _TRICK_WEIGHT) for trick in tricks]
         evidence += match_rules(normalized)
-        probability = self.classifier.probability(normalized)
+        probability = self.classifier.calibrated(normalized)
         evidence.append((f"classifier {probability:.2f}", probability))
         if depth == 0:
             # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.
