@@ -1,5 +1,9 @@
 """Guardrail quality and speed: injection TPR/FPR, PII recall/precision, median latency per check on 1 KB.
 
+Everyday prompts: the `test` split of `src/jijian/guard/data/benign_prompts.jsonl` (greetings, chat,
+coding help, translation, summaries, role-play, system-prompt-like instructions, questions about
+security, everyday writing; English and Chinese): the false-positive rate a new user meets.
+
 Injection: the `test` split of `src/jijian/guard/data/injection_dataset.jsonl` (English and Chinese;
 attacks of every kind plus benign instructions, code questions, questions *about* prompt injection,
 chat and document passages), which the classifier never trains on. The competitor is the keyword
@@ -22,7 +26,7 @@ request), on a 1 KB mixed English/Chinese text, after warm-up; the classifier is
     .venv/bin/python benchmarks/guard_eval.py --quick   # 50 PII sentences per type, 300 timing repetitions
     .venv/bin/python benchmarks/guard_eval.py           # 300 per type, 2000 repetitions
 
-Ends with `RESULT guard_injection_tpr|guard_injection_fpr|guard_pii_recall|guard_pii_precision|
+Ends with `RESULT guard_injection_tpr|guard_injection_fpr|guard_everyday_fpr|guard_pii_recall|guard_pii_precision|
 guard_check_latency_ms|guard_worst_case_mb_per_s <value> target <op> <threshold> PASS|FAIL`.
 The exit code is 0 whatever the verdict.
 """
@@ -36,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from jijian.guard.classifier import default_classifier, load_dataset
+from jijian.guard.classifier import BENIGN_DATASET, default_classifier, load_dataset
 from jijian.guard.injection import InjectionDetector, detect_injection
 from jijian.guard.pii import PII_TYPES, RECOGNISERS, find_pii
 from jijian.guard.pii_samples import labelled_sentences
@@ -87,13 +91,32 @@ def injection_eval(detector: InjectionDetector) -> tuple[float, float]:
     return tpr, fpr
 
 
+def everyday_eval(detector: InjectionDetector) -> float:
+    rows = load_dataset("test", name=BENIGN_DATASET)
+    ours = [detector.scan(str(r["text"])) for r in rows]
+    theirs = [keyword_filter(str(r["text"])) for r in rows]
+    fpr = sum(v.flagged for v in ours) / len(rows)
+    print(f"\nEveryday prompts, test split of {BENIGN_DATASET} ({len(rows)} benign; written after the detector")
+    print("changes, never trained on or tuned against)")
+    print(f"{'detector':<24}{'FPR':>8}")
+    print(f"{'jijian':<24}{fpr:>8.4f}")
+    print(f"{'keyword filter':<24}{sum(theirs) / len(rows):>8.4f}")
+    for lang in ("en", "zh"):
+        sub = [v.flagged for v, r in zip(ours, rows, strict=True) if r["lang"] == lang]
+        print(f"  {lang}: FPR {sum(sub) / len(sub):.4f} ({sum(sub)}/{len(sub)})")
+    for v, r in zip(ours, rows, strict=True):
+        if v.flagged:
+            print(f"  refused: {r['text']!r} score {v.score} ({'; '.join(v.reasons)})")
+    return fpr
+
+
 def _naive_find(text: str) -> set[tuple[str, int, int]]:
     """The competitor: each recogniser's candidate regex, no checksum or validation."""
     from jijian.guard import pii
 
     patterns = {
         "EMAIL": [pii._EMAIL], "PHONE": [pii._CN_MOBILE, pii._E164], "CN_ID": [pii._CN_ID], "CREDIT_CARD": [pii._CARD],
-        "IP": [pii._IPV4, pii._IPV6], "IBAN": [pii._IBAN], "SECRET": [pii._SECRET_PREFIXED],
+        "IP": [pii._IPV4, pii._IPV6], "IBAN": [pii._IBAN], "SECRET": list(pii._SECRET_PREFIXED),
     }  # fmt: skip
     found = set()
     for kind, regexes in patterns.items():
@@ -231,12 +254,14 @@ def main() -> None:
     detector = InjectionDetector(0.5)
     assert set(RECOGNISERS) == set(PII_TYPES)
     tpr, fpr = injection_eval(detector)
+    everyday_fpr = everyday_eval(detector)
     recall, precision = pii_eval(50 if args.quick else 300)
     latency = latency_eval(detector, 300 if args.quick else 2000)
     worst_mb_s = worst_case_eval(0.25 if args.quick else 1.0)
     print()
     verdict("guard_injection_tpr", tpr, ">=", 0.9)
     verdict("guard_injection_fpr", fpr, "<=", 0.05)
+    verdict("guard_everyday_fpr", everyday_fpr, "<=", 0.01)
     verdict("guard_pii_recall", recall, ">=", 0.95)
     verdict("guard_pii_precision", precision, ">=", 0.95)
     verdict("guard_check_latency_ms", latency, "<", 2.0)

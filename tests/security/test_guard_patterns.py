@@ -40,6 +40,7 @@ def test_every_module_level_pattern_and_every_rule_is_an_re2_pattern():
     assert all(isinstance(rule.pattern, LinearPattern) for rule in injection_rules.RULES)
     for name in ("_EMAIL", "_CN_MOBILE", "_E164", "_CN_ID", "_CARD", "_IPV4", "_IPV6", "_IBAN", "_PRIVATE_KEY"):
         assert isinstance(getattr(pii, name), LinearPattern), name
+    assert all(isinstance(p, LinearPattern) for p in pii._SECRET_PREFIXED)
 
 
 class _CountingRegexp:
@@ -74,6 +75,7 @@ def test_one_search_per_match_on_a_megabyte_of_adversarial_text(unit, monkeypatc
     """A backtracking engine retries at every position; here each RE2 call either ends the scan or yields a match."""
     text = unit * ((1 << 20) // len(unit))
     patterns = {name: value for name, value in vars(pii).items() if isinstance(value, LinearPattern)}
+    patterns |= {f"secret {i}": p for i, p in enumerate(pii._SECRET_PREFIXED)}
     patterns |= {f"rule {i}": rule.pattern for i, rule in enumerate(injection_rules.RULES)}
     for name, pattern in patterns.items():
         counter = _counted(pattern, monkeypatch)

@@ -151,18 +151,21 @@ _IPV6 = LinearPattern(
 _IBAN = LinearPattern(
     r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}", before=not_preceded_by(_WORD), after=not_followed_by(_WORD)
 )
-_SECRET_PREFIXED = LinearPattern(
-    r"AKIA[0-9A-Z]{16}"  # AWS access key id
-    r"|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}"  # GitHub tokens
-    r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style keys
-    r"|sk_(?:live|test)_[A-Za-z0-9]{16,}|rk_live_[A-Za-z0-9]{16,}"  # Stripe
-    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
-    r"|AIza[0-9A-Za-z_-]{35}"  # Google API key
-    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
-    r"|hf_[A-Za-z0-9]{30,}"  # Hugging Face
-    r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JSON web token
-    before=not_preceded_by(_WORD + "-"),
-    after=not_followed_by(_WORD + "-"),
+# One pattern per kind, not one alternation: RE2 finds submatch offsets on a small program faster,
+# which matters on a page made of thousands of tokens.
+_SECRET_PREFIXES = (
+    r"AKIA[0-9A-Z]{16}",  # AWS access key id
+    r"gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}",  # GitHub tokens
+    r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}",  # OpenAI / Anthropic style keys
+    r"sk_(?:live|test)_[A-Za-z0-9]{16,}|rk_live_[A-Za-z0-9]{16,}",  # Stripe
+    r"xox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
+    r"AIza[0-9A-Za-z_-]{35}",  # Google API key
+    r"glpat-[A-Za-z0-9_-]{20,}",  # GitLab
+    r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
+    r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JSON web token
+)
+_SECRET_PREFIXED = tuple(
+    LinearPattern(p, before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-")) for p in _SECRET_PREFIXES
 )
 # With Python's backtracking `re` this pattern was quadratic on a text full of BEGIN lines; RE2 reads it once.
 _PRIVATE_KEY = LinearPattern(
@@ -254,10 +257,11 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
 
 
 def _secrets(text: str) -> Iterator[tuple[int, int]]:
-    for m in _SECRET_PREFIXED.finditer(text):
-        # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
-        if shannon_entropy(m.group()) >= 3.0:
-            yield m.span()
+    for pattern in _SECRET_PREFIXED:
+        for m in pattern.finditer(text):
+            # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
+            if shannon_entropy(str(m.group())) >= 3.0:
+                yield m.span()
     for m in _PRIVATE_KEY.finditer(text):
         yield m.span()
     for m in _SECRET_ASSIGNED.finditer(text):
