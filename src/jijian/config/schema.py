@@ -335,6 +335,12 @@ class GuardConfig(Section):
     leakage_ngram: int = Field(default=8, ge=3, description="words (or CJK characters) per n-gram in the leak check")
     leakage_min_shared: int = Field(default=3, ge=1)
     audit_log: OutputPath | None = None
+    audit_key_env: str = Field(
+        default="JIJIAN_AUDIT_KEY", min_length=1, description="environment variable holding the audit log's HMAC key"
+    )
+    audit_key_file: OutputPath | None = Field(
+        default=None, description="file holding the audit log's HMAC key (when the environment variable is unset)"
+    )
     api_keys: OutputPath | None = None
     role_collections: dict[str, list[str]] = Field(default_factory=dict)
     role_tools: dict[str, list[str]] = Field(default_factory=dict)

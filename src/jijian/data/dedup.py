@@ -52,9 +52,12 @@ class Deduplicator:
     def __init__(self, *, exact: bool = True, near: bool = True, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.exact = exact
         self.near = near
+        self.threshold = threshold
         self.num_perm = num_perm
         self._hashes: set[str] = set()
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
+        # The kept documents' signatures, so that the index can be saved as plain arrays (no pickle) and rebuilt.
+        self._signatures: list[np.ndarray] = []
         self._count = 0
 
     def check(self, digest: str, signature: np.ndarray | None) -> str | None:
@@ -69,5 +72,32 @@ class Deduplicator:
         self._hashes.add(digest)
         if minhash is not None and self._lsh is not None:
             self._lsh.insert(self._count, minhash, check_duplication=False)
+            self._signatures.append(np.asarray(signature, dtype=np.uint64))
         self._count += 1
         return None
+
+    def to_state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """Settings (JSON) and remembered documents (arrays) from which `from_state` rebuilds this index."""
+        settings = {
+            "exact": self.exact, "near": self.near, "threshold": self.threshold,
+            "num_perm": self.num_perm, "count": self._count,
+        }  # fmt: skip
+        signatures = np.stack(self._signatures) if self._signatures else np.zeros((0, self.num_perm), np.uint64)
+        return settings, {"hashes": np.array(sorted(self._hashes), dtype=str), "signatures": signatures}
+
+    @classmethod
+    def from_state(cls, settings: dict[str, object], arrays: dict[str, np.ndarray]) -> Deduplicator:
+        """The index `to_state` described: the same answers for every later document."""
+        dedup = cls(
+            exact=bool(settings["exact"]), near=bool(settings["near"]),
+            threshold=float(settings["threshold"]), num_perm=int(settings["num_perm"]),  # type: ignore[call-overload]
+        )  # fmt: skip
+        dedup._hashes = {str(h) for h in arrays["hashes"]}
+        dedup._count = int(settings["count"])  # type: ignore[call-overload]
+        for key, signature in enumerate(arrays["signatures"]):
+            # Keys only need to be unique within the index; the original keys were never exposed.
+            minhash = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+            if dedup._lsh is not None:
+                dedup._lsh.insert(key, minhash, check_duplication=False)
+                dedup._signatures.append(np.asarray(signature, dtype=np.uint64))
+        return dedup

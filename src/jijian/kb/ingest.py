@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -16,6 +18,8 @@ from jijian.kb.store import Collection, Record
 
 SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
             ".py": "python", ".jsonl": "jsonl"}  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(UserInputError):
@@ -84,12 +88,33 @@ def read_documents(path: Path) -> Iterator[Document]:
     yield Document(html_to_text(raw) if kind == "html" else raw, str(path), {"type": kind})
 
 
+def _files_under(root: Path) -> list[Path]:
+    """Supported files under a directory, sorted, never leaving it through a symbolic link.
+
+    A shared directory may hold a link to a file or directory elsewhere (another tenant's data,
+    a credentials file); the walk does not descend into linked directories, and a linked file is
+    taken only if it resolves to a place inside `root`.
+    """
+    real_root = root.resolve()
+    found = []
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() not in SUFFIXES or not path.is_file():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                log.warning("%s: skipped, a symbolic link to %s outside %s", path, path.resolve(), root)
+                continue
+            found.append(path)
+    return sorted(found)
+
+
 def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files named directly plus supported files under named directories, sorted."""
+    """Files named directly plus supported files under named directories (links out of them skipped), sorted."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES))
+            files.extend(_files_under(path))
         elif path.is_file():
             files.append(path)
         else:
