@@ -254,6 +254,11 @@ class KBConfig(Section):
 
     path: OutputPath = Path("runs/kb")
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_multilingual: bool = Field(
+        default=False,
+        description="the embedding_model folder holds a model that reads Chinese; when false, hybrid search "
+        "weights the vector ranking down for Chinese queries",
+    )
     index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     backend: Literal["embedded", "milvus"] = "embedded"

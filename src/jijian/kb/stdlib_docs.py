@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jijian.kb.embed import Embedder
+from jijian.kb.embed import Embedder, hybrid_vector_weight
 from jijian.kb.store import Hit, KnowledgeBase, Record
 
 COLLECTION = "stdlib-docs"
@@ -94,4 +94,5 @@ def build_stdlib_docs(
 
 def sample_search(kb: KnowledgeBase, embedder: Embedder, query: str = SAMPLE_QUERY, k: int = 3) -> list[Hit]:
     """Hybrid search of the stdlib docs for `query`."""
-    return kb.collection(COLLECTION).search(embedder.embed([query])[0], k, mode="hybrid", text=query)
+    vector, weight = embedder.embed([query])[0], hybrid_vector_weight(embedder, query)
+    return kb.collection(COLLECTION).search(vector, k, mode="hybrid", text=query, vector_weight=weight)

@@ -57,7 +57,10 @@ class KnowledgeBaseStage:
         started = time.perf_counter()
         paths, stdlib = expand_sources(config.up.kb_sources, config_dir(ctx.config_path), PYTHON_STDLIB_DOCS)
         files = expand_paths([Path(p) for p in paths])
-        embedder = load_embedder(config.kb.embedding_model, config.kb.embed_batch_size)
+        kb_config = config.kb
+        embedder = load_embedder(
+            kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual
+        )
         kb = open_knowledge_base(config.kb)
         try:
             if name in {c["name"] for c in kb.list_collections()}:
