@@ -439,6 +439,10 @@ class Collection:
         """Live records."""
         return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
 
+    def ids(self) -> list[str]:
+        """The id of every live record (from memory: no read)."""
+        return list(self._ids.values())
+
     def get(self, record_id: str) -> Record | None:
         """The record with this id, or None."""
         row = self.db.execute(
