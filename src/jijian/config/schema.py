@@ -380,7 +380,9 @@ class UpConfig(Section):
     kb_sources: list[str] = Field(
         default_factory=list, description="files or directories to ingest, or 'python-stdlib-docs'"
     )
-    kb_max_docs: int = Field(default=800, ge=1, description="docstrings taken by the 'python-stdlib-docs' source")
+    kb_max_docs: int = Field(
+        default=3000, ge=1, description="docstrings taken by the 'python-stdlib-docs' source (modules first, then APIs)"
+    )
     serve_model: Literal["serve", "export"] = Field(
         default="serve", description="serve [serve] model_path (or SmolLM2), or the model the export stage wrote"
     )
