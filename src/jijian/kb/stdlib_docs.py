@@ -112,12 +112,15 @@ def extension_docstrings() -> Iterator[Docstring]:
     import inspect
     import sys
     import sysconfig
+    import warnings
 
     dynload = Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload"
     names = set(sys.builtin_module_names) | {p.name.split(".")[0] for p in dynload.glob("*.so")}
     for module in sorted(n for n in names if not n.startswith(("_", "xx")) and n not in _SKIP_EXTENSIONS):
         try:
-            imported = importlib.import_module(module)
+            with warnings.catch_warnings():  # deprecated modules (audioop, nis...) warn on import
+                warnings.simplefilter("ignore", DeprecationWarning)
+                imported = importlib.import_module(module)
         except Exception:  # an optional extension built without its library
             continue
         if imported.__doc__ and not getattr(imported, "__file__", "").endswith(".py"):

@@ -11,6 +11,19 @@ from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
 
 
+def _stdlib_recall(collection: Any, embedder: Any) -> dict[str, Any]:
+    """Hybrid recall@5 and MRR of the standard-library docs on the shipped English questions.
+
+    Every question counts: one whose module the budget left out is a miss, not skipped.
+    """
+    from jijian.eval.questions import load_questions, shipped_path
+    from jijian.eval.retrieval import evaluate_retrieval
+
+    questions = load_questions(shipped_path("stdlib-en"))
+    modes = evaluate_retrieval(collection, embedder, questions, modes=("hybrid",))["modes"]
+    return {"questions": len(questions), "recall@5": modes["hybrid"]["recall@5"], "mrr": modes["hybrid"]["mrr"]}
+
+
 class KnowledgeBaseStage:
     """(Re)build the collection from its sources, so edits and deletions in them are always reflected."""
 
@@ -80,6 +93,7 @@ class KnowledgeBaseStage:
             )
             collection.checkpoint()
             count = collection.count()
+            quality = _stdlib_recall(collection, embedder) if stdlib else None
         finally:
             kb.close()
         seconds = time.perf_counter() - started
@@ -87,7 +101,13 @@ class KnowledgeBaseStage:
             f"collection {name!r}: {count} entries ({docstrings} docstrings, {report.files} files in "
             f"{report.chunks} chunks) in {seconds:.0f} s -> {config.kb.path / name}"
         )
+        if quality is not None:
+            ctx.console.print(
+                f"retrieval: hybrid recall@5 {quality['recall@5']:.3f} on {quality['questions']} labelled English "
+                "questions (jijian eval retrieval)"
+            )
         return {
+            "retrieval": quality,
             "collection": name,
             "path": str(config.kb.path),
             "count": count,
