@@ -124,3 +124,14 @@ def test_a_collection_made_before_chinese_terms_is_reindexed_when_opened(tmp_pat
     assert json.loads(spec_path.read_text())["lexical"] == LEXICAL_SCHEME
     assert reopened.count() == len(DOCS)
     assert np.isfinite(reopened.search(np.ones(64, np.float32), 1)[0].score)
+
+
+def test_long_chinese_text_is_chunked_at_sentence_ends_within_the_token_budget():
+    from jijian.kb.chunking import chunk_text
+
+    sentences = ["数据并行是最常用的分布式训练方式。", "每个GPU保存一份完整的模型副本！", "各自处理不同的小批量数据？"]
+    text = "".join(sentences) * 20  # one line, no spaces: nothing for a whitespace splitter to cut at
+    chunks = chunk_text(text, len, max_tokens=60, overlap=10)
+    assert len(chunks) > 10 and all(len(chunk.text) <= 60 for chunk in chunks)
+    assert all(chunk.text.endswith(("。", "！", "？")) for chunk in chunks)
+    assert all(len(chunk.text) <= 60 for chunk in chunk_text("龙" * 500, len, max_tokens=60, overlap=10))
