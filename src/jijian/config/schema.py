@@ -256,6 +256,11 @@ class KBConfig(Section):
 
     path: OutputPath = Path("runs/kb")
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_multilingual: bool = Field(
+        default=False,
+        description="the embedding_model folder holds a model that reads Chinese; when false, hybrid search "
+        "weights the vector ranking down for Chinese queries",
+    )
     index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     backend: Literal["embedded", "milvus"] = "embedded"
@@ -392,7 +397,9 @@ class UpConfig(Section):
     kb_sources: list[str] = Field(
         default_factory=list, description="files or directories to ingest, or 'python-stdlib-docs'"
     )
-    kb_max_docs: int = Field(default=800, ge=1, description="docstrings taken by the 'python-stdlib-docs' source")
+    kb_max_docs: int = Field(
+        default=3000, ge=1, description="docstrings taken by the 'python-stdlib-docs' source (modules first, then APIs)"
+    )
     serve_model: Literal["serve", "export"] = Field(
         default="serve", description="serve [serve] model_path (or SmolLM2), or the model the export stage wrote"
     )

@@ -98,7 +98,7 @@ def knowledge_base_services(
     kb = open_knowledge_base(kb_config, key_from_config(config.guard))
     if policy is not None and kb_config.backend != "milvus":  # milvus cannot list its restricted records
         protect_restricted_documents(kb, policy)
-    embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
+    embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual)
     return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
 
 
