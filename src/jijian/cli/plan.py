@@ -186,12 +186,15 @@ def _layout_mismatch(text: str, degrees: dict[str, int], count: int) -> str:
 
 def _results_table(results: list[Estimate], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("#", "layout", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy", "bound"):
-        table.add_column(column, justify="left" if column in ("layout", "bound") else "right")
+    columns = ("#", "layout", "jijian", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy")
+    columns += ("bound",)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("layout", "bound", "jijian") else "right")
     for rank, e in enumerate(results, 1):
         table.add_row(
             str(rank),
             e.layout.describe(),
+            "runs" if e.jijian_runs else "no",
             f"{e.mfu:.1%}",
             _num(e.step_time_s),
             f"{e.tokens_per_s:,.0f}",
@@ -284,6 +287,8 @@ def plan_train(
         results, evaluated, feasible = found.best, found.evaluated, found.feasible
     elapsed = time.perf_counter() - start
     best = results[0]
+    if emit and not best.jijian_runs:  # the [parallel] section must be one jijian train can run
+        best = search(work, cluster, count, recompute, top=1, jijian_only=True).best[0]
     summary = (
         f"{format_count(shape.params)} parameters on {count} x {cluster.accelerator.name}, "
         f"{format_count(work.tokens)} tokens, seq {work.seq}, global batch {work.global_batch}"

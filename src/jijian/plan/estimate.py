@@ -50,7 +50,7 @@ class Layout:
     recompute: str = "none"  # none | selective | full
     schedule: str = "1f1b"  # 1f1b | interleaved_1f1b | gpipe
     sequence_parallel: bool = True
-    zero_stage: int | None = None  # for dp without fsdp: ZeRO stage over dp ranks (default 0)
+    zero_stage: int | None = None  # for dp without fsdp: ZeRO stage 1 or 2 over the dp ranks (None = plain DDP)
 
     @property
     def gpus(self) -> int:
@@ -66,6 +66,8 @@ class Layout:
         """Short text such as 'fsdp=32,tp=8 mb=1 recompute=selective'."""
         degrees = [f"{k}={v}" for k, v in (("dp", self.dp), ("fsdp", self.fsdp), ("tp", self.tp), ("pp", self.pp))]
         shown = [d for d in degrees if not d.endswith("=1")] or ["dp=1"]
+        if self.zero_stage:
+            shown.insert(1 if self.dp > 1 else 0, f"zero={self.zero_stage}")
         extra = f" {self.schedule}" if self.pp > 1 else ""
         return f"{','.join(shown)} mb={self.micro_batch} recompute={self.recompute}{extra}"
 
@@ -106,6 +108,7 @@ class Estimate:
     cost_buy: float
     currency: str
     comm_bytes_per_step: dict[str, float] = field(default_factory=dict)
+    jijian_runs: bool = True  # whether `jijian train` can run this layout (see jijian_cannot_run)
 
     def to_dict(self) -> dict:
         """JSON-ready form; `layout` also appears as its short text."""
@@ -132,9 +135,33 @@ def stage_params(shape: ModelShape, layout: Layout) -> float:
 def zero_sharding(layout: Layout) -> tuple[int, int]:
     """(ZeRO stage, ranks sharing the model states) implied by the layout."""
     if layout.fsdp > 1:
+        if layout.zero_stage:
+            rest = "".join(f",{k}={v}" for k, v in (("tp", layout.tp), ("pp", layout.pp)) if v > 1)
+            raise PlanError(zero_with_fsdp_message(layout.zero_stage, layout.dp, layout.fsdp, rest))
         return 3, layout.fsdp
     stage = layout.zero_stage or 0
     return stage, (layout.dp if stage else 1)
+
+
+def jijian_cannot_run(layout: Layout) -> str | None:
+    """Why `jijian train` cannot run the layout (None when it can: FSDP2, HSDP, TP, PP and ZeRO-2 through
+    FSDP2 without resharding after forward)."""
+    if layout.zero_stage == 1 and layout.dp > 1:
+        return (
+            "jijian train has no ZeRO-1 (FSDP2 shards gradients along with optimizer states); "
+            'zero=2 runs as dp_shard with fsdp_reshard_after_forward = "never"'
+        )
+    return None
+
+
+def zero_with_fsdp_message(stage: int, dp: int, fsdp: int, rest: str = "") -> str:
+    """Why zero=N and fsdp>1 do not combine, with the two nearest layouts that do (`rest`: ',tp=8,pp=2')."""
+    return (
+        f"zero={stage} with fsdp={fsdp}: fsdp already shards parameters, gradients and optimizer states "
+        f"(ZeRO-3) over its ranks, and zero={stage} shards over dp ranks; nearest feasible: "
+        f"'dp={dp * fsdp},zero={stage}{rest}' (ZeRO-{stage} over the same {dp * fsdp} ranks) or "
+        f"'{f'dp={dp},' if dp > 1 else ''}fsdp={fsdp}{rest}' (ZeRO-3, no zero key)"
+    )
 
 
 def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[str, float]:
@@ -214,10 +241,26 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         fsdp_bytes = per_round * rounds
         round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
         fsdp_exposed_s = rounds * max(0.0, round_s - microbatch_s)
-    dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
-    dp_s = transfer_time(dp_bytes, link(tp * pp * layout.fsdp, layout.dp), calib.link_efficiency)
-    dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
+    dp_link = link(tp * pp * layout.fsdp, layout.dp)
     stage, shard = zero_sharding(layout)
+    if stage in (1, 2):
+        # ZeRO-1/2 (Megatron's distributed optimizer, DeepSpeed): gradients are reduce-scattered to the rank
+        # that owns their optimizer shard, and the updated parameters all-gathered after the step: together
+        # the bytes of one all-reduce. ZeRO-1 keeps whole gradients and reduce-scatters once, overlapping the
+        # last backward; ZeRO-2 keeps only its shard, so every micro-batch's backward reduce-scatters. The
+        # parameter all-gather overlaps the next step's first forward.
+        scatter = all_gather_bytes(grad_bytes, layout.dp)
+        gather = all_gather_bytes(params * PARAM_BYTES, layout.dp)
+        rounds = microbatches if stage == 2 else 1
+        dp_bytes = scatter * rounds + gather
+        scatter_s = transfer_time(scatter, dp_link, calib.link_efficiency)
+        gather_s = transfer_time(gather, dp_link, calib.link_efficiency)
+        dp_exposed_s = rounds * max(0.0, scatter_s - microbatch_s * 2.0 / 3.0)
+        dp_exposed_s += max(0.0, gather_s - microbatch_s / 3.0)
+    else:
+        dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
+        dp_s = transfer_time(dp_bytes, dp_link, calib.link_efficiency)
+        dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
     optimizer_s = params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
     optimizer_s /= device.memory_bandwidth_gbs * 1e9
     step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s
@@ -280,4 +323,5 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
             "fsdp": fsdp_bytes,
             "data_parallel": dp_bytes,
         },
+        jijian_runs=jijian_cannot_run(layout) is None,
     )

@@ -43,7 +43,7 @@ def estimate_training(config: DeployConfig) -> TrainEstimate:
     cluster = _cluster(config, None, None)
     count = _gpus(config, None, cluster)
     work, _ = _workload(config, shape, count, None, None, None)
-    best = search(work, cluster, count, None, top=1).best[0]
+    best = search(work, cluster, count, None, top=1, jijian_only=True).best[0]
     return TrainEstimate(
         layout=best.layout.describe(),
         devices=count,
