@@ -69,9 +69,6 @@ def candidate_layouts(work: Workload, gpus: int, devices_per_node: int, recomput
     """Every layout of `gpus` devices worth estimating for `work` that `jijian train` can run."""
     shape = work.shape
     policies = (recompute,) if recompute else RECOMPUTE_POLICIES
-    if recompute is None and shape.flash_attention:
-        # Flash attention stores no score matrix, so selective recomputation saves nothing over none.
-        policies = ("none", "full")
     for tp in divisors(gpus):
         if tp > devices_per_node or tp_problem(shape, tp, work.seq):  # tensor parallelism stays inside a node
             continue
@@ -318,4 +315,6 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
 
 
 def _usable_gb(cluster: Cluster) -> float:
-    return cluster.accelerator.memory_gb * cluster.calibration.usable_memory_fraction
+    """Live bytes a device can hold (GB): its usable fraction, less the allocator's fragmentation."""
+    calib = cluster.calibration
+    return cluster.accelerator.memory_gb * calib.usable_memory_fraction / (1.0 + calib.fragmentation_fraction)
