@@ -15,6 +15,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The planner's "cpu" is this machine when `jijian plan calibrate` has profiled it; tests must not depend on
+# whether the developer has, so they point at a profile that does not exist unless a test writes one.
+os.environ["JIJIAN_HARDWARE_PROFILE"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / "jijian-tests-no-profile.json")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # The run fails if a test leaves a process running (see leftover_processes.py).
