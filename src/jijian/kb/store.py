@@ -35,7 +35,7 @@ from jijian.config.errors import UserInputError
 from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import matches, parse_filter, to_sql
-from jijian.kb.sealing import RowCipher
+from jijian.kb.sealing import CollectionKeyError, RowCipher
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
 SEARCH_MODES = ("vector", "lexical", "hybrid")
@@ -161,6 +161,13 @@ class Collection:
         spec = json.loads((directory / "collection.json").read_text(encoding="utf-8"))
         # None for a collection stored in clear; a missing or wrong key fails here, before any read.
         self.cipher = RowCipher.from_spec(spec, key, directory / "collection.json")
+        if key is not None and self.cipher is None:
+            # With encryption at rest on, a plaintext collection is refused rather than served (and added to).
+            raise CollectionKeyError(
+                f"{directory / 'collection.json'}: collection {spec['name']!r} is stored in plaintext but "
+                "[guard] encrypt_at_rest is on; rebuild it with the key (jijian up, or jijian kb ingest into a "
+                "new collection) and delete the plaintext copy"
+            )
         self.name: str = spec["name"]
         self.dim: int = spec["dim"]
         self.params = IndexParams(**spec["index"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +16,7 @@ import jinja2
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from jijian.guard.http_auth import HttpAuth, client_address
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.serve.dashboard import views
@@ -27,13 +30,23 @@ PAGES = (("training", "Training"), ("kb", "Knowledge base"), ("serving", "Servin
 _STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 
 
+LOGIN_CSRF_COOKIE = "jijian_login_csrf"
+
+
 @dataclass
 class DashboardAuth:
-    """How the dashboard authenticates: the server's API keys and its session store."""
+    """How the dashboard authenticates: the server's one key ring (through `HttpAuth`) and its session store."""
 
     sessions: SessionStore
-    keys_required: Callable[[], bool]
-    principal_for_key: Callable[[str | None], Principal | None]
+    http_auth: HttpAuth
+
+    def keys_required(self) -> bool:
+        """True when the deployment has API keys (then every page needs a log-in)."""
+        return self.http_auth.keys_required
+
+    def principal_for_key(self, key: str | None) -> Principal | None:
+        """The principal holding an API key, or None."""
+        return self.http_auth.principal_for_key(key)
 
 
 class NotLoggedIn(Exception):
@@ -99,10 +112,15 @@ def mount_dashboard(
     # --- log-in --------------------------------------------------------------------------------
 
     def login_form(error: str | None = None, next_url: str = "/ui/training", status: int = 200) -> HTMLResponse:
+        # Log-in CSRF: the form carries a token that must match a SameSite=Strict cookie set with it,
+        # so another site cannot log a browser in under the attacker's key.
+        csrf = secrets.token_urlsafe(32)
         html = env.get_template("login.html.jinja").render(
-            deployment=sources.name, keys_required=auth.keys_required(), error=error, next_url=next_url
+            deployment=sources.name, keys_required=auth.keys_required(), error=error, next_url=next_url, csrf=csrf
         )
-        return HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=status)
+        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, path="/ui/login", httponly=True, samesite="strict")
+        return response
 
     def safe_next(target: str | None) -> str:
         # Only redirect inside the dashboard: an open redirect would help phishing.
@@ -124,9 +142,17 @@ def mount_dashboard(
         next_url = safe_next((form.get("next") or [None])[0])
         if not auth.keys_required():
             return RedirectResponse(next_url, status_code=303)
+        sent, expected = (form.get("csrf") or [""])[0], request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return login_form("the log-in form expired or came from another site: try again", next_url, status=403)
+        throttle, client = auth.http_auth.login_throttle, client_address(request)
+        if throttle.blocked(client):
+            return login_form("too many failed log-ins from this address: wait a minute", next_url, status=429)
         principal = auth.principal_for_key(key) if key else None
         if principal is None:
+            throttle.failed(client)
             return login_form("api_key: missing or invalid API key", next_url, status=401)
+        throttle.succeeded(client)
         response = RedirectResponse(next_url, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
