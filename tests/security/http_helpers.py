@@ -76,6 +76,7 @@ def make_app(
     collections: dict[str, list[Passage]] | None = None,
     guard: dict | None = None,
     dashboard: bool = False,
+    embedder=None,
     **settings,
 ):
     """(app, engine, audit path) for a keyed deployment with a guard policy, an audit log and RAG passages."""
@@ -92,5 +93,5 @@ def make_app(
     retriever = AclRetriever(collections or {"wiki": passages()})
     sources = DashboardSources(name="sec", train_dir=tmp_path / "runs", audit_log=audit) if dashboard else None
     app = create_app(engine, tokenizer, ApiSettings(model_name=MODEL, **settings), auth=auth, retriever=retriever,
-                     policy=policy, dashboard=sources)  # fmt: skip
+                     embedder=embedder, policy=policy, dashboard=sources)  # fmt: skip
     return app, engine, audit

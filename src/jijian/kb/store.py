@@ -306,7 +306,8 @@ class Collection:
     def _check_vectors(self, records: Sequence[Record]) -> np.ndarray:
         vectors = []
         for i, record in enumerate(records):
-            vector = np.asarray(record.vector, dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+                vector = np.asarray(record.vector, dtype=np.float32)
             if vector.ndim != 1 or vector.shape[0] != self.dim:
                 raise KBError(
                     f"record {i} ({record.id!r}): vector has dimension {vector.shape[-1] if vector.ndim else 0}, "
@@ -631,12 +632,15 @@ class Collection:
         if mode != "lexical":
             if vector is None:
                 raise KBError(f"mode {mode!r} needs a query vector")
-            query = np.asarray(vector, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                query = np.asarray(vector, dtype=np.float32)
             if query.shape != (self.dim,):
                 raise KBError(
                     f"query vector has dimension {query.shape[-1] if query.ndim else 0}, "
                     f"collection {self.name!r} expects {self.dim}"
                 )
+            if not np.all(np.isfinite(query)):
+                raise KBError("query vector contains NaN or infinity (or values beyond float32)")
         if mode != "vector" and not text:
             raise KBError(f"mode {mode!r} needs the query text")
         condition = self._condition(filter, principal)

@@ -81,6 +81,25 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/event-stream")
 
 
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """`schema` with every `#/$defs/...` reference replaced by its definition (the models are not recursive)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inlined(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(v, defs) for v in schema]
+    return schema
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for a route that parses its JSON itself (so its errors keep OpenAI's shape)."""
+    schema = model.model_json_schema()
+    body = _inlined(schema, schema.get("$defs", {}))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
 class OpenAIRoutes:
     """The handlers of the OpenAI-compatible API over one engine."""
 
@@ -439,15 +458,15 @@ class OpenAIRoutes:
         async def models(principal: Principal = caller) -> dict:
             return self.models()
 
-        @router.post("/completions")
+        @router.post("/completions", openapi_extra=body_schema(CompletionBody))
         async def completions(request: Request, principal: Principal = caller) -> Any:
             return await self.completions(request, principal)
 
-        @router.post("/chat/completions")
+        @router.post("/chat/completions", openapi_extra=body_schema(ChatBody))
         async def chat(request: Request, principal: Principal = caller) -> Any:
             return await self.chat(request, principal)
 
-        @router.post("/embeddings")
+        @router.post("/embeddings", openapi_extra=body_schema(EmbeddingBody))
         async def embeddings(request: Request, principal: Principal = caller) -> Any:
             return await self.embeddings(request)
 
