@@ -176,9 +176,9 @@ class HttpAuth:
         """The principal holding `key`, or None."""
         return self.keyring.authenticate(key) if key else None
 
-    def authenticate(self, request: Request) -> Principal:
+    def authenticate(self, request: Request, *, rate_limited: bool = True) -> Principal:
         """The caller of `request`; raises AuthError for a wrong key, a missing one where keys are required,
-        or a caller over its rate limit."""
+        or (when `rate_limited`) a caller over its rate limit."""
         key = bearer_key(request)
         if key is not None or request.headers.get("authorization"):
             principal = self.principal_for_key(key)
@@ -190,7 +190,7 @@ class HttpAuth:
                 if not self.allow_anonymous:
                     raise AuthError(401, "missing API key: send Authorization: Bearer <key>", "invalid_api_key")
                 principal = ANONYMOUS
-        if self.limiter is not None:
+        if self.limiter is not None and rate_limited:
             caller = f"address:{client_address(request)}" if principal.anonymous else f"user:{principal.user}"
             if not self.limiter.allow(caller):
                 raise AuthError(429, "rate limit exceeded for this caller", "rate_limit_exceeded")
