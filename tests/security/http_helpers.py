@@ -77,6 +77,7 @@ def make_app(
     guard: dict | None = None,
     dashboard: bool = False,
     embedder=None,
+    max_model_len: int | None = None,
     **settings,
 ):
     """(app, engine, audit path) for a keyed deployment with a guard policy, an audit log and RAG passages."""
@@ -88,8 +89,8 @@ def make_app(
     policy = GuardPolicy(GuardConfig(audit_log=audit, **(guard or {})), keyring=keyring())
     auth = HttpAuth(keyring(), allow_anonymous=allow_anonymous,
                     rate_limit_per_minute=settings.pop("rate_limit_per_minute", None))  # fmt: skip
-    engine = RecordingEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=512, block_size=4,
-                                                                     max_batch_tokens=256)))  # fmt: skip
+    config = EngineConfig(num_blocks=512, block_size=4, max_batch_tokens=256, max_model_len=max_model_len)
+    engine = RecordingEngine(LLMEngine(model, tokenizer, config))
     retriever = AclRetriever(collections or {"wiki": passages()})
     sources = DashboardSources(name="sec", train_dir=tmp_path / "runs", audit_log=audit) if dashboard else None
     app = create_app(engine, tokenizer, ApiSettings(model_name=MODEL, **settings), auth=auth, retriever=retriever,
