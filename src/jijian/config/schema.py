@@ -313,8 +313,30 @@ class ServeConfig(Section):
     )
     max_queue: int = Field(default=256, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    api_keys: dict[str, str] = Field(default_factory=dict)
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="per API key (per client address for anonymous callers); unset = unlimited"
+    )
+    max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="larger request bodies are refused (413)")
+    max_prompt_chars: int = Field(
+        default=400_000, ge=1, description="characters of prompt (all messages) accepted before any guard check runs"
+    )
+    max_stop_sequences: int = Field(default=4, ge=0, le=64)
+    max_embedding_inputs: int = Field(default=256, ge=1, description="texts one /v1/embeddings request may embed")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host header values (and Origin hosts) accepted, against DNS rebinding; '*' accepts any",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_keys" in data:
+            raise ValueError(
+                "[serve] api_keys (plaintext keys) was removed: API keys live in the guard key ring only. "
+                "Migrate each key with `jijian guard add-key keys.toml --user NAME [--role ROLE]`, set "
+                "[guard] api_keys = \"keys.toml\", give the new keys to their users and delete [serve.api_keys]"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_ngram(self) -> ServeConfig:
@@ -346,7 +368,13 @@ class GuardConfig(Section):
     audit_key_file: OutputPath | None = Field(
         default=None, description="file holding the audit log's HMAC key (when the environment variable is unset)"
     )
-    api_keys: OutputPath | None = None
+    api_keys: OutputPath | None = Field(
+        default=None, description="the key ring (`jijian guard add-key` writes it); missing or empty stops the server"
+    )
+    allow_anonymous: bool = Field(
+        default=False, description="serve requests without an API key as the anonymous principal (public documents)"
+    )
+    max_audit_field_chars: int = Field(default=16_384, ge=256, description="longer strings in an audit entry are cut")
     role_collections: dict[str, list[str]] = Field(default_factory=dict)
     role_tools: dict[str, list[str]] = Field(default_factory=dict)
     encrypt_at_rest: bool = False

@@ -36,7 +36,7 @@ from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import matches, parse_filter, to_sql
 from jijian.kb.lexical import LEXICAL_SCHEME, fts_query, index_text
-from jijian.kb.sealing import RowCipher
+from jijian.kb.sealing import CollectionKeyError, RowCipher
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
 SEARCH_MODES = ("vector", "lexical", "hybrid")
@@ -167,6 +167,13 @@ class Collection:
         spec = json.loads((directory / "collection.json").read_text(encoding="utf-8"))
         # None for a collection stored in clear; a missing or wrong key fails here, before any read.
         self.cipher = RowCipher.from_spec(spec, key, directory / "collection.json")
+        if key is not None and self.cipher is None:
+            # With encryption at rest on, a plaintext collection is refused rather than served (and added to).
+            raise CollectionKeyError(
+                f"{directory / 'collection.json'}: collection {spec['name']!r} is stored in plaintext but "
+                "[guard] encrypt_at_rest is on; rebuild it with the key (jijian up, or jijian kb ingest into a "
+                "new collection) and delete the plaintext copy"
+            )
         self.name: str = spec["name"]
         self.dim: int = spec["dim"]
         self.params = IndexParams(**spec["index"])
@@ -327,7 +334,8 @@ class Collection:
     def _check_vectors(self, records: Sequence[Record]) -> np.ndarray:
         vectors = []
         for i, record in enumerate(records):
-            vector = np.asarray(record.vector, dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+                vector = np.asarray(record.vector, dtype=np.float32)
             if vector.ndim != 1 or vector.shape[0] != self.dim:
                 raise KBError(
                     f"record {i} ({record.id!r}): vector has dimension {vector.shape[-1] if vector.ndim else 0}, "
@@ -659,12 +667,15 @@ class Collection:
         if mode != "lexical":
             if vector is None:
                 raise KBError(f"mode {mode!r} needs a query vector")
-            query = np.asarray(vector, dtype=np.float32)
+            with np.errstate(over="ignore"):
+                query = np.asarray(vector, dtype=np.float32)
             if query.shape != (self.dim,):
                 raise KBError(
                     f"query vector has dimension {query.shape[-1] if query.ndim else 0}, "
                     f"collection {self.name!r} expects {self.dim}"
                 )
+            if not np.all(np.isfinite(query)):
+                raise KBError("query vector contains NaN or infinity (or values beyond float32)")
         if mode != "vector" and not text:
             raise KBError(f"mode {mode!r} needs the query text")
         condition = self._condition(filter, principal)

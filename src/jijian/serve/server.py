@@ -17,8 +17,9 @@ from fastapi import FastAPI
 
 from jijian.config import DeployConfig, UserInputError
 from jijian.guard.crypto import file_reader, is_encrypted, key_from_config
+from jijian.guard.http_auth import HttpAuth
+from jijian.guard.http_limits import allowed_hosts
 from jijian.guard.policy import GuardPolicy
-from jijian.guard.principals import Principal
 from jijian.model.device import resolve_device, resolve_dtype
 from jijian.model.hf import load_hf
 from jijian.model.llama import CausalLM
@@ -108,17 +109,19 @@ def build_server(
     retriever: Retriever | None = None,
     embedder: Embedder | None = None,
     policy: GuardPolicy | None = None,
+    auth: HttpAuth | None = None,
     with_knowledge_base: bool = True,
 ) -> Server:
     """Load the model and assemble the engine and FastAPI app that `[serve]` describes.
 
     The guard policy of `[guard]` runs on every request unless another `policy` is given; the
-    knowledge base of `[kb]`, when it exists, serves RAG and /v1/embeddings. (Its own HTTP API is not
-    mounted here: it takes the principal from the request body, which only a trusted caller may do.)
-    The operator dashboard is served at /ui from the same app, reading the parts `config` names.
+    knowledge base of `[kb]`, when it exists, serves RAG and /v1/embeddings (its own HTTP API is
+    `jijian kb serve`). Callers authenticate through the `[guard] api_keys` key ring (`auth` replaces
+    it); a missing or empty key file stops here with an error. The operator dashboard is served at /ui.
     """
     serve = config.serve
-    policy = policy if policy is not None else GuardPolicy(config.guard)
+    auth = auth if auth is not None else HttpAuth.from_config(config.guard, serve.rate_limit_per_minute)
+    policy = policy if policy is not None else GuardPolicy(config.guard, keyring=auth.keyring)
     kb = None
     if with_knowledge_base and retriever is None and embedder is None:
         kb, retriever, embedder = knowledge_base_services(config, policy)
@@ -147,16 +150,20 @@ def build_server(
         price = hardware.rent_per_device_hour * hardware.devices_per_node * hardware.nodes
     settings = ApiSettings(
         model_name=serve.served_model_name or directory.name,
-        api_keys={key: Principal(user) for key, user in serve.api_keys.items()},
-        rate_limit_per_minute=serve.rate_limit_per_minute,
         request_timeout_s=serve.request_timeout_s,
         price_per_hour=price,
+        max_body_bytes=serve.max_body_bytes,
+        max_prompt_chars=serve.max_prompt_chars,
+        max_stop_sequences=serve.max_stop_sequences,
+        max_embedding_inputs=serve.max_embedding_inputs,
+        allowed_hosts=allowed_hosts(serve.allowed_hosts, serve.host),
     )
     async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
     app = create_app(
         async_engine,
         tokenizer,
         settings,
+        auth=auth,
         retriever=retriever,
         embedder=embedder,
         policy=policy,

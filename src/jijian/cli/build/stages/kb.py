@@ -38,6 +38,7 @@ class KnowledgeBaseStage:
         return {
             "kb": section(config, "kb"),
             "up.kb": section(config, "up", "kb_collection", "kb_sources", "kb_max_docs"),
+            "guard.encryption": section(config, "guard", "encrypt_at_rest", "key_env", "key_file"),
         }
 
     def inputs(self, config: DeployConfig, base: Path) -> list[Path]:
@@ -56,6 +57,7 @@ class KnowledgeBaseStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Drop and rebuild the collection; run one sample search."""
+        from jijian.guard.crypto import key_from_config
         from jijian.kb.embed import load_embedder
         from jijian.kb.ingest import expand_paths, ingest_files
         from jijian.kb.stdlib_docs import build_stdlib_docs
@@ -74,10 +76,11 @@ class KnowledgeBaseStage:
         embedder = load_embedder(
             kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual
         )
-        kb = open_knowledge_base(config.kb)
+        # With [guard] encrypt_at_rest the collection is written encrypted, like every other kb writer.
+        kb = open_knowledge_base(config.kb, key_from_config(config.guard))
         try:
-            if name in {c["name"] for c in kb.list_collections()}:
-                kb.drop_collection(name)
+            if (config.kb.path / name / "collection.json").is_file():
+                kb.drop_collection(name)  # (without opening it: a plaintext one is refused when encryption is on)
             docstrings = 0
             if stdlib:
                 from jijian.data import python_stdlib_files
