@@ -176,13 +176,14 @@ def run_server(config: DeployConfig) -> None:
     """Serve until interrupted (uvicorn on `[serve] host:port`)."""
     import uvicorn
 
-    torch.set_grad_enabled(False)
-    server = build_server(config)
-    print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
-    finally:
-        server.engine.runner.close()  # tensor-parallel workers stop with the server
+    # Grad mode is per thread and restored on the way out (a caller in the same process keeps its own).
+    with torch.no_grad():
+        server = build_server(config)
+        print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
+        try:
+            uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
+        finally:
+            server.engine.runner.close()  # tensor-parallel workers stop with the server
 
 
 @contextlib.contextmanager
