@@ -40,6 +40,8 @@ import httpx
 import torch
 import transformers
 
+from jijian.guard.apikeys import KeyRing
+from jijian.guard.http_auth import HttpAuth
 from jijian.model.gguf import smollm2_model_dir
 from jijian.model.hf import load_hf
 from jijian.serve.api import ApiSettings, create_app
@@ -166,7 +168,8 @@ def main() -> None:
                 num_speculative_tokens=speculative,
             ),
         )
-        app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"))
+        auth = HttpAuth(KeyRing(), allow_anonymous=True)  # loopback benchmark: no keys to check
+        app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"), auth=auth)
         with serve_in_thread(app) as url:
             # Correctness first: the first request, greedy, equals transformers (tokens -> same text).
             prompt = requests[0][0]

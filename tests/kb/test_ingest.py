@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from jijian.cli.main import app
+from jijian.guard.http_auth import HttpAuth
+from jijian.guard.principals import Principal
 from jijian.kb.api import create_kb_app
 from jijian.kb.chunking import chunk_text
 from jijian.kb.embed import HashingEmbedder, load_embedder
@@ -84,15 +86,18 @@ def test_cli_ingest_and_search(tmp_path):
 
 def test_http_api(tmp_path):
     kb = KnowledgeBase(tmp_path)
-    client = TestClient(create_kb_app(kb, embedder=HashingEmbedder))
+    auth = HttpAuth.with_keys({"sk-writer": Principal("wendy", frozenset({"writer"})), "sk-eve": Principal("eve")})
+    app = create_kb_app(kb, auth, embedder=HashingEmbedder)
+    client = TestClient(app, headers={"Authorization": "Bearer sk-writer"})
+    eve = {"Authorization": "Bearer sk-eve"}
     assert client.post("/collections", json={"name": "c", "dim": 384}).status_code == 201
     assert client.post("/collections", json={"name": "c", "dim": 384}).status_code == 400
-    body = {"records": [{"id": "a", "text": "red apples"}, {"id": "b", "text": "green pears", "readers": ["bob"]}]}
+    body = {"records": [{"id": "a", "text": "red apples"}, {"id": "b", "text": "green pears", "readers": ["eve"]}]}
     assert client.post("/collections/c/records", json=body).json()["count"] == 2
     hits = client.post("/collections/c/search", json={"text": "pears", "mode": "hybrid", "k": 2}).json()["hits"]
-    assert hits[0]["id"] == "b"
-    as_eve = {"text": "pears", "k": 2, "principal": {"user": "eve"}}
-    assert [h["id"] for h in client.post("/collections/c/search", json=as_eve).json()["hits"]] == ["a"]
+    assert [h["id"] for h in hits] == ["a"]  # the writer is not among b's readers
+    as_eve = client.post("/collections/c/search", json={"text": "pears", "mode": "hybrid", "k": 2}, headers=eve)
+    assert as_eve.json()["hits"][0]["id"] == "b"
     wrong_dim = client.post("/collections/c/search", json={"vector": [0.1, 0.2]})
     assert wrong_dim.status_code == 400 and "dimension 2" in wrong_dim.json()["error"]
     unknown = client.post("/collections/nope/search", json={"text": "x"})
@@ -100,8 +105,8 @@ def test_http_api(tmp_path):
     bad_filter = client.post("/collections/c/search", json={"text": "x", "filter": "a =="})
     assert bad_filter.status_code == 400 and "filter" in bad_filter.json()["error"]
     assert client.post("/collections/c/search", json={"text": "x", "k": 0}).status_code == 422
-    bare = client.post("/collections/c/search", json={"text": "pears", "k": 1, "output_fields": []}).json()["hits"]
-    assert bare[0]["id"] == "b" and bare[0]["text"] == "" and bare[0]["metadata"] == {}
+    bare = client.post("/collections/c/search", json={"text": "apples", "k": 1, "output_fields": []}).json()["hits"]
+    assert bare[0]["id"] == "a" and bare[0]["text"] == "" and bare[0]["metadata"] == {}
     bad_field = client.post("/collections/c/search", json={"text": "x", "output_fields": ["vector"]})
     assert bad_field.status_code == 400 and "output_fields" in bad_field.json()["error"]
     assert client.get("/collections/c/records/a").json()["text"] == "red apples"

@@ -8,9 +8,10 @@ import httpx
 import openai
 import pytest
 
+from jijian.guard.http_auth import HttpAuth, RateLimiter
 from jijian.guard.principals import Principal
 from jijian.model.generate import generate
-from jijian.serve.api import ApiSettings, RateLimiter, create_app
+from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.rag import InMemoryRetriever, Passage
@@ -43,9 +44,12 @@ def make_app(model, tokenizer, **settings):
             ]
         }
     )
-    defaults = {"model_name": MODEL, "api_keys": {KEY: Principal("alice")}, "price_per_hour": 2.0}
+    limit = settings.pop("rate_limit_per_minute", None)
+    auth = HttpAuth.with_keys({KEY: Principal("alice")}, rate_limit_per_minute=limit)
+    defaults = {"model_name": MODEL, "price_per_hour": 2.0}
     return create_app(
-        engine, tokenizer, ApiSettings(**{**defaults, **settings}), retriever=retriever, embedder=FakeEmbedder()
+        engine, tokenizer, ApiSettings(**{**defaults, **settings}), auth=auth, retriever=retriever,
+        embedder=FakeEmbedder(),
     )
 
 

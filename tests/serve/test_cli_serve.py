@@ -45,13 +45,17 @@ def test_import_gguf_of_a_missing_file_exits_2(tmp_path):
 
 
 def test_server_from_deploy_toml_serves_with_keys_and_int8(small_model_dir, tmp_path):
+    from jijian.guard.apikeys import add_key
+
+    key = add_key(tmp_path / "keys.toml", "bob")
     text = f"""
 [serve]
 model_path = "{small_model_dir}"
 served_model_name = "tiny"
 quantization = "int8"
 kv_cache_mb = 4
-api_keys = {{ "sk-bob" = "bob" }}
+[guard]
+api_keys = "keys.toml"
 [hardware]
 rent_per_device_hour = 3.0
 """
@@ -61,7 +65,7 @@ rent_per_device_hour = 3.0
     assert server.settings.price_per_hour == 3.0
     assert server.engine.config.num_blocks > 0
     with running_server(server.app) as url:
-        headers = {"Authorization": "Bearer sk-bob"}
+        headers = {"Authorization": f"Bearer {key}"}
         reply = httpx.post(
             url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3}, headers=headers
         )

@@ -8,13 +8,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jijian.config import load_config
+from jijian.guard.apikeys import KeyRing
 from jijian.guard.audit import AuditLog
+from jijian.guard.http_auth import HttpAuth
 from jijian.guard.principals import Principal
 from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.dashboard import DashboardSources
 from jijian.serve.dashboard.charts import line_chart, nice_ticks
 from jijian.serve.dashboard.guard_events import audit_view
+from jijian.serve.dashboard.routes import LOGIN_CSRF_COOKIE
 from jijian.serve.dashboard.sessions import SESSION_COOKIE, SessionStore
 from jijian.serve.dashboard.training import goodput, read_json_lines
 from jijian.serve.engine import EngineConfig, LLMEngine
@@ -31,10 +34,17 @@ def server(ui_deployment):
 
 
 def logged_in(server, key: str) -> TestClient:
-    client = TestClient(server.app)
-    response = client.post("/ui/login", data={"api_key": key, "next": "/ui/serving"}, follow_redirects=False)
+    client = TestClient(server.app, base_url="http://localhost")
+    response = client.post("/ui/login", data={"api_key": key, "next": "/ui/serving", "csrf": login_csrf(client)},
+                           follow_redirects=False)  # fmt: skip
     assert response.status_code == 303, response.text
     return client
+
+
+def login_csrf(client: TestClient) -> str:
+    """The log-in form's CSRF token (its cookie is kept by the client)."""
+    client.get("/ui/login")
+    return client.cookies.get(LOGIN_CSRF_COOKIE)
 
 
 def chat(client: TestClient, text: str, **extra) -> dict:
@@ -47,12 +57,12 @@ def chat(client: TestClient, text: str, **extra) -> dict:
 @pytest.fixture(scope="module")
 def clients(server, ui_deployment):
     """Logged-in clients for admin, alice (finance) and bob (staff), sharing one running server."""
-    with TestClient(server.app):  # runs the lifespan: starts and stops the engine
+    with TestClient(server.app, base_url="http://localhost"):  # runs the lifespan: starts and stops the engine
         yield {
             "admin": logged_in(server, ui_deployment.admin_key),
             "alice": logged_in(server, ui_deployment.alice_key),
             "bob": logged_in(server, ui_deployment.bob_key),
-            "anonymous": TestClient(server.app),
+            "anonymous": TestClient(server.app, base_url="http://localhost"),
         }
 
 
@@ -68,11 +78,14 @@ def test_pages_need_a_login_and_endpoints_answer_401(clients):
 
 
 def test_a_wrong_key_is_refused_and_a_good_one_sets_an_http_only_cookie(server, ui_deployment):
-    client = TestClient(server.app)
-    refused = client.post("/ui/login", data={"api_key": "jj-not-a-key"}, follow_redirects=False)
+    client = TestClient(server.app, base_url="http://localhost")
+    refused = client.post("/ui/login", data={"api_key": "jj-not-a-key", "csrf": login_csrf(client)},
+                          follow_redirects=False)  # fmt: skip
     assert refused.status_code == 401 and "api_key: missing or invalid API key" in refused.text
     accepted = client.post(
-        "/ui/login", data={"api_key": ui_deployment.bob_key, "next": "https://evil.example/"}, follow_redirects=False
+        "/ui/login",
+        data={"api_key": ui_deployment.bob_key, "next": "https://evil.example/", "csrf": login_csrf(client)},
+        follow_redirects=False,
     )
     assert accepted.status_code == 303 and accepted.headers["location"] == "/ui/training"  # no open redirect
     cookie = accepted.headers["set-cookie"]
@@ -171,7 +184,7 @@ def test_logging_out_ends_the_session_for_pages_and_the_api(server, ui_deploymen
     assert client.get("/ui/api/me").json()["viewer"]["user"] == "bob"
     client.post("/ui/logout", follow_redirects=False)
     assert client.get("/ui/api/me").status_code == 401
-    stale = TestClient(server.app, cookies={SESSION_COOKIE: "forged-or-expired"})
+    stale = TestClient(server.app, base_url="http://localhost", cookies={SESSION_COOKIE: "forged-or-expired"})
     body = {"model": "tiny-run", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert stale.post("/v1/chat/completions", json=body).status_code == 401
 
@@ -180,7 +193,8 @@ def test_an_empty_open_deployment_says_what_is_missing(small_model, tmp_path):
     model, tokenizer = small_model
     engine = AsyncEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=64, block_size=4)))
     sources = DashboardSources(name="empty", train_dir=tmp_path / "runs", audit_log=None)
-    app = create_app(engine, tokenizer, ApiSettings(model_name="small"), dashboard=sources)
+    auth = HttpAuth(KeyRing(), allow_anonymous=True)
+    app = create_app(engine, tokenizer, ApiSettings(model_name="small"), auth=auth, dashboard=sources)
     with TestClient(app) as client:
         pages = {path: client.get(path) for path in PAGES}
         assert all(r.status_code == 200 for r in pages.values())

@@ -16,6 +16,7 @@ import pytest
 
 from jijian.config import DeployConfig, GuardConfig
 from jijian.guard.apikeys import KeyEntry, KeyRing, key_digest
+from jijian.guard.http_auth import HttpAuth
 from jijian.guard.leakage import ngrams
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
@@ -86,8 +87,8 @@ def service(small_model, tmp_path_factory):
     assert protect_restricted_documents(kb, policy) == 1  # what the server does at start
     engine = ScriptedEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=64, block_size=4)), tokenizer)
     app = create_app(
-        engine, tokenizer, ApiSettings(model_name="small"), retriever=KnowledgeBaseRetriever(kb, embedder, policy),
-        policy=policy,
+        engine, tokenizer, ApiSettings(model_name="small"), auth=HttpAuth(keyring),
+        retriever=KnowledgeBaseRetriever(kb, embedder, policy), policy=policy,
     )  # fmt: skip
     with serve_in_thread(app) as url:
         yield url, engine, audit
@@ -175,7 +176,7 @@ def test_rag_never_puts_a_restricted_passage_in_a_non_readers_prompt(service, qu
     assert response.status_code == 200, response.text
     prompt = engine.prompts[-1]
     assert question in prompt  # the capture is the real prompt
-    assert "<passages>" in prompt and "facilities/hours.md" in prompt  # retrieval ran, public passage present
+    assert "<passage id=" in prompt and "facilities/hours.md" in prompt  # retrieval ran, guard-wrapped
     for secret_part in ("Lumen", "310 million", "retention package", "board/heron.md"):
         assert secret_part not in prompt.replace(question, "")
     assert "heron-memo" not in {c["id"] for c in response.json()["citations"]}
@@ -218,8 +219,9 @@ def test_a_real_engines_leaking_stream_is_cut_and_its_generation_aborted(small_m
     model, tokenizer = small_model
     engine = AsyncEngine(LLMEngine(model, tokenizer, EngineConfig(num_blocks=256, block_size=4, max_batch_tokens=64)))
     policy = GuardPolicy(GuardConfig())
-    settings = ApiSettings(model_name="small", api_keys={"sk-mallory": Principal("mallory")})
-    app = create_app(engine, tokenizer, settings, policy=policy)
+    settings = ApiSettings(model_name="small")
+    app = create_app(engine, tokenizer, settings, auth=HttpAuth.with_keys({"sk-mallory": Principal("mallory")}),
+                     policy=policy)  # fmt: skip
     body = {"model": "small", "prompt": "def main(args):", "max_tokens": 150, "temperature": 0, "ignore_eos": True}
     auth = {"Authorization": "Bearer sk-mallory"}
     with serve_in_thread(app) as url:

@@ -8,6 +8,7 @@ import pytest
 
 from jijian.config import GuardConfig
 from jijian.guard.apikeys import KeyEntry, KeyRing, key_digest
+from jijian.guard.http_auth import HttpAuth
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.kb import KnowledgeBase
@@ -52,6 +53,7 @@ def server(small_model, tmp_path_factory):
         engine,
         tokenizer,
         ApiSettings(model_name="small"),
+        auth=HttpAuth(keyring),
         retriever=KnowledgeBaseRetriever(kb, embedder, policy),
         embedder=KnowledgeBaseEmbedder(embedder),
         policy=policy,

@@ -7,7 +7,6 @@ Per-step losses must match within 1e-4 over 20 steps, and the exported weights m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,15 @@ from pathlib import Path
 import pytest
 import tomli_w
 from safetensors.torch import load_file
+from torchrun_env import run_torchrun
 
 from jijian.config import load_config
 from jijian.train.run import run_training
 
 STEPS = 20
 HELPER = Path(__file__).with_name("run_layouts.py")
+
+pytestmark = pytest.mark.multiprocess
 
 # name: (world size, [parallel], extra [train] keys, reference run)
 # The tiny model's blocks all share one FSDP unit by default; `fsdp_unit_params = 0` gives one unit per
@@ -42,6 +44,8 @@ LAYOUTS = {
     "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
     "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.05}, "single_lamb"),
     "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2, "fsdp_unit_params": 0}, {"ac": "selective"}, "single"),
+    # Qwen3 (per-head q/k norms, replicated over the TP ranks) against its own single-process run.
+    "qwen3_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2, "fsdp_unit_params": 0}, {}, "single_qwen3"),
     "dp_shard2_tp2_pp2": (
         8,
         {"dp_shard": 2, "tp": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2, "fsdp_unit_params": 0},
@@ -49,7 +53,13 @@ LAYOUTS = {
         "single",
     ),
 }
-REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}}
+REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}, "single_qwen3": {}}
+QWEN3 = {"architecture": "qwen3", "qk_norm": True, "head_dim": 32}
+
+
+def model_extra(name: str) -> dict:
+    """[model] keys on top of the tiny Llama shape: the qwen3 runs change the architecture."""
+    return QWEN3 if "qwen3" in name else {}
 
 
 def write_config(
@@ -65,6 +75,7 @@ def write_config(
             "vocab_size": 512,
             "max_seq_len": 64,
             "tie_embeddings": False,
+            **model_extra(name),
         },
         "tokenizer": {"path": str(tokenizer_dir)},
         "data": {"sources": sources},
@@ -111,16 +122,8 @@ def launch(workspace, world: int) -> subprocess.CompletedProcess:
     root, configs, launched = workspace
     if world not in launched:
         names = [name for name, spec in LAYOUTS.items() if spec[0] == world]
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-            "TMPDIR": str(root),
-        }
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", str(HELPER)]
-        launched[world] = subprocess.run(
-            [*cmd, *(str(configs[n]) for n in names)], env=env, capture_output=True, text=True, timeout=900
-        )
+        launched[world] = run_torchrun([*cmd, *(str(configs[n]) for n in names)], root, timeout=900)
     return launched[world]
 
 

@@ -57,7 +57,7 @@ def ingest(
 
     cfg = _kb_config(config, path, embedding_model)
     files = expand_paths(paths)
-    embedder = load_embedder(cfg.embedding_model, cfg.embed_batch_size)
+    embedder = load_embedder(cfg.embedding_model, cfg.embed_batch_size, cfg.embedding_multilingual)
     kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         try:
@@ -101,16 +101,19 @@ def search(
 ) -> None:
     """Print the ranked hits for a query, with their sources."""
     from jijian.guard.principals import Principal
-    from jijian.kb.embed import load_embedder
+    from jijian.kb.embed import hybrid_vector_weight, load_embedder
     from jijian.kb.store import open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
     kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         target = kb.collection(collection)
-        vector = None if mode == "lexical" else load_embedder(cfg.embedding_model).embed([query])[0]
+        vector, weight = None, 1.0
+        if mode != "lexical":
+            embedder = load_embedder(cfg.embedding_model, multilingual=cfg.embedding_multilingual)
+            vector, weight = embedder.embed([query])[0], hybrid_vector_weight(embedder, query)
         principal = Principal(user, frozenset(role or ())) if user else None
-        hits = target.search(vector, k, filter=filter, principal=principal, mode=mode, text=query)
+        hits = target.search(vector, k, filter=filter, principal=principal, mode=mode, text=query, vector_weight=weight)
         if not hits:
             out_console.print("no hits")
         for rank, hit in enumerate(hits, 1):
@@ -148,14 +151,27 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8100,
 ) -> None:
-    """Serve the knowledge-base HTTP API alone (OpenAPI docs at /docs)."""
+    """Serve the knowledge-base HTTP API alone (OpenAPI docs at /docs); callers authenticate with [guard] api_keys."""
     import uvicorn
 
+    from jijian.config import UserInputError, load_config
+    from jijian.guard.http_auth import HttpAuth
+    from jijian.guard.http_limits import allowed_hosts
     from jijian.kb.api import create_kb_app
     from jijian.kb.embed import load_embedder
     from jijian.kb.store import open_knowledge_base
 
+    if config is None:
+        raise UserInputError(
+            "jijian kb serve needs -c deploy.toml: its [guard] api_keys authenticates callers "
+            "(or [guard] allow_anonymous = true serves public records to callers without a key)"
+        )
+    deploy = load_config(config)
+    auth = HttpAuth.from_config(deploy.guard, deploy.serve.rate_limit_per_minute)  # refuses a missing key file
     cfg = _kb_config(config, path, embedding_model)
     kb = open_knowledge_base(cfg, _kb_key(config))
-    app = create_kb_app(kb, lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size))
+    app = create_kb_app(
+        kb, auth, lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size, cfg.embedding_multilingual),
+        max_body_bytes=deploy.serve.max_body_bytes, allowed_hosts=allowed_hosts(deploy.serve.allowed_hosts, host),
+    )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="info")

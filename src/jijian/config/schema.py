@@ -56,10 +56,19 @@ class RopeScaling(Section):
     original_max_position_embeddings: int = Field(default=8192, ge=1)
 
 
+Architecture = Literal["llama", "qwen2", "qwen3", "mistral"]
+
+
 class ModelConfig(Section):
-    """Decoder-only transformer shape; `preset` fills every field not given explicitly."""
+    """Decoder-only transformer shape; `preset` fills every field not given explicitly.
+
+    Qwen2, Qwen3 and Mistral are the Llama decoder with a few switches: q/k/v biases, RMSNorm on each
+    query and key head, and sliding-window attention. `architecture` names the family, which decides
+    the `config.json` layout a saved model gets.
+    """
 
     preset: str | None = None
+    architecture: Architecture = "llama"
     hf_path: ExistingPath | None = None
     dim: int = Field(ge=1)
     n_layers: int = Field(ge=1)
@@ -74,6 +83,11 @@ class ModelConfig(Section):
     rope_scaling: RopeScaling | None = None
     tie_embeddings: bool = False
     init_std: float = Field(default=0.02, gt=0)
+    attention_bias: bool = Field(default=False, description="biases on the q, k and v projections (Qwen2)")
+    qk_norm: bool = Field(default=False, description="RMSNorm over each query and key head before RoPE (Qwen3)")
+    sliding_window: int | None = Field(
+        default=None, ge=1, description="a query sees only the last this-many positions, itself included (Mistral)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -171,9 +185,11 @@ class TrainConfig(Section):
     eps: float = Field(default=1e-8, gt=0)
     grad_clip: float = Field(default=1.0, ge=0, description="global gradient-norm limit; 0 disables clipping")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="auto = the accelerator PyTorch finds (torch.accelerator), else the CPU"
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU"
+        default="auto", description="compute dtype: auto = bf16 on an accelerator, fp32 on CPU"
     )
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=0, ge=0, description="steps between validation passes; 0 = only at the end")
@@ -254,6 +270,11 @@ class KBConfig(Section):
 
     path: OutputPath = Path("runs/kb")
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_multilingual: bool = Field(
+        default=False,
+        description="the embedding_model folder holds a model that reads Chinese; when false, hybrid search "
+        "weights the vector ranking down for Chinese queries",
+    )
     index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     backend: Literal["embedded", "milvus"] = "embedded"
@@ -281,6 +302,15 @@ class ServeConfig(Section):
     max_batch_tokens: int = Field(default=2048, ge=1)
     block_size: int = Field(default=16, ge=1)
     quantization: Literal["none", "int8"] = "none"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="where the model and the paged KV cache live: auto = the accelerator PyTorch finds"
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="weights and KV cache: auto = bf16 on an accelerator (else fp16), fp32 on CPU"
+    )
+    tensor_parallel: int = Field(
+        default=1, ge=1, le=64, description="processes (devices) one model is split over, Megatron-style"
+    )
     served_model_name: str | None = None
     model_cache_dir: OutputPath = Path("runs/models")
     max_model_len: int | None = Field(default=None, ge=1)
@@ -297,8 +327,30 @@ class ServeConfig(Section):
     )
     max_queue: int = Field(default=256, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    api_keys: dict[str, str] = Field(default_factory=dict)
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="per API key (per client address for anonymous callers); unset = unlimited"
+    )
+    max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="larger request bodies are refused (413)")
+    max_prompt_chars: int = Field(
+        default=400_000, ge=1, description="characters of prompt (all messages) accepted before any guard check runs"
+    )
+    max_stop_sequences: int = Field(default=4, ge=0, le=64)
+    max_embedding_inputs: int = Field(default=256, ge=1, description="texts one /v1/embeddings request may embed")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host header values (and Origin hosts) accepted, against DNS rebinding; '*' accepts any",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_keys" in data:
+            raise ValueError(
+                "[serve] api_keys (plaintext keys) was removed: API keys live in the guard key ring only. "
+                "Migrate each key with `jijian guard add-key keys.toml --user NAME [--role ROLE]`, set "
+                "[guard] api_keys = \"keys.toml\", give the new keys to their users and delete [serve.api_keys]"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_ngram(self) -> ServeConfig:
@@ -330,7 +382,13 @@ class GuardConfig(Section):
     audit_key_file: OutputPath | None = Field(
         default=None, description="file holding the audit log's HMAC key (when the environment variable is unset)"
     )
-    api_keys: OutputPath | None = None
+    api_keys: OutputPath | None = Field(
+        default=None, description="the key ring (`jijian guard add-key` writes it); missing or empty stops the server"
+    )
+    allow_anonymous: bool = Field(
+        default=False, description="serve requests without an API key as the anonymous principal (public documents)"
+    )
+    max_audit_field_chars: int = Field(default=16_384, ge=256, description="longer strings in an audit entry are cut")
     role_collections: dict[str, list[str]] = Field(default_factory=dict)
     role_tools: dict[str, list[str]] = Field(default_factory=dict)
     encrypt_at_rest: bool = False
@@ -381,7 +439,9 @@ class UpConfig(Section):
     kb_sources: list[str] = Field(
         default_factory=list, description="files or directories to ingest, or 'python-stdlib-docs'"
     )
-    kb_max_docs: int = Field(default=800, ge=1, description="docstrings taken by the 'python-stdlib-docs' source")
+    kb_max_docs: int = Field(
+        default=3000, ge=1, description="docstrings taken by the 'python-stdlib-docs' source (modules first, then APIs)"
+    )
     serve_model: Literal["serve", "export"] = Field(
         default="serve", description="serve [serve] model_path (or SmolLM2), or the model the export stage wrote"
     )

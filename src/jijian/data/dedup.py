@@ -1,4 +1,9 @@
-"""Duplicate removal: exact copies by content hash, near copies by MinHash LSH over word 5-grams."""
+"""Duplicate removal: exact copies by content hash, near copies by MinHash LSH over 5-gram shingles.
+
+A shingle is five consecutive tokens, and a token is a word in space-separated scripts but a single
+character in Chinese and Japanese, which put no spaces between words: a Chinese document is shingled
+by character 5-grams, an English one by word 5-grams, and a mixed one by both, decided by its text.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ SHINGLE_WORDS = 5
 MINHASH_SEED = 1
 # The permutation scheme travels apart from the hash values (they cross process boundaries as arrays).
 MINHASH_SCHEME = "affine32"
-_WORD = re.compile(r"\w+")
+# Hiragana, katakana and CJK ideographs (Hangul is left out: Korean puts spaces between words).
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK_CHARS}]|(?:(?![{_CJK_CHARS}])\w)+")
 # An odd 64-bit multiplier (from splitmix64) that spreads word hashes across the window.
 _MIX = 0x9E3779B97F4A7C15
 
@@ -25,8 +32,8 @@ def content_hash(text: str) -> str:
 
 
 def shingle_hashes(text: str) -> np.ndarray:
-    """Distinct 32-bit hashes of the document's lower-cased word 5-grams (of all its words when shorter)."""
-    words = _WORD.findall(text.lower())
+    """Distinct 32-bit hashes of the document's lower-cased token 5-grams (of all its tokens when shorter)."""
+    words = _TOKEN.findall(text.lower())
     # Hash each word once (C speed), then combine windows of words with numpy: no Python string per shingle.
     word_hashes = np.array([zlib.crc32(w.encode("utf-8")) for w in words] or [0], dtype=np.uint64)
     width = min(SHINGLE_WORDS, len(word_hashes))
@@ -39,7 +46,7 @@ def shingle_hashes(text: str) -> np.ndarray:
 
 
 def minhash_signature(text: str, num_perm: int) -> np.ndarray:
-    """MinHash signature of the document's word 5-gram set."""
+    """MinHash signature of the document's token 5-gram set."""
     # The shingles arrive already hashed, so the hash function is the identity (`int`).
     minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, hashfunc=int)
     minhash.update_batch(shingle_hashes(text).tolist())

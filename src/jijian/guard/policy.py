@@ -20,6 +20,7 @@ from jijian.config.schema import GuardConfig
 from jijian.guard.allowlists import Allowlists
 from jijian.guard.apikeys import KeyRing
 from jijian.guard.audit import AuditLog, load_audit_key
+from jijian.guard.audit_limits import cap_event
 from jijian.guard.injection import InjectionDetector, InjectionVerdict
 from jijian.guard.leakage import LeakageChecker, LeakageVerdict
 from jijian.guard.pii import PiiSpan, find_pii, redact_spans
@@ -126,7 +127,7 @@ class GuardPolicy:
     def audit(self, event: dict[str, Any]) -> None:
         """Append an event to the audit log, if one is configured."""
         if self.audit_log is not None:
-            self.audit_log.append(event)
+            self.audit_log.append(cap_event(event, self.config.max_audit_field_chars))
 
     # --- the pipeline ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from jijian.config.errors import UserInputError
 PUBLIC = "*"
 ROLE_PREFIX = "role:"
 ADMIN_ROLE = "admin"
+WRITER_ROLE = "writer"  # may change knowledge-base contents over HTTP (admins may too)
 
 
 class ACLError(UserInputError):
@@ -28,20 +29,32 @@ class Principal:
 
     user: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    anonymous: bool = False  # a caller without an API key: reads public documents only
 
     def __post_init__(self) -> None:
         if not self.user or self.user.startswith(ROLE_PREFIX) or self.user == PUBLIC:
             raise ACLError(f"principal user {self.user!r}: must be a non-empty name, not a role or '*'")
-        object.__setattr__(self, "roles", frozenset(self.roles))
+        object.__setattr__(self, "roles", frozenset() if self.anonymous else frozenset(self.roles))
 
     @property
     def is_admin(self) -> bool:
         """Admins read everything (operators need to audit every document)."""
-        return ADMIN_ROLE in self.roles
+        return not self.anonymous and ADMIN_ROLE in self.roles
+
+    @property
+    def can_write(self) -> bool:
+        """Writers and admins may insert, upsert, delete and drop through the knowledge-base API."""
+        return not self.anonymous and (WRITER_ROLE in self.roles or ADMIN_ROLE in self.roles)
 
     def reader_tokens(self) -> frozenset[str]:
-        """The `readers` entries that grant this principal access."""
+        """The `readers` entries that grant this principal access (only `*` for an anonymous caller)."""
+        if self.anonymous:
+            return frozenset({PUBLIC})
         return frozenset({PUBLIC, self.user, *(ROLE_PREFIX + role for role in self.roles)})
+
+
+# Who a request without an API key acts as, where `[guard] allow_anonymous` lets such requests in.
+ANONYMOUS = Principal("anonymous", frozenset(), anonymous=True)
 
 
 def validate_readers(readers: Iterable[str] | None, where: str = "readers") -> list[str] | None:

@@ -1,4 +1,9 @@
-"""The knowledge base over HTTP: a FastAPI router the inference server can mount, or `jijian kb serve` alone."""
+"""The knowledge base over HTTP: a FastAPI router the inference server can mount, or `jijian kb serve` alone.
+
+The caller is the principal of its API key (the guard key ring, through `HttpAuth`), never a name in
+the body. Reads are filtered by the records' ACLs; creating, inserting, upserting, deleting and
+dropping need the `writer` or `admin` role, since the knowledge base is what RAG puts in prompts.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from jijian.config.errors import UserInputError
-from jijian.guard.principals import Principal
+from jijian.guard.http_auth import AuthError, HttpAuth
+from jijian.guard.http_limits import BodySizeLimit, HostAndOriginCheck
+from jijian.guard.principals import Principal, can_read
 from jijian.kb.embed import Embedder
 from jijian.kb.store import CollectionNotFound, KnowledgeBase, Record
 
@@ -29,8 +36,10 @@ class CollectionIn(BaseModel):
 class RecordIn(BaseModel):
     """A record to insert; without a vector its text is embedded by the server's embedder."""
 
-    id: str | None = None
-    vector: list[float] | None = None
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    id: str | None = Field(default=None, max_length=512)
+    vector: list[float] | None = Field(default=None, max_length=65536)
     text: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     readers: list[str] | None = None
@@ -39,32 +48,29 @@ class RecordIn(BaseModel):
 class InsertIn(BaseModel):
     """Records to insert or upsert."""
 
-    records: list[RecordIn] = Field(min_length=1)
+    records: list[RecordIn] = Field(min_length=1, max_length=10_000)
     upsert: bool = False
 
 
 class DeleteIn(BaseModel):
     """Ids to delete."""
 
-    ids: list[str] = Field(min_length=1)
-
-
-class PrincipalIn(BaseModel):
-    """Who is searching (a server mounting the router should set this from authentication)."""
-
-    user: str
-    roles: list[str] = Field(default_factory=list)
+    ids: list[str] = Field(min_length=1, max_length=10_000)
 
 
 class SearchIn(BaseModel):
-    """A search request: a vector, a text (embedded, and used for lexical ranking), or both."""
+    """A search request: a vector, a text (embedded, and used for lexical ranking), or both.
 
-    vector: list[float] | None = None
-    text: str | None = None
+    Unknown fields are refused: a `principal` in the body is an error, the caller comes from its key.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    vector: list[float] | None = Field(default=None, max_length=65536)
+    text: str | None = Field(default=None, max_length=100_000)
     k: int = Field(default=10, ge=1, le=1000)
-    filter: str | None = None
+    filter: str | None = Field(default=None, max_length=10_000)
     mode: Literal["vector", "lexical", "hybrid"] = "vector"
-    principal: PrincipalIn | None = None
     output_fields: list[str] | None = None  # what hits carry besides id and score; [] for ids and scores only
 
 
@@ -73,9 +79,19 @@ def _error(exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": str(exc)})
 
 
-def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None = None) -> APIRouter:
-    """Routes under /collections; `embedder` (loaded on first use) embeds texts sent without vectors."""
+def _writer(principal: Principal) -> None:
+    if not principal.can_write:
+        raise AuthError(403, f"{principal.user!r} may not change the knowledge base (needs the writer or admin role)",
+                        "permission_denied")  # fmt: skip
+
+
+def create_kb_router(
+    kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], Embedder] | None = None
+) -> APIRouter:
+    """Routes under /collections, callers authenticated by `auth`; `embedder` (loaded on first use) embeds texts
+    sent without vectors."""
     router = APIRouter(tags=["knowledge base"])
+    caller = Depends(auth)
     lock = threading.Lock()  # one SQLite connection per collection: serialise requests
     loaded: dict[str, Embedder] = {}
 
@@ -94,25 +110,28 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
             return _error(exc)
 
     @router.get("/collections")
-    def list_collections() -> Any:
+    def list_collections(principal: Principal = caller) -> Any:
         """Every collection with its dimension, metric, index and size."""
         return guarded(lambda: {"collections": kb.list_collections()})
 
     @router.post("/collections", status_code=201)
-    def create_collection(body: CollectionIn) -> Any:
-        """Create a collection."""
+    def create_collection(body: CollectionIn, principal: Principal = caller) -> Any:
+        """Create a collection (writers and admins)."""
+        _writer(principal)
         return guarded(
             lambda: {"name": kb.create_collection(body.name, body.dim, metric=body.metric, index=body.index).name}
         )
 
     @router.delete("/collections/{name}")
-    def drop_collection(name: str) -> Any:
-        """Drop a collection and its files."""
+    def drop_collection(name: str, principal: Principal = caller) -> Any:
+        """Drop a collection and its files (writers and admins)."""
+        _writer(principal)
         return guarded(lambda: kb.drop_collection(name) or {"dropped": name})
 
     @router.post("/collections/{name}/records")
-    def insert(name: str, body: InsertIn) -> Any:
-        """Insert (or upsert) records; returns their ids once they are durable."""
+    def insert(name: str, body: InsertIn, principal: Principal = caller) -> Any:
+        """Insert (or upsert) records (writers and admins); returns their ids once they are durable."""
+        _writer(principal)
 
         def work() -> Any:
             collection = kb.collection(name)
@@ -129,12 +148,12 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
         return guarded(work)
 
     @router.get("/collections/{name}/records/{record_id}")
-    def get(name: str, record_id: str) -> Any:
-        """One record by id."""
+    def get(name: str, record_id: str, principal: Principal = caller) -> Any:
+        """One record by id, if the caller may read it (otherwise it does not exist for them)."""
 
         def work() -> Any:
             record = kb.collection(name).get(record_id)
-            if record is None:
+            if record is None or not can_read(principal, record.readers):
                 return JSONResponse(status_code=404, content={"error": f"id {record_id!r} not in collection {name!r}"})
             return {"id": record.id, "vector": record.vector.tolist(), "text": record.text,
                     "metadata": record.metadata, "readers": record.readers}  # fmt: skip
@@ -142,12 +161,13 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
         return guarded(work)
 
     @router.post("/collections/{name}/delete")
-    def delete(name: str, body: DeleteIn) -> Any:
-        """Delete records by id."""
+    def delete(name: str, body: DeleteIn, principal: Principal = caller) -> Any:
+        """Delete records by id (writers and admins)."""
+        _writer(principal)
         return guarded(lambda: {"deleted": kb.collection(name).delete(body.ids)})
 
     @router.post("/collections/{name}/search")
-    def search(name: str, body: SearchIn) -> Any:
+    def search(name: str, body: SearchIn, principal: Principal = caller) -> Any:
         """Top-k hits by vector, lexical or hybrid ranking, within the filter and the principal's ACL."""
 
         def work() -> Any:
@@ -155,7 +175,6 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
             vector = body.vector
             if vector is None and body.mode != "lexical" and body.text:
                 vector = embed([body.text])[0]
-            principal = Principal(body.principal.user, frozenset(body.principal.roles)) if body.principal else None
             hits = collection.search(
                 vector, body.k, filter=body.filter, principal=principal, mode=body.mode, text=body.text,
                 output_fields=body.output_fields,
@@ -167,8 +186,15 @@ def create_kb_router(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None 
     return router
 
 
-def create_kb_app(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None = None) -> FastAPI:
-    """A standalone app serving only the knowledge base (OpenAPI docs at /docs)."""
+def create_kb_app(
+    kb: KnowledgeBase,
+    auth: HttpAuth,
+    embedder: Callable[[], Embedder] | None = None,
+    *,
+    max_body_bytes: int = 16 * 2**20,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """A standalone app serving only the knowledge base (OpenAPI docs at /docs), callers authenticated by `auth`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,5 +202,13 @@ def create_kb_app(kb: KnowledgeBase, embedder: Callable[[], Embedder] | None = N
         kb.close()  # checkpoint the indexes so the next start replays nothing
 
     app = FastAPI(title="jijian knowledge base", version="0.1.0", lifespan=lifespan)
-    app.include_router(create_kb_router(kb, embedder))
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(HostAndOriginCheck, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"error": exc.message, "code": exc.code})
+
+    app.include_router(create_kb_router(kb, auth, embedder))
     return app

@@ -64,6 +64,7 @@ class Document:
     text: str
     source: str
     metadata: dict
+    id: str | None = None  # a JSONL line's own "id": its chunks keep it (see `ingest_files`)
 
 
 def read_documents(path: Path) -> Iterator[Document]:
@@ -82,8 +83,13 @@ def read_documents(path: Path) -> Iterator[Document]:
                 raise IngestError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise IngestError(f"{path}:{number}: needs a string field 'text'")
-            extra = {k: v for k, v in row.items() if k != "text" and isinstance(v, str | int | float | bool)}
-            yield Document(row["text"], f"{path}:{number}", {**extra, "type": kind})
+            record_id = row.get("id")
+            if record_id is not None and (not isinstance(record_id, str) or not record_id.strip()):
+                raise IngestError(f"{path}:{number}: 'id' must be a non-empty string")
+            extra = {
+                k: v for k, v in row.items() if k not in ("text", "id") and isinstance(v, str | int | float | bool)
+            }
+            yield Document(row["text"], f"{path}:{number}", {**extra, "type": kind}, record_id)
         return
     yield Document(html_to_text(raw) if kind == "html" else raw, str(path), {"type": kind})
 
@@ -141,7 +147,11 @@ def ingest_files(
     readers: list[str] | None = None,
     on_file: Callable[[Path, int], None] | None = None,
 ) -> IngestReport:
-    """Chunk, embed and store each file; a file whose sha256 is unchanged since last time is skipped."""
+    """Chunk, embed and store each file; a file whose sha256 is unchanged since last time is skipped.
+
+    Chunks are named `<sha256 prefix>-<n>`, except those of a JSONL line with an "id": its only chunk
+    is named by that id, several chunks `<id>.1`, `<id>.2`... (so labelled questions can name them).
+    """
     if embedder.dim != collection.dim:
         raise IngestError(f"embedder {embedder.name!r} makes {embedder.dim}-d vectors, collection has {collection.dim}")
     report = IngestReport()
@@ -153,17 +163,22 @@ def ingest_files(
             if on_file:
                 on_file(path, 0)
             continue
-        texts, metadata = [], []
+        texts, metadata, ids = [], [], []
         for document in read_documents(path):
-            for chunk in chunk_text(document.text, embedder.count_tokens, chunk_tokens, chunk_overlap):
+            chunks = chunk_text(document.text, embedder.count_tokens, chunk_tokens, chunk_overlap)
+            for number, chunk in enumerate(chunks, 1):
                 texts.append(chunk.text)
                 metadata.append(
                     {**document.metadata, "source": document.source, "start": chunk.start, "end": chunk.end}
                 )
+                if document.id is None:
+                    ids.append(f"{digest[:16]}-{len(ids)}")
+                else:
+                    ids.append(document.id if len(chunks) == 1 else f"{document.id}.{number}")
         vectors = embedder.embed(texts)
         records = [
-            Record(f"{digest[:16]}-{i}", vector, text, meta, readers)
-            for i, (vector, text, meta) in enumerate(zip(vectors, texts, metadata, strict=True))
+            Record(record_id, vector, text, meta, readers)
+            for record_id, vector, text, meta in zip(ids, vectors, texts, metadata, strict=True)
         ]
         collection.replace_source(source, digest, records)
         report.files += 1

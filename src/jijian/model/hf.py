@@ -9,10 +9,12 @@ crash mid-save never leaves a half-written model where a good one was.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,14 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from jijian.config import ModelConfig
-from jijian.config.hf_config import HFFormatError, ReadBytes, WriteBytes, model_fields_from_hf, read_hf_config
+from jijian.config.hf_config import (
+    SUPPORTED_ARCHITECTURES,
+    HFFormatError,
+    ReadBytes,
+    WriteBytes,
+    model_fields_from_hf,
+    read_hf_config,
+)
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 
 if TYPE_CHECKING:
@@ -33,21 +42,22 @@ if TYPE_CHECKING:
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_HF_ARCHITECTURES = {family: name for name, family in SUPPORTED_ARCHITECTURES.items()}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Buffers that old transformers versions saved with the weights; recomputed from the config here.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """The `config.json` of a `LlamaForCausalLM` with this shape (readable by transformers v4 and v5)."""
+    """The `config.json` of this model's family and shape (readable by transformers v4 and v5)."""
     rope_scaling = None
     if cfg.rope_scaling is not None:
         rope_scaling = cfg.rope_scaling.model_dump()
         if cfg.rope_scaling.rope_type == "linear":
             rope_scaling = {"rope_type": "linear", "factor": cfg.rope_scaling.factor}
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    config = {
+        "architectures": [_HF_ARCHITECTURES[cfg.architecture]],
+        "model_type": cfg.architecture,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
         "num_hidden_layers": cfg.n_layers,
@@ -71,16 +81,27 @@ def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: 
         "torch_dtype": _DTYPE_NAMES.get(dtype, "float32"),
         "use_cache": True,
     }
+    # Each family's own keys: Qwen2's biases are implied by its model type, Qwen3 and Mistral name theirs.
+    if cfg.architecture in ("qwen2", "qwen3"):
+        del config["mlp_bias"]
+        config["use_sliding_window"] = False
+        config["max_window_layers"] = cfg.n_layers
+        if cfg.architecture == "qwen2":
+            del config["attention_bias"]
+    elif cfg.architecture == "mistral":
+        del config["mlp_bias"], config["attention_bias"]
+        config["sliding_window"] = cfg.sliding_window
+    return config
 
 
 def model_config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-    """Translate an HF Llama-family `config.json` into a ModelConfig; refuse what the model lacks."""
+    """Translate an HF Llama/Mistral/Qwen2/Qwen3 `config.json` into a ModelConfig; refuse what the model lacks."""
     fields = model_fields_from_hf(hf, source)
     try:
         return ModelConfig.model_validate(fields, strict=False)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise HFFormatError(f"{source}: not a valid Llama config: {problems}") from None
+        raise HFFormatError(f"{source}: not a valid model config: {problems}") from None
 
 
 def save_hf(
@@ -107,44 +128,84 @@ def save_hf_state_dict(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     write_bytes: WriteBytes | None = None,
 ) -> Path:
-    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0.
+    """Like `save_hf`, from a full (unsharded) state dict held in memory.
 
     `write_bytes` writes every file instead of the file system (`jijian train export` passes one that
     encrypts in memory); weights are then serialised to bytes first.
     """
+    tensors = {name: tensor.detach() for name, tensor in state_dict.items()}
+    specs = {name: TensorSpec(tuple(t.shape), t.dtype) for name, t in tensors.items()}
+    return save_hf_tensors(
+        specs,
+        lambda names: {name: tensors[name] for name in names},
+        cfg,
+        tokenizer,
+        directory,
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+        write_bytes=write_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor that has not been read yet."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in memory and on disk."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def save_hf_tensors(
+    specs: Mapping[str, TensorSpec],
+    fetch: Callable[[list[str]], Mapping[str, torch.Tensor]],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer | None,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_bytes: WriteBytes | None = None,
+) -> Path:
+    """Write an HF model directory one safetensors shard at a time: `fetch(names)` supplies each shard's tensors.
+
+    Only one shard (at most `max_shard_bytes`) is in memory at once, so a model larger than the host's
+    memory can be written from a sharded checkpoint. The directory is replaced atomically.
+    """
     directory = Path(directory)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in state_dict.items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
-            continue  # HF stores tied weights once, under the embedding's name
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.contiguous()
-    saved_dtype = dtype or next(iter(tensors.values())).dtype
-    shards = _plan_shards(tensors, max_shard_bytes)
+    # HF stores tied weights once, under the embedding's name.
+    names = [n for n in specs if not (cfg.tie_embeddings and n == "lm_head.weight")]
+    out_dtype = {n: dtype if dtype is not None and specs[n].dtype.is_floating_point else specs[n].dtype for n in names}
+    sizes = {n: TensorSpec(specs[n].shape, out_dtype[n]).nbytes for n in names}
+    saved_dtype = dtype or specs[names[0]].dtype
+    shards = _plan_shards(sizes, max_shard_bytes)
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         metadata = {"format": "pt"}
 
-        def save_weights(part: dict[str, torch.Tensor], path: Path) -> None:
+        def save_weights(part: list[str], path: Path) -> None:
+            fetched = fetch(part)
+            tensors = {n: fetched[n].detach().to("cpu", out_dtype[n]).contiguous() for n in part}
             if write_bytes is None:
-                save_file(part, str(path), metadata=metadata)
+                save_file(tensors, str(path), metadata=metadata)
             else:
-                write_bytes(path, safetensors_bytes(part, metadata=metadata))
+                write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
         if len(shards) == 1:
-            save_weights(tensors, staging / WEIGHTS_NAME)
+            save_weights(shards[0], staging / WEIGHTS_NAME)
         else:
             weight_map = {}
-            for i, names in enumerate(shards, start=1):
+            for i, part in enumerate(shards, start=1):
                 filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_weights({n: tensors[n] for n in names}, staging / filename)
-                weight_map.update(dict.fromkeys(names, filename))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+                save_weights(part, staging / filename)
+                weight_map.update(dict.fromkeys(part, filename))
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
             _write_json(staging / WEIGHTS_INDEX_NAME, index, write_bytes)
         _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype), write_bytes)
         if tokenizer is not None:
@@ -259,11 +320,10 @@ def _weights_from_bytes(
     }
 
 
-def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+def _plan_shards(sizes: Mapping[str, int], max_bytes: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
+    for name, nbytes in sizes.items():
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -82,6 +83,7 @@ class Tokenizer:
         self.pad_token = pad_token
         self.chat_template = chat_template
         self.model_max_length = model_max_length
+        self._text_backend: Backend | None = None  # a copy that reads special-token strings as plain text
 
     def __repr__(self) -> str:
         return (
@@ -219,6 +221,39 @@ class Tokenizer:
         """Token ids of `text`, with BOS/EOS only where asked for."""
         ids = self.backend.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of untrusted text: a special-token string in it (`<|im_start|>`...) encodes as plain text."""
+        if self._text_backend is None:
+            # A separate copy: flipping the flag on the shared backend would race with other threads.
+            backend = Backend.from_str(self.backend.to_str())
+            backend.encode_special_tokens = True
+            self._text_backend = backend
+        return self._text_backend.encode(text, add_special_tokens=False).ids
+
+    def encode_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+        """The chat template's token ids, where only the template can produce control tokens.
+
+        Each message's content is rendered as a unique placeholder; the template text between the
+        placeholders is encoded with special tokens recognised, each content with them read as text.
+        """
+        marker = "\x00jijian-content-" + secrets.token_hex(8) + "-{}\x00"
+        slots = [{**m, "content": marker.format(i)} for i, m in enumerate(messages)]
+        rendered = self.apply_chat_template(slots, add_generation_prompt=add_generation_prompt)
+        pieces = rendered.split("\x00")
+        # Expected: template, slot, template, slot, ..., template, each slot once and in order.
+        slot_pieces = pieces[1::2]
+        expected = [marker.format(i).strip("\x00") for i in range(len(messages))]
+        if slot_pieces != [e for e in expected if e in slot_pieces] or len(set(slot_pieces)) != len(slot_pieces):
+            raise ValueError("the chat template changes or reorders message contents; cannot encode them safely")
+        contents = {marker.format(i).strip("\x00"): m["content"] for i, m in enumerate(messages)}
+        ids: list[int] = []
+        for index, piece in enumerate(pieces):
+            if index % 2:
+                ids += self.encode_text(contents[piece])
+            elif piece:
+                ids += self.encode(piece)
+        return ids
 
     def encode_batch(self, texts: list[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
         """Token ids of each text, encoded in parallel by the Rust batch encoder."""

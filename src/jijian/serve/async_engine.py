@@ -22,6 +22,14 @@ class QueueFullError(Exception):
     """The server already holds as many waiting requests as it accepts."""
 
 
+class EngineRequestFailed(Exception):
+    """Generation failed for one request (the engine goes on serving the others)."""
+
+
+# Engine steps that may fail in a row before the engine counts as broken (/health answers 503).
+MAX_CONSECUTIVE_STEP_FAILURES = 3
+
+
 @dataclass
 class _Stream:
     queue: asyncio.Queue
@@ -42,7 +50,8 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # set once the engine is broken, not for one failed request
+        self.consecutive_failures = 0
 
     def start(self) -> None:
         """Start the engine thread (idempotent)."""
@@ -113,14 +122,21 @@ class AsyncEngine:
                 continue
             try:
                 outputs = engine.step()
-            except BaseException as exc:  # a bug in the engine: fail every live request, keep serving
-                self.error = exc
+            except Exception as exc:  # a failure no single request owns: fail the live ones, keep serving
+                self.consecutive_failures += 1
+                if self.consecutive_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
+                    self.error = exc
                 for request_id in list(self._streams):
                     engine.abort(request_id)
-                    self._deliver(request_id, RuntimeError(f"engine step failed: {exc!r}"))
+                    self._deliver(request_id, EngineRequestFailed(f"engine step failed: {exc!r}"))
                 continue
+            self.consecutive_failures = 0
+            self.error = None
             for output in outputs:
-                self._deliver(output.request_id, output)
+                if output.error is not None:
+                    self._deliver(output.request_id, EngineRequestFailed(output.error))
+                else:
+                    self._deliver(output.request_id, output)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
         stream = self._streams.get(request_id)

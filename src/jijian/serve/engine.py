@@ -50,6 +50,7 @@ class RequestOutput:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    error: str | None = None  # set when this request alone failed (finish_reason "error"); others carry on
 
 
 @dataclass
@@ -72,7 +73,14 @@ class EngineStats:
 class LLMEngine:
     """Continuous-batching generation over a paged KV cache for one model."""
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer | None,
+        config: EngineConfig | None = None,
+        runner: ModelRunner | None = None,
+    ) -> None:
+        """`runner` replaces the default single-process runner (the tensor-parallel one passes its own)."""
         self.config = config or EngineConfig()
         cfg = self.config
         self.model = model.eval()
@@ -80,7 +88,7 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.kv_cache = KVCacheManager(cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
-        self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size)
+        self.runner = runner if runner is not None else ModelRunner(model, cfg.num_blocks, cfg.block_size)
         self.sampler = Sampler(self.runner.device)
         self.proposer = (
             NgramProposer(cfg.num_speculative_tokens, *cfg.ngram_range) if cfg.num_speculative_tokens > 0 else None
@@ -180,12 +188,18 @@ class LLMEngine:
         for request, num_new, draft, tokens in zip(
             batch.requests, batch.num_new_tokens, drafts, new_tokens, strict=True
         ):
-            # Drafts the model rejected hold KV entries past the computed length: overwritten next step.
-            request.num_computed_tokens += num_new - len(draft) + len(tokens) - 1 if draft else num_new
-            computed_ids = request.all_token_ids + tokens[:-1] if draft else request.all_token_ids
-            self.kv_cache.cache_full_blocks(request.request_id, computed_ids, request.num_computed_tokens)
-            if tokens:
-                outputs.append(self._append_tokens(request, tokens, now))
+            failure = self.sampler.failures.pop(request.request_id, None)
+            try:
+                if failure is not None:
+                    raise failure
+                # Drafts the model rejected hold KV entries past the computed length: overwritten next step.
+                request.num_computed_tokens += num_new - len(draft) + len(tokens) - 1 if draft else num_new
+                computed_ids = request.all_token_ids + tokens[:-1] if draft else request.all_token_ids
+                self.kv_cache.cache_full_blocks(request.request_id, computed_ids, request.num_computed_tokens)
+                if tokens:
+                    outputs.append(self._append_tokens(request, tokens, now))
+            except Exception as exc:  # one request's failure must not stop the batch
+                outputs.append(self._fail(request, exc))
         self._propose_drafts(outputs)
         elapsed = time.perf_counter() - began
         self.stats.steps += 1
@@ -288,6 +302,17 @@ class LLMEngine:
             completion_tokens=len(request.output_token_ids),
             cached_tokens=request.num_cached_tokens,
         )
+
+    def _fail(self, request: Request, exc: Exception) -> RequestOutput:
+        """End one request with an error (its sampling or detokenizing raised); the batch goes on without it."""
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = "error"
+        self._release(request)
+        return RequestOutput(
+            request_id=request.request_id, new_token_ids=[], text_delta="", finished=True, finish_reason="error",
+            prompt_tokens=len(request.prompt_token_ids), completion_tokens=len(request.output_token_ids),
+            cached_tokens=request.num_cached_tokens, error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
 
     def _release(self, request: Request) -> None:
         """Forget a finished or aborted request everywhere; its blocks go back to the cache."""

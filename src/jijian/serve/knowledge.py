@@ -1,8 +1,8 @@
 """The server's view of the knowledge base: a `Retriever` for RAG and an `Embedder` for /v1/embeddings.
 
 Access control happens inside retrieval (the knowledge base filters by the caller's principal before
-ranking), and every passage is scanned by the guard before it reaches the prompt: a passage judged
-to be an injection is dropped and audited, so the model never sees it.
+ranking); the API then has the guard scan every passage before it reaches the prompt: a passage
+judged to be an injection is dropped and audited with the request id, so the model never sees it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.kb import KnowledgeBase
 from jijian.kb.embed import Embedder as KBEmbedder
+from jijian.kb.embed import hybrid_vector_weight
 from jijian.kb.store import CollectionNotFound
 from jijian.serve.rag import Passage
 
@@ -37,18 +38,13 @@ class KnowledgeBaseRetriever:
         except CollectionNotFound:
             raise KeyError(collection) from None
         vector = self.embedder.embed([query])[0]
-        hits = target.search(vector, top_k, principal=principal, mode=self.mode, text=query)
-        passages = [
+        weight = hybrid_vector_weight(self.embedder, query)
+        hits = target.search(vector, top_k, principal=principal, mode=self.mode, text=query, vector_weight=weight)
+        # The guard's passage screening runs in the API, where the request id is known for the audit.
+        return [
             Passage(id=hit.id, source=str(hit.metadata.get("source", hit.id)), text=hit.text, score=hit.score)
             for hit in hits
         ]
-        if self.policy is None:
-            return passages
-        guarded = self.policy.guard_passages(
-            [{"id": p.id, "source": p.source, "text": p.text} for p in passages], principal
-        )
-        kept = {p.id for p in guarded.kept}
-        return [p for p in passages if p.id in kept]
 
 
 class KnowledgeBaseEmbedder:

@@ -22,6 +22,7 @@ class Sampler:
         self.generators: dict[str, torch.Generator] = {}
         self.shared_generator = torch.Generator(device=self.device)
         self.shared_generator.seed()
+        self.failures: dict[str, Exception] = {}  # request id -> why sampling its row failed this step
 
     def forget(self, request_id: str) -> None:
         """Drop a finished request's generator."""
@@ -45,8 +46,11 @@ class Sampler:
         sub = self._truncate(sub, [params[i].top_k for i in sampled_rows], [params[i].top_p for i in sampled_rows])
         probs = torch.softmax(sub, dim=-1)
         for j, i in enumerate(sampled_rows):
-            generator = self._generator(requests[i])
-            chosen[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
+            try:
+                generator = self._generator(requests[i])
+                chosen[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
+            except (RuntimeError, ValueError, OverflowError) as exc:  # this request fails; the rest are sampled
+                self.failures[requests[i].request_id] = exc
         return chosen.tolist()
 
     def _generator(self, request: Request) -> torch.Generator:

@@ -155,6 +155,29 @@ def newest_valid_checkpoint(root: Path, below_step: int | None = None) -> tuple[
     return None, rejected
 
 
+def check_shapes(path: Path, reader: FileSystemReader, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint written for another model shape, naming the first tensor that differs.
+
+    DCP reshards between layouts (the global shapes match), but a different [model] would otherwise
+    fail deep inside the loader with a size mismatch that names no setting.
+    """
+    saved = reader.read_metadata().state_dict_metadata
+    for key, tensor in state.items():
+        meta = saved.get(key)
+        if meta is None:
+            raise CheckpointError(
+                f"checkpoint {path} has no tensor {key!r}: it was written for another model or optimizer; "
+                "point [checkpoint] dir at a fresh directory or restore the [model] and [train] it was made with"
+            )
+        size = getattr(meta, "size", None)
+        if size is not None and tuple(size) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} was written with another model shape: {key} is {tuple(size)} there but "
+                f"{tuple(tensor.shape)} in this run's [model]; point [checkpoint] dir at a fresh directory "
+                "or restore the [model] it was made with"
+            )
+
+
 def retained(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
     """Steps to keep: the newest `keep_last`, and every multiple of `keep_every` (0 = none)."""
     newest = sorted(steps, reverse=True)[:keep_last]
@@ -388,7 +411,9 @@ class CheckpointManager:
     def load(self, path: Path) -> dict[str, Any]:
         """Load tensors in place from checkpoint `path` (resharding as needed); returns its trainer state."""
         state = self.tensors()
-        dcp.load(state, storage_reader=FileSystemReader(path), no_dist=not self.distributed)
+        reader = FileSystemReader(path)
+        check_shapes(path, reader, state)
+        dcp.load(state, storage_reader=reader, no_dist=not self.distributed)
         rng_path = path / "rng" / f"rank{self.rank}.pt"
         if rng_path.is_file():  # absent when resuming on more ranks than saved: only the RNG stream differs
             try:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from jijian.guard.http_auth import AuthError, HttpAuth, client_address
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.serve.dashboard import views
@@ -27,13 +30,23 @@ PAGES = (("training", "Training"), ("kb", "Knowledge base"), ("serving", "Servin
 _STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 
 
+LOGIN_CSRF_COOKIE = "jijian_login_csrf"
+
+
 @dataclass
 class DashboardAuth:
-    """How the dashboard authenticates: the server's API keys and its session store."""
+    """How the dashboard authenticates: the server's one key ring (through `HttpAuth`) and its session store."""
 
     sessions: SessionStore
-    keys_required: Callable[[], bool]
-    principal_for_key: Callable[[str | None], Principal | None]
+    http_auth: HttpAuth
+
+    def keys_required(self) -> bool:
+        """True when the deployment has API keys (then every page needs a log-in)."""
+        return self.http_auth.keys_required
+
+    def principal_for_key(self, key: str | None) -> Principal | None:
+        """The principal holding an API key, or None."""
+        return self.http_auth.principal_for_key(key)
 
 
 class NotLoggedIn(Exception):
@@ -55,78 +68,95 @@ def _templates() -> jinja2.Environment:
     return env
 
 
-def mount_dashboard(
-    app: FastAPI,
-    sources: DashboardSources,
-    auth: DashboardAuth,
-    *,
-    model_name: str,
-    policy: GuardPolicy | None = None,
-    retriever: Retriever | None = None,
-) -> None:
-    """Add the /ui routes to the API's app (which must carry `state.engine`, `state.metrics`, `state.usage`)."""
-    router = APIRouter(prefix="/ui", include_in_schema=False)
-    env = _templates()
+@dataclass
+class Dashboard:
+    """What every dashboard route reads: the deployment's sources, authentication, templates and the server."""
 
-    def viewer(request: Request) -> views.Viewer:
-        if not auth.keys_required():
+    app: FastAPI
+    sources: DashboardSources
+    auth: DashboardAuth
+    model_name: str
+    policy: GuardPolicy | None = None
+    retriever: Retriever | None = None
+    env: jinja2.Environment = field(default_factory=_templates)
+
+    def viewer(self, request: Request) -> views.Viewer:
+        """The dependency of every page and endpoint: who is looking (the server's one authentication, with
+        the log-in cookie or a Bearer key); raises NotLoggedIn on a deployment with keys and no log-in."""
+        if not self.auth.keys_required():
             return views.Viewer(None, open_deployment=True)
-        principal = auth.sessions.principal(request.cookies.get(SESSION_COOKIE))
-        if principal is None:
+        try:
+            principal = self.auth.http_auth.authenticate(request, rate_limited=False)
+        except AuthError:
+            raise NotLoggedIn from None
+        if principal.anonymous:
             raise NotLoggedIn
         return views.Viewer(principal, open_deployment=False)
 
-    def page(
-        request: Request, template: str, context: Callable[[views.Viewer], dict[str, Any]], status: int = 200
+    def render(
+        self, template: str, who: views.Viewer, context: Callable[[views.Viewer], dict[str, Any]], status: int = 200
     ) -> HTMLResponse:
-        try:
-            who = viewer(request)
-        except NotLoggedIn:
-            target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="")
-            return RedirectResponse(f"/ui/login?next={target}", status_code=303)  # type: ignore[return-value]
-        html = env.get_template(template).render(
-            viewer=who, pages=PAGES, deployment=sources.name, model_name=model_name, **context(who)
+        """A page rendered for `who`."""
+        html = self.env.get_template(template).render(
+            viewer=who, pages=PAGES, deployment=self.sources.name, model_name=self.model_name, **context(who)
         )
         return HTMLResponse(html, status_code=status)
 
-    def data(request: Request, build: Callable[[views.Viewer], Any]) -> JSONResponse:
-        try:
-            who = viewer(request)
-        except NotLoggedIn:
-            return JSONResponse({"error": {"message": "log in at /ui/login first", "code": "not_logged_in"}}, 401)
-        return JSONResponse({"viewer": who.to_json(), **build(who)})
+    def serving(self, who: views.Viewer) -> dict[str, Any]:
+        """The live serving figures for `who`."""
+        state = self.app.state
+        return views.serving_view(state.engine, state.metrics, state.usage, who, self.sources.currency)
 
-    # --- log-in --------------------------------------------------------------------------------
+
+def _safe_next(target: str | None) -> str:
+    # Only redirect inside the dashboard: an open redirect would help phishing.
+    return target if target and target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/training"
+
+
+def login_router(dashboard: Dashboard) -> APIRouter:
+    """/ui/login (CSRF-protected, throttled per address), /ui/logout and the /ui home redirect."""
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+    auth = dashboard.auth
 
     def login_form(error: str | None = None, next_url: str = "/ui/training", status: int = 200) -> HTMLResponse:
-        html = env.get_template("login.html.jinja").render(
-            deployment=sources.name, keys_required=auth.keys_required(), error=error, next_url=next_url
-        )
-        return HTMLResponse(html, status_code=status)
+        # Log-in CSRF: the form carries a token that must match a SameSite=Strict cookie set with it,
+        # so another site cannot log a browser in under the attacker's key.
+        csrf = secrets.token_urlsafe(32)
+        html = dashboard.env.get_template("login.html.jinja").render(
+            deployment=dashboard.sources.name, keys_required=auth.keys_required(), error=error, next_url=next_url,
+            csrf=csrf,
+        )  # fmt: skip
+        response = HTMLResponse(html, status_code=status)
+        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, path="/ui/login", httponly=True, samesite="strict")
+        return response
 
-    def safe_next(target: str | None) -> str:
-        # Only redirect inside the dashboard: an open redirect would help phishing.
-        return target if target and target.startswith("/ui/") and not target.startswith("/ui//") else "/ui/training"
-
-    @router.get("", include_in_schema=False)
-    @router.get("/", include_in_schema=False)
+    @router.get("")
+    @router.get("/")
     async def home() -> RedirectResponse:
         return RedirectResponse("/ui/training", status_code=303)
 
     @router.get("/login")
     async def login_page(request: Request) -> HTMLResponse:
-        return login_form(next_url=safe_next(request.query_params.get("next")))
+        return login_form(next_url=_safe_next(request.query_params.get("next")))
 
     @router.post("/login")
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
         key = (form.get("api_key") or [""])[0].strip()
-        next_url = safe_next((form.get("next") or [None])[0])
+        next_url = _safe_next((form.get("next") or [None])[0])
         if not auth.keys_required():
             return RedirectResponse(next_url, status_code=303)
+        sent, expected = (form.get("csrf") or [""])[0], request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return login_form("the log-in form expired or came from another site: try again", next_url, status=403)
+        throttle, client = auth.http_auth.login_throttle, client_address(request)
+        if throttle.blocked(client):
+            return login_form("too many failed log-ins from this address: wait a minute", next_url, status=429)
         principal = auth.principal_for_key(key) if key else None
         if principal is None:
+            throttle.failed(client)
             return login_form("api_key: missing or invalid API key", next_url, status=401)
+        throttle.succeeded(client)
         response = RedirectResponse(next_url, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -146,105 +176,128 @@ def mount_dashboard(
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    # --- pages and their JSON -----------------------------------------------------------------
+    return router
 
-    def training_context(_: views.Viewer) -> dict[str, Any]:
-        view = views.training_view(sources)
-        for run in view["runs"]:
-            series, good = run["series"], run["goodput"]
-            run["charts"] = {
-                "loss": line_chart(
-                    {"train": series["loss"], "validation": series["val_loss"]}, title="loss", x_label="step"
-                ),
-                "throughput": line_chart({"tokens/s": series["tokens_per_s"]}, title="tokens/s", x_label="step"),
-                "mfu": line_chart(
-                    {"MFU": series["mfu"]}, title="MFU", x_label="step", y_format=lambda v: f"{100 * v:.2g}%"
-                ),
-                "goodput": line_chart(
-                    {"goodput": good["curve"] if good else []},
-                    title="goodput (productive / wall time)",
-                    x_label="wall time (s)",
-                    y_format=lambda v: f"{100 * v:.0f}%",
-                ),
-            }
-        return view
+
+def training_context(sources: DashboardSources) -> dict[str, Any]:
+    """The training page: every run with its charts."""
+    view = views.training_view(sources)
+    for run in view["runs"]:
+        series, good = run["series"], run["goodput"]
+        run["charts"] = {
+            "loss": line_chart(
+                {"train": series["loss"], "validation": series["val_loss"]}, title="loss", x_label="step"
+            ),
+            "throughput": line_chart({"tokens/s": series["tokens_per_s"]}, title="tokens/s", x_label="step"),
+            "mfu": line_chart(
+                {"MFU": series["mfu"]}, title="MFU", x_label="step", y_format=lambda v: f"{100 * v:.2g}%"
+            ),
+            "goodput": line_chart(
+                {"goodput": good["curve"] if good else []},
+                title="goodput (productive / wall time)",
+                x_label="wall time (s)",
+                y_format=lambda v: f"{100 * v:.0f}%",
+            ),
+        }
+    return view
+
+
+def pages_router(dashboard: Dashboard) -> APIRouter:
+    """The five HTML pages, each behind the viewer dependency."""
+    router = APIRouter(prefix="/ui", include_in_schema=False)
+    viewer = Depends(dashboard.viewer)
+    sources, policy = dashboard.sources, dashboard.policy
 
     @router.get("/training")
-    async def training_page(request: Request) -> HTMLResponse:
-        return await asyncio.to_thread(page, request, "training.html.jinja", training_context)
-
-    @router.get("/api/training")
-    async def training_data(request: Request) -> JSONResponse:
-        return await asyncio.to_thread(data, request, lambda _: views.training_view(sources))
+    async def training_page(who: views.Viewer = viewer) -> HTMLResponse:
+        return await asyncio.to_thread(
+            dashboard.render, "training.html.jinja", who, lambda _: training_context(sources)
+        )
 
     @router.get("/kb")
-    async def kb_page(request: Request) -> HTMLResponse:
+    async def kb_page(request: Request, who: views.Viewer = viewer) -> HTMLResponse:
         query = request.query_params.get("q", "")
         collection = request.query_params.get("collection", "")
         hits, error, status = None, None, 200
         if query:
             try:
-                hits = await views.kb_search(retriever, viewer(request), collection, query, 5)
+                hits = await views.kb_search(dashboard.retriever, who, collection, query, 5, policy)
             except views.SearchError as exc:
                 error, status = str(exc), exc.status
-            except NotLoggedIn:
-                pass  # page() below redirects to the log-in form
 
         def context(who: views.Viewer) -> dict[str, Any]:
             found = {"query": query, "collection": collection, "hits": hits, "error": error}
             return {**views.kb_view(sources, who, policy), **found}
 
-        return await asyncio.to_thread(page, request, "kb.html.jinja", context, status)
+        return await asyncio.to_thread(dashboard.render, "kb.html.jinja", who, context, status)
 
-    @router.get("/api/kb")
-    async def kb_data(request: Request) -> JSONResponse:
-        return await asyncio.to_thread(data, request, lambda who: views.kb_view(sources, who, policy))
+    @router.get("/serving")
+    async def serving_page(who: views.Viewer = viewer) -> HTMLResponse:
+        return dashboard.render("serving.html.jinja", who, dashboard.serving)
 
-    @router.get("/api/kb/search")
-    async def kb_search_data(request: Request) -> JSONResponse:
-        try:
-            who = viewer(request)
-        except NotLoggedIn:
-            return data(request, dict)
+    @router.get("/guard")
+    async def guard_page(who: views.Viewer = viewer) -> HTMLResponse:
+        return await asyncio.to_thread(
+            dashboard.render, "guard.html.jinja", who, lambda who: views.guard_view(sources, who)
+        )
+
+    @router.get("/chat")
+    async def chat_page(who: views.Viewer = viewer) -> HTMLResponse:
+        return await asyncio.to_thread(
+            dashboard.render, "chat.html.jinja", who, lambda who: views.kb_view(sources, who, policy)
+        )
+
+    return router
+
+
+def data_router(dashboard: Dashboard) -> APIRouter:
+    """The JSON endpoints under /ui/api, behind the same viewer dependency (401 without a log-in)."""
+    router = APIRouter(prefix="/ui/api", include_in_schema=False)
+    viewer = Depends(dashboard.viewer)
+    sources, policy = dashboard.sources, dashboard.policy
+
+    def answer(who: views.Viewer, body: dict[str, Any]) -> JSONResponse:
+        return JSONResponse({"viewer": who.to_json(), **body})
+
+    @router.get("/training")
+    async def training_data(who: views.Viewer = viewer) -> JSONResponse:
+        return answer(who, await asyncio.to_thread(views.training_view, sources))
+
+    @router.get("/kb")
+    async def kb_data(who: views.Viewer = viewer) -> JSONResponse:
+        return answer(who, await asyncio.to_thread(views.kb_view, sources, who, policy))
+
+    @router.get("/kb/search")
+    async def kb_search_data(request: Request, who: views.Viewer = viewer) -> JSONResponse:
         params = request.query_params
         try:
             k = int(params.get("k", "5"))
-            hits = await views.kb_search(retriever, who, params.get("collection", ""), params.get("q", ""), k)
+            hits = await views.kb_search(dashboard.retriever, who, params.get("collection", ""), params.get("q", ""),
+                                         k, policy)  # fmt: skip
         except ValueError:
             return JSONResponse({"error": {"message": "k: must be an integer", "code": "invalid"}}, 400)
         except views.SearchError as exc:
             return JSONResponse({"error": {"message": str(exc), "code": "search_failed"}}, exc.status)
-        return JSONResponse({"viewer": who.to_json(), "hits": hits})
-
-    def serving(who: views.Viewer) -> dict[str, Any]:
-        state = app.state
-        return views.serving_view(state.engine, state.metrics, state.usage, who, sources.currency)
+        return answer(who, {"hits": hits})
 
     @router.get("/serving")
-    async def serving_page(request: Request) -> HTMLResponse:
-        return page(request, "serving.html.jinja", serving)
-
-    @router.get("/api/serving")
-    async def serving_data(request: Request) -> JSONResponse:
-        return data(request, serving)
+    async def serving_data(who: views.Viewer = viewer) -> JSONResponse:
+        return answer(who, dashboard.serving(who))
 
     @router.get("/guard")
-    async def guard_page(request: Request) -> HTMLResponse:
-        return await asyncio.to_thread(page, request, "guard.html.jinja", lambda who: views.guard_view(sources, who))
+    async def guard_data(who: views.Viewer = viewer) -> JSONResponse:
+        return answer(who, await asyncio.to_thread(views.guard_view, sources, who))
 
-    @router.get("/api/guard")
-    async def guard_data(request: Request) -> JSONResponse:
-        return await asyncio.to_thread(data, request, lambda who: views.guard_view(sources, who))
+    @router.get("/me")
+    async def me(who: views.Viewer = viewer) -> JSONResponse:
+        return answer(who, {"model": dashboard.model_name})
 
-    @router.get("/chat")
-    async def chat_page(request: Request) -> HTMLResponse:
-        return await asyncio.to_thread(
-            page, request, "chat.html.jinja", lambda who: views.kb_view(sources, who, policy)
-        )
+    return router
 
-    @router.get("/api/me")
-    async def me(request: Request) -> JSONResponse:
-        return data(request, lambda who: {"model": model_name})
+
+def static_router() -> APIRouter:
+    """The dashboard's script and stylesheet."""
+    router = APIRouter(prefix="/ui", include_in_schema=False)
 
     @router.get("/static/{name}")
     async def static(name: str) -> Response:
@@ -253,4 +306,27 @@ def mount_dashboard(
         body = resources.files("jijian.serve.dashboard").joinpath("static", name).read_bytes()
         return Response(body, media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
-    app.include_router(router)
+    return router
+
+
+def mount_dashboard(
+    app: FastAPI,
+    sources: DashboardSources,
+    auth: DashboardAuth,
+    *,
+    model_name: str,
+    policy: GuardPolicy | None = None,
+    retriever: Retriever | None = None,
+) -> None:
+    """Add the /ui routers to the API's app (which must carry `state.engine`, `state.metrics`, `state.usage`)."""
+    dashboard = Dashboard(app, sources, auth, model_name, policy, retriever)
+
+    @app.exception_handler(NotLoggedIn)
+    async def _not_logged_in(request: Request, _: NotLoggedIn) -> Response:
+        if request.url.path.startswith("/ui/api/"):
+            return JSONResponse({"error": {"message": "log in at /ui/login first", "code": "not_logged_in"}}, 401)
+        target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="")
+        return RedirectResponse(f"/ui/login?next={target}", status_code=303)
+
+    for router in (login_router(dashboard), pages_router(dashboard), data_router(dashboard), static_router()):
+        app.include_router(router)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jijian.guard.policy import GuardPolicy
-from jijian.guard.principals import Principal
+from jijian.guard.principals import ANONYMOUS, Principal
 from jijian.serve.dashboard import training
 from jijian.serve.dashboard.guard_events import audit_view
 from jijian.serve.dashboard.sources import DashboardSources
@@ -78,9 +78,10 @@ class SearchError(Exception):
 
 
 async def kb_search(
-    retriever: Retriever | None, viewer: Viewer, collection: str, query: str, k: int
+    retriever: Retriever | None, viewer: Viewer, collection: str, query: str, k: int, policy: GuardPolicy | None = None
 ) -> list[dict[str, Any]]:
-    """Search a collection as the viewer's principal, through the server's retriever (ACLs and guard apply)."""
+    """Search a collection as the viewer's principal (anonymous on an open deployment), through the server's
+    retriever: ACLs apply, and the guard drops passages it judges to be injections."""
     from jijian.guard.allowlists import AccessDenied
 
     if retriever is None:
@@ -90,11 +91,16 @@ async def kb_search(
     if not 1 <= k <= 50:
         raise SearchError(400, f"k: must be between 1 and 50, got {k}")
     try:
-        passages = await asyncio.to_thread(retriever.retrieve, query, collection, k, viewer.principal)
+        principal = viewer.principal or ANONYMOUS
+        passages = await asyncio.to_thread(retriever.retrieve, query, collection, k, principal)
     except AccessDenied as exc:
         raise SearchError(403, str(exc)) from None
     except KeyError:
         raise SearchError(404, f"collection: no collection {collection!r}") from None
+    if policy is not None:
+        guarded = policy.guard_passages([{"id": p.id, "source": p.source, "text": p.text} for p in passages], principal)
+        kept = {p.id for p in guarded.kept}
+        passages = [p for p in passages if p.id in kept]
     return [{"id": p.id, "source": p.source, "score": p.score, "text": p.text} for p in passages]
 
 

@@ -11,6 +11,19 @@ from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
 
 
+def _stdlib_recall(collection: Any, embedder: Any) -> dict[str, Any]:
+    """Hybrid recall@5 and MRR of the standard-library docs on the shipped English questions.
+
+    Every question counts: one whose module the budget left out is a miss, not skipped.
+    """
+    from jijian.eval.questions import load_questions, shipped_path
+    from jijian.eval.retrieval import evaluate_retrieval
+
+    questions = load_questions(shipped_path("stdlib-en"))
+    modes = evaluate_retrieval(collection, embedder, questions, modes=("hybrid",))["modes"]
+    return {"questions": len(questions), "recall@5": modes["hybrid"]["recall@5"], "mrr": modes["hybrid"]["mrr"]}
+
+
 class KnowledgeBaseStage:
     """(Re)build the collection from its sources, so edits and deletions in them are always reflected."""
 
@@ -25,6 +38,7 @@ class KnowledgeBaseStage:
         return {
             "kb": section(config, "kb"),
             "up.kb": section(config, "up", "kb_collection", "kb_sources", "kb_max_docs"),
+            "guard.encryption": section(config, "guard", "encrypt_at_rest", "key_env", "key_file"),
         }
 
     def inputs(self, config: DeployConfig, base: Path) -> list[Path]:
@@ -43,6 +57,7 @@ class KnowledgeBaseStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Drop and rebuild the collection; run one sample search."""
+        from jijian.guard.crypto import key_from_config
         from jijian.kb.embed import load_embedder
         from jijian.kb.ingest import expand_paths, ingest_files
         from jijian.kb.stdlib_docs import build_stdlib_docs
@@ -57,11 +72,15 @@ class KnowledgeBaseStage:
         started = time.perf_counter()
         paths, stdlib = expand_sources(config.up.kb_sources, config_dir(ctx.config_path), PYTHON_STDLIB_DOCS)
         files = expand_paths([Path(p) for p in paths])
-        embedder = load_embedder(config.kb.embedding_model, config.kb.embed_batch_size)
-        kb = open_knowledge_base(config.kb)
+        kb_config = config.kb
+        embedder = load_embedder(
+            kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual
+        )
+        # With [guard] encrypt_at_rest the collection is written encrypted, like every other kb writer.
+        kb = open_knowledge_base(config.kb, key_from_config(config.guard))
         try:
-            if name in {c["name"] for c in kb.list_collections()}:
-                kb.drop_collection(name)
+            if (config.kb.path / name / "collection.json").is_file():
+                kb.drop_collection(name)  # (without opening it: a plaintext one is refused when encryption is on)
             docstrings = 0
             if stdlib:
                 from jijian.data import python_stdlib_files
@@ -77,6 +96,7 @@ class KnowledgeBaseStage:
             )
             collection.checkpoint()
             count = collection.count()
+            quality = _stdlib_recall(collection, embedder) if stdlib else None
         finally:
             kb.close()
         seconds = time.perf_counter() - started
@@ -84,7 +104,13 @@ class KnowledgeBaseStage:
             f"collection {name!r}: {count} entries ({docstrings} docstrings, {report.files} files in "
             f"{report.chunks} chunks) in {seconds:.0f} s -> {config.kb.path / name}"
         )
+        if quality is not None:
+            ctx.console.print(
+                f"retrieval: hybrid recall@5 {quality['recall@5']:.3f} on {quality['questions']} labelled English "
+                "questions (jijian eval retrieval)"
+            )
         return {
+            "retrieval": quality,
             "collection": name,
             "path": str(config.kb.path),
             "count": count,

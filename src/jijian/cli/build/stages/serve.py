@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jijian.cli.build.paths import answer_path, export_dir
 from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
+
+if TYPE_CHECKING:
+    from jijian.guard.http_auth import HttpAuth
 
 
 def served_config(config: DeployConfig) -> DeployConfig:
@@ -58,7 +62,8 @@ class ServeStage:
         if config.up.serve_model == "export" and not (config.serve.model_path / "config.json").is_file():
             raise StageError(f"[up] serve_model = 'export' but {config.serve.model_path} holds no exported model")
         started = time.perf_counter()
-        server = build_server(config)
+        auth, stage_key = stage_auth(config)
+        server = build_server(config, auth=auth)
         record: dict[str, Any] = {
             "model": server.settings.model_name,
             "model_dir": str(server.model_dir),
@@ -68,7 +73,7 @@ class ServeStage:
         question = config.up.question
         if question:
             with serve_in_thread(server.app) as url:
-                record.update(ask(url, record["model"], question, config))
+                record.update(ask(url, record["model"], question, config, stage_key))
             ctx.console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {record['answer']}", highlight=False)
             for citation in record["citations"]:
                 ctx.console.print(
@@ -81,7 +86,26 @@ class ServeStage:
         return record
 
 
-def ask(url: str, model: str, question: str, config: DeployConfig) -> dict[str, Any]:
+def stage_auth(config: DeployConfig) -> tuple[HttpAuth, str]:
+    """The deployment's key ring (a named file is checked as `jijian serve` checks it) plus a key for this stage.
+
+    The stage key lives only in memory for this run and authenticates as `jijian-up` without roles,
+    so the sample answer retrieves only what an ordinary caller may read. Without `[guard] api_keys`
+    the stage key is the only one: the stage's server listens on loopback for one question.
+    """
+    from jijian.guard.apikeys import KEY_PREFIX, KeyEntry, KeyRing, key_digest
+    from jijian.guard.http_auth import HttpAuth, keyring_from_config
+    from jijian.guard.principals import Principal
+
+    ring = keyring_from_config(config.guard) if config.guard.api_keys is not None else KeyRing()
+    stage_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    entries = [*ring.entries, KeyEntry(Principal("jijian-up"), key_digest(stage_key))]
+    auth = HttpAuth(KeyRing(entries), allow_anonymous=config.guard.allow_anonymous,
+                    rate_limit_per_minute=config.serve.rate_limit_per_minute)  # fmt: skip
+    return auth, stage_key
+
+
+def ask(url: str, model: str, question: str, config: DeployConfig, api_key: str) -> dict[str, Any]:
     """One chat completion through the HTTP API, with retrieval from [up] kb_collection when it exists."""
     import httpx
 
@@ -93,9 +117,7 @@ def ask(url: str, model: str, question: str, config: DeployConfig) -> dict[str, 
     }
     if (config.kb.path / config.up.kb_collection / "collection.json").is_file():
         body["rag"] = {"collection": config.up.kb_collection, "top_k": config.up.rag_top_k}
-    headers = {}
-    if config.serve.api_keys:
-        headers["Authorization"] = f"Bearer {next(iter(config.serve.api_keys))}"
+    headers = {"Authorization": f"Bearer {api_key}"}
     response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=600)
     if response.status_code != 200:
         raise StageError(f"the server answered HTTP {response.status_code}: {response.text[:300]}")
