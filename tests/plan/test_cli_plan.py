@@ -123,3 +123,26 @@ def test_plan_imports_no_torch():
     code = "import sys, jijian.plan, jijian.cli.plan; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_zero_layouts_on_the_command_line(tmp_path):
+    ok = invoke(*FLAGS, "--layout", "dp=128,zero=1,tp=8", "--json")
+    assert ok.exit_code == 0, ok.output
+    result = json.loads(ok.output)["results"][0]
+    assert result["layout"]["zero_stage"] == 1 and result["jijian_runs"] is False
+    low, high = result["mfu_range"]
+    assert low < result["mfu"] < high
+    bad = invoke(*FLAGS, "--layout", "fsdp=128,zero=1,tp=8")
+    assert bad.exit_code == 2
+    assert "nearest feasible: 'dp=128,zero=1,tp=8'" in bad.output and "'fsdp=128,tp=8'" in bad.output
+    refused = invoke(*FLAGS, "--layout", "dp=128,zero=1,tp=8", "--emit", str(tmp_path / "z1.toml"))
+    assert refused.exit_code == 2 and "no ZeRO-1" in refused.output and not (tmp_path / "z1.toml").exists()
+    emitted = invoke(*FLAGS, "--layout", "dp=128,zero=2,tp=8", "--emit", str(tmp_path / "p.toml"))
+    assert emitted.exit_code == 0, emitted.output
+    parallel = tomllib.loads((tmp_path / "p.toml").read_text(encoding="utf-8"))["parallel"]
+    assert parallel["dp_shard"] == 128 and parallel["fsdp_reshard_after_forward"] == "never"
+
+
+def test_local_gpu_without_a_profile_says_how_to_make_one():
+    result = invoke("--model", "llama-tiny", "--gpu", "local", "--gpus", "1", "--tokens", "1M")
+    assert result.exit_code == 2 and "jijian plan calibrate" in result.output

@@ -287,7 +287,7 @@ def plan_train(
         results, evaluated, feasible = found.best, found.evaluated, found.feasible
     elapsed = time.perf_counter() - start
     best = results[0]
-    if emit and not best.jijian_runs:  # the [parallel] section must be one jijian train can run
+    if emit and not degrees and not best.jijian_runs:  # emit the fastest layout jijian train can run
         best = search(work, cluster, count, recompute, top=1, jijian_only=True).best[0]
     summary = (
         f"{format_count(shape.params)} parameters on {count} x {cluster.accelerator.name}, "

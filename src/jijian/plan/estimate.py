@@ -32,8 +32,6 @@ from jijian.plan.memory import (
 from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
 
 PIPELINE_CHUNKS = 2  # model chunks per stage in the interleaved schedule
-# AdamW touches bf16 params and grads and fp32 master, m and v: ~16 bytes read and ~14 written per parameter.
-OPTIMIZER_TRAFFIC_BYTES = 30
 # Softmax and cross-entropy over the vocabulary: fp32 logits written, read for the loss, and their gradient
 # written and read again (4 passes of 4 bytes per logit).
 LOGITS_TRAFFIC_BYTES = 16
@@ -332,9 +330,11 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
         dp_s = transfer_time(dp_bytes, dp_link, calib.link_efficiency)
         dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
-    optimizer_s = params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
+    optimizer_s = params / (shard if stage >= 1 else 1) * calib.optimizer_bytes_per_param
     optimizer_gbs = calib.bandwidth_gbs(3 * shape.hidden * shape.ffn / tp * 4, device.memory_bandwidth_gbs)
     optimizer_s /= optimizer_gbs * 1e9
+    if calib.optimizer_ns_per_param:  # measured on this machine: sqrt and division, not only bytes
+        optimizer_s = params / (shard if stage >= 1 else 1) * calib.optimizer_ns_per_param * 1e-9
     step_overhead_s = calib.op_overhead_us * 1e-6 * calib.ops_per_step
     step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s + step_overhead_s
 

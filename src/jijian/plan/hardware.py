@@ -59,6 +59,7 @@ class Calibration:
     ops_per_layer: float  # operations one transformer layer dispatches per micro-batch, forward and backward
     ops_per_step: float  # operations outside the layers: embedding, head, loss, clipping, optimizer
     fragmentation_fraction: float  # allocator fragmentation on top of the live bytes
+    optimizer_bytes_per_param: float  # memory traffic of gradient clipping and the AdamW step, per parameter
     mfu_error_low: float  # 10th percentile of log(observed / predicted) MFU under cross-validation
     mfu_error_high: float  # ... 90th percentile
     # Measured on one machine (`jijian plan calibrate`): (FLOPs of one matmul, achieved fraction of peak),
@@ -68,6 +69,8 @@ class Calibration:
     memory_curve: tuple[tuple[float, float], ...] = ()
     # Measured loss cost (log-softmax forward + backward) per logit; 0 means the bandwidth model of the logits.
     softmax_ns_per_logit: float = 0.0
+    # Measured clipping + AdamW cost per parameter; 0 means optimizer_bytes_per_param over bandwidth.
+    optimizer_ns_per_param: float = 0.0
 
     def matmul_efficiency(self, flops: float) -> float:
         """Achieved fraction of peak for one matmul of `flops`: the measured curve (log-interpolated) or flat."""
@@ -128,7 +131,7 @@ def calibration(device_class: str = "gpu") -> Calibration:
     if device_class not in DEVICE_CLASSES:
         raise PlanError(f"unknown device class {device_class!r}; known: {', '.join(DEVICE_CLASSES)}")
     section = _catalogue()["calibration"][device_class]
-    measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit")
+    measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit", "optimizer_ns_per_param")
     return Calibration(**{f.name: float(section[f.name]) for f in fields(Calibration) if f.name not in measured})
 
 

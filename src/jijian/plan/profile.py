@@ -107,6 +107,7 @@ def local_device(profile: dict) -> tuple[Accelerator, Calibration]:
         calibration("cpu"),
         op_overhead_us=float(profile["op_overhead_us"]),
         softmax_ns_per_logit=float(profile.get("softmax_ns_per_logit", 0.0)),
+        optimizer_ns_per_param=float(profile.get("optimizer_ns_per_param", 0.0)),
         matmul_curve=tuple(curve),
         memory_curve=tuple(memory),
     )

@@ -32,6 +32,7 @@ MATMUL_SHAPES = (
     (2048, 2048, 2048),
 )
 # Bytes moved by one elementwise add (two inputs, one output): cache-sized to DRAM-sized working sets.
+# Every probed kernel allocates its output, as eager training does.
 MEMORY_SIZES = (256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 
 
@@ -56,17 +57,17 @@ def _median_seconds(run: Callable[[], object], budget_s: float, min_samples: int
 
 
 def matmul_throughput(budget_s: float, dtype: torch.dtype = torch.float32) -> list[dict[str, float]]:
-    """Achieved TFLOP/s of each shape in MATMUL_SHAPES as training runs it: forward x @ w, then the input
-    gradient dy @ w.T and the weight gradient x.T @ dy (transposed operands, a long reduction for the latter)."""
+    """Achieved TFLOP/s of each shape in MATMUL_SHAPES as nn.Linear runs it in training (weight stored
+    (n, k)): forward x @ w.T, input gradient dy @ w, weight gradient dy.T @ x (a long reduction)."""
     results = []
     per_shape = budget_s / len(MATMUL_SHAPES)
     for m, k, n in MATMUL_SHAPES:
-        x, w, dy = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.randn(m, n, dtype=dtype)
+        x, w, dy = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype), torch.randn(m, n, dtype=dtype)
 
         def three(x: torch.Tensor = x, w: torch.Tensor = w, dy: torch.Tensor = dy) -> None:
-            torch.mm(x, w)
-            torch.mm(dy, w.t())
-            torch.mm(x.t(), dy)
+            torch.mm(x, w.t())
+            torch.mm(dy, w)
+            torch.mm(dy.t(), x)
 
         seconds = _median_seconds(three, per_shape)
         results.append({"m": m, "k": k, "n": n, "tflops": 3 * 2.0 * m * k * n / seconds / 1e12})
@@ -91,8 +92,9 @@ def memory_bandwidth(budget_s: float) -> list[dict[str, float]]:
     per_size = budget_s / len(MEMORY_SIZES)
     for size in MEMORY_SIZES:
         count = size // 12  # three fp32 tensors
-        a, b, out = torch.randn(count), torch.randn(count), torch.empty(count)
-        seconds = _median_seconds(lambda a=a, b=b, out=out: torch.add(a, b, out=out), per_size)
+        a, b = torch.randn(count), torch.randn(count)
+        # A fresh output each call, as eager training allocates one per operation (page faults included).
+        seconds = _median_seconds(lambda a=a, b=b: torch.add(a, b), per_size)
         results.append({"bytes": 12 * count, "gbs": 12 * count / seconds / 1e9})
     return results
 
@@ -103,13 +105,29 @@ def op_overhead_us(budget_s: float) -> float:
     return _median_seconds(lambda: torch.add(a, b), budget_s) * 1e6
 
 
+def optimizer_cost_ns(budget_s: float, params: int = 1 << 22) -> float:
+    """Nanoseconds per parameter of gradient clipping plus a foreach AdamW step (as jijian's trainer runs
+    them) over fp32 tensors: sqrt and division make it more than a memory-bandwidth cost on a CPU."""
+    weights = [torch.nn.Parameter(torch.randn(params // 4)) for _ in range(4)]
+    for weight in weights:
+        weight.grad = torch.randn_like(weight)
+    optimizer = torch.optim.AdamW(weights, lr=1e-4, weight_decay=0.1, foreach=True)
+
+    def step() -> None:
+        torch.nn.utils.clip_grad_norm_(weights, 1.0, foreach=True)
+        optimizer.step()
+
+    return _median_seconds(step, budget_s) / params * 1e9
+
+
 def probe(seconds: float = 45.0) -> dict:
     """Measure this machine (about `seconds` of work, fp32 as jijian trains on a CPU) for the planner."""
     started = time.perf_counter()
     overhead = op_overhead_us(seconds * 0.1)
     memory = memory_bandwidth(seconds * 0.2)
     softmax = softmax_cost_ns(seconds * 0.1)
-    matmul = matmul_throughput(seconds * 0.6)
+    optimizer = optimizer_cost_ns(seconds * 0.1)
+    matmul = matmul_throughput(seconds * 0.5)
     return {
         "device": "cpu",
         "dtype": "float32",
@@ -117,6 +135,7 @@ def probe(seconds: float = 45.0) -> dict:
         "torch_version": torch.__version__,
         "op_overhead_us": overhead,
         "softmax_ns_per_logit": softmax,
+        "optimizer_ns_per_param": optimizer,
         "memory": memory,
         "matmul": matmul,
         "probe_seconds": time.perf_counter() - started,

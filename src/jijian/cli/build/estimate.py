@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from jijian.config import DeployConfig
+from jijian.plan import Estimate
 
 MIN_CALIBRATED_STEPS = 50  # the train stage's floor when [up] train_minutes sizes the schedule
+ALL = 1 << 30  # every fitting layout, fastest first
 
 
 @dataclass
@@ -58,14 +60,14 @@ def estimate_training(config: DeployConfig) -> TrainEstimate:
     cluster = _cluster(config, None, None)
     count = _gpus(config, None, cluster)
     work, _ = _workload(config, shape, count, None, None, None)
-    best = search(work, cluster, count, None, top=1, jijian_only=True).best[0]
+    best = _as_configured(config, search(work, cluster, count, None, top=ALL, jijian_only=True).best)
     tokens_per_step = work.global_batch * work.seq
     steps = config.train.steps
     minutes = config.up.train_minutes
     if minutes is not None:
         steps = max(MIN_CALIBRATED_STEPS, int(minutes * 60 / best.step_time_s))
         work = replace(work, tokens=float(steps * tokens_per_step))
-        best = search(work, cluster, count, None, top=1, jijian_only=True).best[0]
+        best = _as_configured(config, search(work, cluster, count, None, top=ALL, jijian_only=True).best)
     # The run ends with a validation pass: eval_batches forward passes, a third of a training step each.
     eval_s = config.train.eval_batches * best.step_time_s / (3 * config.train.grad_accum_steps)
     scale = (best.days * 24 + eval_s / 3600) / (best.days * 24)
@@ -90,6 +92,17 @@ def estimate_training(config: DeployConfig) -> TrainEstimate:
         mfu_range=best.mfu_range,
         sized_by_minutes=minutes,
     )
+
+
+def _as_configured(config: DeployConfig, fastest_first: list[Estimate]) -> Estimate:
+    """The fastest layout that runs [train] as written: its micro-batch (batch_size over the data-parallel
+    ranks) and recomputation; the fastest of all when none does."""
+    for result in fastest_first:
+        layout = result.layout
+        micro_batch = config.train.batch_size // layout.data_ranks
+        if layout.micro_batch == micro_batch and layout.recompute == config.train.ac:
+            return result
+    return fastest_first[0]
 
 
 def _duration(hours: float) -> str:
