@@ -54,6 +54,16 @@ class ApiSettings:
     rate_limit_per_minute: int | None = None
     request_timeout_s: float = 600.0
     price_per_hour: float | None = None
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters, chosen by "model": "name" or "base:name"
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a request's `model` names (None: the base model); KeyError when it names nothing served."""
+        if model is None or model == self.model_name:
+            return None
+        name = model.removeprefix(f"{self.model_name}:")
+        if name in self.adapters:
+            return name
+        raise KeyError(model)
 
 
 class ApiError(Exception):
@@ -259,14 +269,17 @@ def create_app(
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"])
             raise ApiError(400, f"{param}: {first['msg']}", "invalid_request_error", param=param) from None
-        if getattr(body, "model", settings.model_name) != settings.model_name:
+        try:
+            settings.adapter_for(getattr(body, "model", None))
+        except KeyError:
+            served = ", ".join(repr(n) for n in [settings.model_name, *settings.adapters])
             raise ApiError(
                 404,
-                f"the model {body.model!r} does not exist; this server serves {settings.model_name!r}",
+                f"the model {body.model!r} does not exist; this server serves {served}",
                 "invalid_request_error",
                 param="model",
                 code="model_not_found",
-            )
+            ) from None
         return body
 
     def sampling(body: _Body, max_tokens: int) -> SamplingParams:
@@ -281,6 +294,7 @@ def create_app(
                 seed=body.seed,
                 stop=stop,
                 ignore_eos=body.ignore_eos,
+                adapter=settings.adapter_for(getattr(body, "model", None)),
             )
         except InvalidRequestError as exc:
             raise ApiError(400, str(exc), "invalid_request_error", param=exc.param) from None
@@ -440,7 +454,13 @@ def create_app(
         authenticate(request)
         return {
             "object": "list",
-            "data": [{"id": settings.model_name, "object": "model", "created": 0, "owned_by": "jijian"}],
+            "data": [
+                {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "jijian"},
+                *(
+                    {"id": name, "object": "model", "created": 0, "owned_by": "jijian", "parent": settings.model_name}
+                    for name in settings.adapters
+                ),
+            ],
         }
 
     @app.post("/v1/completions")

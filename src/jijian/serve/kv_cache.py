@@ -66,18 +66,20 @@ class KVCacheManager:
         """The block table of a request."""
         return self.tables[request_id].block_ids
 
-    def find_cached_prefix(self, request_id: str, token_ids: Sequence[int]) -> int:
+    def find_cached_prefix(self, request_id: str, token_ids: Sequence[int], salt: int | None = None) -> int:
         """Take the longest cached prefix of `token_ids` for a new request; returns the tokens it covers.
 
         At least one token is always left to compute, because the model must produce the logits of
-        the last prompt position.
+        the last prompt position. `salt` starts the hash chain: requests through different LoRA
+        adapters compute different keys and values for the same tokens, so they never share blocks.
         """
         table = self.tables.setdefault(request_id, BlockTable())
         assert not table.block_ids, "prefix lookup happens only before the first allocation"
         if not self.enable_prefix_caching:
             return 0
         size = self.block_size
-        parent: int | None = None
+        parent: int | None = salt
+        table.last_hash = salt
         hits: list[int] = []
         for start in range(0, (len(token_ids) - 1) // size * size, size):
             block_hash = chain_hash(parent, token_ids[start : start + size])

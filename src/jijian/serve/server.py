@@ -129,7 +129,7 @@ def build_server(
         num_speculative_tokens=serve.speculative_tokens,
         ngram_range=(serve.speculative_ngram[0], serve.speculative_ngram[1]),
     )
-    engine = LLMEngine(model, tokenizer, engine_config)
+    engine = LLMEngine(model, tokenizer, engine_config, adapters=serve.adapters)
     hardware = config.hardware
     price = None
     if hardware.rent_per_device_hour is not None:
@@ -140,6 +140,7 @@ def build_server(
         rate_limit_per_minute=serve.rate_limit_per_minute,
         request_timeout_s=serve.request_timeout_s,
         price_per_hour=price,
+        adapters=list(serve.adapters),
     )
     async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
     app = create_app(

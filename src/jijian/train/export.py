@@ -12,8 +12,9 @@ from jijian.config import UserInputError, load_config
 from jijian.config.hf_config import WriteBytes
 from jijian.model import CausalLM
 from jijian.model.hf import save_hf_state_dict
+from jijian.model.lora import add_lora, merge_lora_state
 from jijian.train.checkpoint import checkpoint_step, newest_valid_checkpoint, validate_checkpoint
-from jijian.train.run import _starting_point, checkpoint_dir, load_tokenizer
+from jijian.train.run import _starting_point, checkpoint_dir, load_tokenizer, save_lora_adapter
 
 
 class ExportError(UserInputError):
@@ -21,16 +22,27 @@ class ExportError(UserInputError):
 
 
 def export_checkpoint(
-    run_dir: Path, to: Path, checkpoint: Path | None = None, write_bytes: WriteBytes | None = None
+    run_dir: Path,
+    to: Path,
+    checkpoint: Path | None = None,
+    write_bytes: WriteBytes | None = None,
+    *,
+    merge: bool = False,
 ) -> tuple[Path, Path]:
     """Write checkpoint (default: the newest valid one of `run_dir`) as HF weights; returns (model dir, source).
 
-    `write_bytes` writes each file instead of the file system (encryption at rest passes one).
+    A LoRA run exports its adapter in PEFT format, or with `merge` the base model with the adapters
+    folded in. `write_bytes` writes each file instead of the file system (encryption at rest passes one).
     """
     config_path = run_dir / "deploy.toml"
     if not config_path.is_file():
         raise ExportError(f"{config_path} not found: RUN_DIR must be a training run's output directory")
     config = load_config(config_path)
+    lora = config.train.lora
+    if merge and lora is None:
+        raise ExportError(f"--merge folds LoRA adapters into the base, but {config_path} has no [train] lora")
+    if lora is not None and not merge and write_bytes is not None:
+        raise ExportError("an encrypted export of a LoRA run needs --merge (adapters are written in plain PEFT format)")
     if checkpoint is None:
         checkpoint, rejected = newest_valid_checkpoint(checkpoint_dir(config))
         if checkpoint is None:
@@ -40,11 +52,18 @@ def export_checkpoint(
         raise ExportError(f"checkpoint {checkpoint} is not valid: {reason}")
     model_cfg, _ = _starting_point(config)
     with torch.device("meta"):
-        shapes = CausalLM(model_cfg).state_dict()
+        model = CausalLM(model_cfg)
+        if lora is not None:
+            add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
+        shapes = model.state_dict()
     # Only the model's tensors are read; DCP assembles each from however many shards were saved.
     state = {f"model.{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
     dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
     weights = {k.removeprefix("model."): v for k, v in state.items()}
+    if lora is not None and not merge:
+        return save_lora_adapter(weights, lora, model_cfg, to, base_model=config.model.hf_path), checkpoint
+    if lora is not None:
+        weights = merge_lora_state(weights, lora.alpha / lora.rank)
     save_hf_state_dict(weights, model_cfg, load_tokenizer(config), to, write_bytes=write_bytes)
     return to, checkpoint
 

@@ -16,9 +16,11 @@ from rich.console import Console
 from torch.distributed.tensor import DTensor
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
+from jijian.config.schema import LoraConfig
 from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
 from jijian.model.hf import load_hf, save_hf_state_dict
+from jijian.model.lora import base_fingerprint, lora_state, merge_lora_state, save_peft_adapter
 from jijian.model.tokenizer import Tokenizer
 from jijian.train.checkpoint import CheckpointManager
 from jijian.train.distributed import env_world_size, init_distributed, is_rank0
@@ -140,6 +142,12 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         raise TrainSetupError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}"
         )
+    if tcfg.lora is not None and layout.tp > 1:
+        raise TrainSetupError(
+            "train.lora with parallel.tp > 1 is not supported: shard a LoRA run with dp_shard / dp_replicate instead"
+        )
+    if config.data.format == "chat" and layout.pp > 1:
+        raise TrainSetupError("data.format = 'chat' (document-masked packing) does not run under parallel.pp > 1")
     if tcfg.seq_len > model_cfg.max_seq_len:
         raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
     batches, eval_batches, train_tokens, n_files = _batches(config, tokenizer, console)
@@ -227,6 +235,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "layout": layout.describe(),
                     "parameters": n_params,
                     "parameter_bytes_per_rank": _local_parameter_bytes(parts),
+                    "trainable_parameters": _trainable_parameters(parts),
                     "data_dir": str(config.data.output_dir),
                     "train_tokens": train_tokens,
                     "files": n_files,
@@ -246,11 +255,36 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     state = gather_full_state(parts, dims)
     model_dir = output_dir / "model"
     if is_rank0():
+        if tcfg.lora is not None:
+            # The adapter alone (PEFT format) for serving next to the base, and the merged model for everything else.
+            save_lora_adapter(state, tcfg.lora, model_cfg, output_dir / "adapter", base_model=config.model.hf_path)
+            state = merge_lora_state(state, tcfg.lora.alpha / tcfg.lora.rank)
         save_hf_state_dict(state, model_cfg, tokenizer, model_dir)
         summary = {k: v for k, v in asdict(result).items() if k != "losses"}
         summary["layout"] = layout.describe()
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainRun(output_dir=output_dir, model_dir=model_dir, metrics_path=metrics_path, result=result)
+
+
+def save_lora_adapter(
+    state: dict[str, torch.Tensor], lora: LoraConfig, model_cfg: ModelConfig, to: Path, base_model: Path | None = None
+) -> Path:
+    """Write the adapter tensors of a full state dict as a PEFT LoRA directory."""
+    return save_peft_adapter(
+        lora_state(state),
+        to,
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        targets=lora.targets,
+        base_model=str(base_model or ""),
+        base_fingerprint=base_fingerprint(model_cfg),
+    )
+
+
+def _trainable_parameters(parts: ModelParts) -> int:
+    """Parameters the optimizer updates, over all ranks' shards (DTensor shapes are global)."""
+    return sum(p.numel() for p in parts.parameters())
 
 
 def _local_parameter_bytes(parts: ModelParts) -> int:

@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from jijian.model import CausalLM
 from jijian.model.llama import rope_inverse_frequencies
+from jijian.model.lora import is_lora_parameter
 
 
 def parameter_seed(seed: int, name: str) -> int:
@@ -40,10 +41,16 @@ def init_parameters(model: CausalLM, seed: int, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def load_full_state(model: CausalLM, state: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Copy a full (unsharded) state dict, e.g. a Hugging Face checkpoint, into a possibly sharded model."""
+def load_full_state(model: CausalLM, state: dict[str, torch.Tensor], device: torch.device, seed: int = 0) -> None:
+    """Copy a full (unsharded) state dict, e.g. a Hugging Face checkpoint, into a possibly sharded model.
+
+    LoRA adapters, which a base checkpoint lacks, start from their usual initial values.
+    """
     model.model.inv_freq = rope_inverse_frequencies(model.cfg, device=device)
     for name, param in model.named_parameters():
+        if name not in state and is_lora_parameter(name):
+            assign_full_value(param, full_initial_value(model, name, param.shape, seed))
+            continue
         if name not in state:
             raise KeyError(f"initial state has no tensor {name!r}")
         assign_full_value(param, state[name].to(dtype=torch.float32, device="cpu"))

@@ -10,6 +10,7 @@ from torch import nn
 
 from jijian.config import ModelConfig, ParallelConfig, TrainConfig
 from jijian.model import CausalLM
+from jijian.model.lora import add_lora
 from jijian.train.layout import Layout
 from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
 from jijian.train.parallel.fsdp import apply_fsdp
@@ -39,11 +40,12 @@ class ModelParts:
         return self.n_stages - 1 in self.stage_ids
 
     def parameters(self) -> list[nn.Parameter]:
-        """Every trainable parameter of this rank (tied weights once)."""
+        """Every trainable parameter of this rank (tied weights once; frozen LoRA base weights left out)."""
         seen: dict[int, nn.Parameter] = {}
         for part in self.parts:
             for param in part.parameters():
-                seen.setdefault(id(param), param)
+                if param.requires_grad:
+                    seen.setdefault(id(param), param)
         return list(seen.values())
 
     def train(self, mode: bool = True) -> None:
@@ -86,6 +88,9 @@ def build_model_parts(
             model = CausalLM(model_cfg)
         if layout.pp > 1:
             prune_to_stage(model, stage_id, n_stages)
+        if train_cfg.lora is not None:
+            lora = train_cfg.lora
+            add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
         blocks = list(model.model.layers.values())
         if tp_mesh is not None:
             apply_tensor_parallel(
@@ -111,7 +116,7 @@ def build_model_parts(
         if initial_state is None:
             init_parameters(model, train_cfg.seed, device)
         else:
-            load_full_state(model, initial_state, device)
+            load_full_state(model, initial_state, device, train_cfg.seed)
         parts.append(model)
     schedule = None
     if layout.pp > 1:
