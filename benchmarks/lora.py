@@ -9,8 +9,11 @@ document-masked packing), and are evaluated on the same held-out dialogues. Repo
 - held-out assistant-token loss after the steps, for both, and LoRA's over full's;
 - training tokens/s for both (every packed token, as the trainer counts them).
 
-    .venv/bin/python benchmarks/lora.py --quick   # about a minute
-    .venv/bin/python benchmarks/lora.py
+    .venv/bin/python benchmarks/lora.py --quick   # 6 steps: a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/lora.py           # 40 steps
+
+The two sides run one after the other (LoRA first), so on a shared machine their tokens/s also
+reflect the load of the moment; the state-bytes and held-out-loss ratios do not depend on it.
 
 Last lines: `RESULT lora_trainable_state_bytes_vs_full <ratio> target <= 0.1 PASS|FAIL` and
 `RESULT lora_heldout_loss_vs_full <ratio> target <= 1.1 PASS|FAIL`.
@@ -95,7 +98,7 @@ def result_line(name: str, value: float, op: str, target: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="6 steps instead of 40")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
