@@ -32,6 +32,8 @@ LAYOUTS = {
     "dp_replicate2": (2, {"dp_replicate": 2, "dp_shard": 1}, {}, "single"),
     # LoRA under FSDP: frozen base shards and trainable adapters in the same units.
     "lora_dp_shard2": (2, {"dp_shard": 2, "fsdp_unit_params": 0}, LORA, "single_lora"),
+    # Chat SFT: packed dialogues with document masks and assistant-only targets, unevenly split over ranks.
+    "chat_dp_shard2": (2, {"dp_shard": 2}, {}, "single_chat"),
     "tp2_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": True}, {}, "single"),
     "tp2_no_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": False}, {}, "single"),
     "pp2_gpipe": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 2}, {}, "single"),
@@ -55,7 +57,13 @@ LAYOUTS = {
         "single",
     ),
 }
-REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}, "single_qwen3": {}, "single_lora": LORA}
+REFERENCES = {
+    "single": {},
+    "single_lamb": {"optimizer": "lamb", "lr": 0.05},
+    "single_qwen3": {},
+    "single_lora": LORA,
+    "single_chat": {},
+}
 QWEN3 = {"architecture": "qwen3", "qk_norm": True, "head_dim": 32}
 
 
@@ -80,7 +88,7 @@ def write_config(
             **model_extra(name),
         },
         "tokenizer": {"path": str(tokenizer_dir)},
-        "data": {"sources": sources},
+        "data": {"format": "chat", "sources": [str(root / "chat.jsonl")]} if "chat" in name else {"sources": sources},
         "train": {
             "output_dir": str(root / "runs" / name),
             "steps": STEPS,
@@ -108,6 +116,12 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def workspace(tmp_path_factory, tokenizer, stdlib_paths):
     root = tmp_path_factory.mktemp("layouts")
     tokenizer.save(root / "tokenizer")
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": str(a + b)}]}
+        for a in range(12)
+        for b in range(4)
+    ]
+    (root / "chat.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     sources = [str(p) for p in stdlib_paths[:10]]
     configs = {
         name: write_config(root, name, {"dp_shard": 1}, extra, root / "tokenizer", sources)

@@ -37,6 +37,13 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1), ignore_index=-100)
 
 
+def _trained_tokens(batch: Batch) -> int | None:
+    """Targets the loss covers in a whole (global) packed chat batch; None for plain text batches."""
+    if len(batch) < 3:
+        return None
+    return max(1, int((batch[1] != -100).sum()))
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
     if name == "auto":
@@ -184,6 +191,7 @@ class Trainer:
         self.guard = InstabilityGuard(cfg.skip_nonfinite, cfg.spike_zscore, cfg.spike_window)
         # Batches are numbered in stream order; those that caused a rollback are drawn and dropped on replay.
         self.batches_drawn = 0
+        self._trained_tokens: int | None = None  # trained targets of the last global batch drawn (chat SFT)
         self.skip_batches: set[int] = set()
         self.rollbacks = 0
         self.instability_path: Path | None = None
@@ -222,14 +230,26 @@ class Trainer:
         self.batches_drawn += 1
         self.data_wait_s += time.perf_counter() - start
         self.tokens_seen += batch[0].numel()
+        self._trained_tokens = _trained_tokens(batch)
         return tuple(self._local_rows(t).to(self.device, non_blocking=True) for t in batch)
 
-    def _loss(self, batch: Batch) -> torch.Tensor:
-        """Mean loss of one micro-batch through the (unpipelined) model; document ids mask attention."""
+    def _loss(self, batch: Batch, trained_tokens: int | None = None) -> torch.Tensor:
+        """Loss of one micro-batch through the (unpipelined) model; document ids mask attention.
+
+        Packed chat batches (with document ids) leave most targets out, in different numbers per
+        row: each rank then divides its summed loss by the global batch's share per rank, so that
+        averaging over data-parallel ranks gives the global token mean whatever the layout.
+        """
         inputs, targets, *documents = batch
         with self._compute_context():
             logits = self.model(inputs, document_ids=documents[0]) if documents else self.model(inputs)
-        return cross_entropy_loss(logits, targets)
+        if not documents or trained_tokens is None:
+            return cross_entropy_loss(logits, targets)
+        dp = self.dims.layout.dp if self.dims is not None else 1
+        summed = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(0, 1), ignore_index=-100, reduction="sum"
+        )
+        return summed * dp / trained_tokens
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -260,7 +280,7 @@ class Trainer:
                 continue
             # Each micro-batch has the same token count, so the mean of means is the full-batch mean
             # (with loss masks, as in chat SFT, it is the mean of the micro-batches' means).
-            loss = self._loss(batch) / accum
+            loss = self._loss(batch, self._trained_tokens) / accum
             loss.backward()
             total += loss.detach()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -380,7 +400,7 @@ class Trainer:
             if self.parts.schedule is not None:
                 local = self._pipeline_step(batch[0], batch[1], train=False)
             else:
-                local = self._loss(batch)
+                local = self._loss(batch, _trained_tokens(global_batch))
             losses.append(self._global_mean(local))
         self.parts.train()
         return float(torch.stack(losses).mean())
