@@ -23,6 +23,7 @@ STEPS = 20
 HELPER = Path(__file__).with_name("run_layouts.py")
 
 pytestmark = pytest.mark.multiprocess
+LORA = {"lr": 1e-2, "lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj", "o_proj", "down_proj"]}}
 
 # name: (world size, [parallel], extra [train] keys, reference run)
 # The tiny model's blocks all share one FSDP unit by default; `fsdp_unit_params = 0` gives one unit per
@@ -30,6 +31,10 @@ pytestmark = pytest.mark.multiprocess
 LAYOUTS = {
     "dp_shard2": (2, {"dp_shard": 2}, {}, "single"),
     "dp_replicate2": (2, {"dp_replicate": 2, "dp_shard": 1}, {}, "single"),
+    # LoRA under FSDP: frozen base shards and trainable adapters in the same units.
+    "lora_dp_shard2": (2, {"dp_shard": 2, "fsdp_unit_params": 0}, LORA, "single_lora"),
+    # Chat SFT: packed dialogues with document masks and assistant-only targets, unevenly split over ranks.
+    "chat_dp_shard2": (2, {"dp_shard": 2}, {}, "single_chat"),
     "tp2_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": True}, {}, "single"),
     "tp2_no_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": False}, {}, "single"),
     "pp2_gpipe": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 2}, {}, "single"),
@@ -53,7 +58,13 @@ LAYOUTS = {
         "single",
     ),
 }
-REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}, "single_qwen3": {}}
+REFERENCES = {
+    "single": {},
+    "single_lamb": {"optimizer": "lamb", "lr": 0.05},
+    "single_qwen3": {},
+    "single_lora": LORA,
+    "single_chat": {},
+}
 QWEN3 = {"architecture": "qwen3", "qk_norm": True, "head_dim": 32}
 
 
@@ -78,7 +89,7 @@ def write_config(
             **model_extra(name),
         },
         "tokenizer": {"path": str(tokenizer_dir)},
-        "data": {"sources": sources},
+        "data": {"format": "chat", "sources": [str(root / "chat.jsonl")]} if "chat" in name else {"sources": sources},
         "train": {
             "output_dir": str(root / "runs" / name),
             "steps": STEPS,
@@ -106,6 +117,12 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def workspace(tmp_path_factory, tokenizer, stdlib_paths):
     root = tmp_path_factory.mktemp("layouts")
     tokenizer.save(root / "tokenizer")
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": str(a + b)}]}
+        for a in range(12)
+        for b in range(4)
+    ]
+    (root / "chat.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     sources = [str(p) for p in stdlib_paths[:10]]
     configs = {
         name: write_config(root, name, {"dp_shard": 1}, extra, root / "tokenizer", sources)
@@ -137,7 +154,8 @@ def test_layout_reproduces_the_single_process_run(workspace, name):
     assert sorted(ours) == list(range(1, STEPS + 1))
     worst = max(abs(ours[s] - ref[s]) for s in ref)
     assert worst < 1e-4, f"{name}: per-step loss differs by up to {worst:.2e}"
-    assert ref[STEPS] < ref[1] - 0.3  # the comparison is over a run that actually learns
+    # The comparison is over a run that actually learns (adapters on a random base learn less).
+    assert ref[STEPS] < ref[1] - (0.05 if "lora" in name else 0.3)
 
     # Sharding divides what each rank stores (rank 0 reports its own shards).
     starts = [json.loads(line) for line in (root / "runs" / name / "metrics.jsonl").read_text().splitlines()[:1]]

@@ -69,3 +69,30 @@ def test_quickstart_example_describes_the_quick_start():
     assert config.data.sources == ["python-stdlib"] and config.up.kb_sources == ["python-stdlib-docs"]
     assert config.train.output_dir == EXAMPLES.parent / "runs" / "quickstart"
     assert config.up.question and config.up.sample_prompt and config.up.train_minutes
+
+
+def test_finetune_example_quick_variant_trains_a_lora_adapter_and_serves_it(examples_copy):
+    """The example end to end with 2 steps, the tiny stand-in base and the offline hashing embedder."""
+    import json
+
+    config = examples_copy / "examples" / "finetune-and-serve.toml"
+    quick = config.with_name("finetune-quick.toml")
+    text = (
+        config.read_text(encoding="utf-8")
+        .replace("steps = 20", "steps = 2")
+        .replace("warmup_steps = 4", "warmup_steps = 1")
+    )
+    # The stand-in base holds 512 positions: short chunks and one of them keep the RAG prompt inside.
+    text = text.replace('index = "flat"', 'index = "flat"\nembedding_model = "hashing"\nchunk_tokens = 48')
+    quick.write_text(
+        text.replace("question_max_tokens = 64", "question_max_tokens = 8\nrag_top_k = 1"), encoding="utf-8"
+    )
+    result = CliRunner().invoke(app, ["up", str(quick)])
+    assert result.exit_code == 0, result.output
+    adapter = examples_copy / "runs" / "finetune" / "run" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    records = [json.loads(p.read_text()) for p in (examples_copy / "runs" / "finetune" / "up").rglob("*.json")]
+    served = [r for r in records if "asked_model" in json.dumps(r)]
+    assert served, result.output
+    assert '"asked_model": "harbor-lane"' in json.dumps(served[0])

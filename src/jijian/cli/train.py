@@ -93,8 +93,14 @@ def train_export(
     checkpoint: Annotated[
         Path | None, typer.Option(help="a checkpoint directory; default: the newest valid one of the run")
     ] = None,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="LoRA run: fold the adapters into the base weights (default: PEFT adapter)")
+    ] = False,
 ) -> None:
     """Consolidate a sharded checkpoint into HF format (config.json + safetensors + tokenizer).
+
+    A LoRA run exports its adapter (adapter_config.json + adapter_model.safetensors, PEFT's format),
+    or with --merge a whole model with the adapters folded in.
 
     With `[guard] encrypt_at_rest = true` in the run's deploy.toml, every exported file is then encrypted.
     """
@@ -104,6 +110,6 @@ def train_export(
 
     run_config = run_dir / "deploy.toml"
     writer = exported_model_writer(load_config(run_config).guard) if run_config.is_file() else None
-    model_dir, source = export_checkpoint(run_dir, to, checkpoint, write_bytes=writer)
+    model_dir, source = export_checkpoint(run_dir, to, checkpoint, write_bytes=writer, merge=merge)
     sealed = " (every file encrypted with AES-256-GCM: [guard] encrypt_at_rest)" if writer is not None else ""
     err_console.print(f"exported {describe(source)} to {model_dir}{sealed}")

@@ -145,7 +145,13 @@ class DataConfig(Section):
     """Where training text comes from and where the packed shards go."""
 
     sources: list[str] = Field(default_factory=list)
+    format: Literal["text", "chat"] = Field(
+        default="text",
+        description="text: documents packed into shards; chat: JSONL rows of OpenAI-style messages for SFT, "
+        "rendered with the tokenizer's chat template, loss on assistant tokens only",
+    )
     text_field: str = "text"
+    messages_field: str = Field(default="messages", description="the JSONL field holding a chat row's messages")
     output_dir: OutputPath = Path("runs/data")
     validation_fraction: float = Field(default=0.01, ge=0, lt=1)
     shard_size_mb: float = Field(default=256.0, gt=0, description="size of each packed shard (the last is smaller)")
@@ -162,6 +168,31 @@ class DataConfig(Section):
     minhash_permutations: int = Field(default=128, ge=16)
     redact_pii: bool = True
     strict: bool = False
+
+
+# The linear layers of a block that LoRA adapters can go on (their names in every supported architecture).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraConfig(Section):
+    """Low-rank adapters on chosen linear layers; every base weight stays frozen."""
+
+    rank: int = Field(default=8, ge=1, description="rank r of each adapter's A (r x in) and B (out x r)")
+    alpha: float = Field(default=16.0, gt=0, description="the adapter's output is scaled by alpha / rank")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="linear layers that get adapters: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+    )
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> LoraConfig:
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(
+                f"targets {unknown or self.targets} names no module; choose from {', '.join(LORA_TARGETS)}"
+            )
+        return self
 
 
 class TrainConfig(Section):
@@ -217,6 +248,7 @@ class TrainConfig(Section):
     )
     spike_window: int = Field(default=50, ge=2, description="steps in the moving window of the spike check")
     max_rollbacks: int = Field(default=3, ge=0, description="rollbacks allowed before the run stops with an error")
+    lora: LoraConfig | None = Field(default=None, description="train adapters only; the base model stays frozen")
 
     @model_validator(mode="after")
     def _check_warmup(self) -> TrainConfig:
@@ -339,6 +371,11 @@ class ServeConfig(Section):
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Host header values (and Origin hosts) accepted, against DNS rebinding; '*' accepts any",
+    )
+    adapters: dict[str, OutputPath] = Field(
+        default_factory=dict,
+        description="LoRA adapters (PEFT directories, read when the server starts) by name; a request picks one "
+        'with "model": "NAME" or "BASE:NAME"',
     )
 
     @model_validator(mode="before")

@@ -11,9 +11,11 @@ from rich.console import Console
 
 from jijian.config import DeployConfig
 from jijian.data.build import build_dataset
+from jijian.data.chat import ChatBatches, chat_batches
 from jijian.data.loader import PackedLoader, PackedTokens
 from jijian.data.pii import Redactor, redact_pii
 from jijian.data.shards import DatasetError
+from jijian.data.sources import resolve_inputs
 from jijian.model.tokenizer import Tokenizer
 
 
@@ -21,15 +23,11 @@ from jijian.model.tokenizer import Tokenizer
 class TrainingData:
     """A rank's training batches, the fixed validation batches, and the dataset they come from."""
 
-    loader: PackedLoader
+    loader: PackedLoader | ChatBatches
     eval_batches: list[tuple[torch.Tensor, ...]]
     directory: Path
     manifest: dict[str, Any]
-
-    @property
-    def train_tokens(self) -> int:
-        """Tokens in the training split."""
-        return len(self.loader.tokens)
+    train_tokens: int  # tokens in the training split (chat: the assistant tokens trained on)
 
 
 def open_train_loader(
@@ -48,6 +46,8 @@ def open_train_loader(
     `build=False`. With no sources, [data].output_dir must already hold a built dataset.
     """
     data, train = config.data, config.train
+    if data.format == "chat":
+        return _open_chat_data(config, tokenizer)
     if data.sources and build:
         build_dataset(data, tokenizer, console=console, redactor=redactor)
     elif not data.sources and not (data.output_dir / "manifest.json").is_file():
@@ -66,4 +66,24 @@ def open_train_loader(
         val = PackedTokens(data.output_dir, "val", tokenizer_fingerprint=fingerprint)
         val_loader = PackedLoader(val, seq_len=train.seq_len, batch_size=train.batch_size, shuffle=False, prefetch=0)
         eval_batches = val_loader.fixed_batches(train.eval_batches)
-    return TrainingData(loader, eval_batches, data.output_dir, tokens.manifest)
+    return TrainingData(loader, eval_batches, data.output_dir, tokens.manifest, len(tokens))
+
+
+def _open_chat_data(config: DeployConfig, tokenizer: Tokenizer) -> TrainingData:
+    """[data] format = "chat": dialogues read, rendered and packed in memory (SFT sets are small)."""
+    data, train = config.data, config.train
+    if not data.sources:
+        raise DatasetError("data.format = 'chat' needs data.sources: JSONL files of {\"messages\": [...]} rows")
+    files = resolve_inputs(data.sources)
+    loader, val, count = chat_batches(
+        files,
+        tokenizer,
+        seq_len=train.seq_len,
+        batch_size=train.batch_size,
+        seed=train.seed,
+        validation_fraction=data.validation_fraction,
+        field=data.messages_field,
+    )
+    eval_batches = val.fixed_batches(train.eval_batches) if val is not None else []
+    manifest = {"stats": {"input_files": len(files), "dialogues": count}}
+    return TrainingData(loader, eval_batches, data.output_dir, manifest, loader.tokens)

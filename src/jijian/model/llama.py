@@ -92,6 +92,34 @@ def sliding_window_mask(query_positions: torch.Tensor, key_positions: torch.Tens
     return allowed
 
 
+class DocumentAttention:
+    """Attention of packed sequences, each token only over earlier tokens of its own document.
+
+    Plugs into the layers' `AttentionCache` hook (nothing is cached), so packing several dialogues
+    into one row never lets one attend to another. `document_ids` is (batch, seq), equal within a
+    document; the (batch, 1, seq, seq) mask is built once and reused by every layer.
+    """
+
+    def __init__(self, document_ids: torch.Tensor, window: int | None = None) -> None:
+        positions = torch.arange(document_ids.shape[1], device=document_ids.device)
+        same_document = document_ids[:, :, None] == document_ids[:, None, :]
+        self.mask = (same_document & sliding_window_mask(positions, positions, window))[:, None]
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Masked SDPA over this batch's own keys."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) position of each token counted from the start of its document (documents are contiguous)."""
+    seq = document_ids.shape[1]
+    index = torch.arange(seq, device=document_ids.device).expand_as(document_ids)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings."""
 
@@ -195,9 +223,12 @@ class Decoder(nn.Module):
         """
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seq_len, device=device)
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq.float()[None, :]
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq.float()
         cos, sin = angles.cos(), angles.sin()
-        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+        if positions.ndim == 2:  # (batch, seq) positions: broadcast over the heads of (batch, heads, seq, dim)
+            return cos[:, None], sin[:, None]
+        return cos, sin
 
     def forward(
         self,
@@ -230,9 +261,24 @@ class CausalLM(nn.Module):
         if self.cfg.tie_embeddings and self.lm_head is not None and self.model.embed_tokens is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """Logits (batch, seq, vocab) for token ids (batch, seq) at positions start_pos.."""
-        h = self.model(tokens, cache, start_pos)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        cache: AttentionCache | None = None,
+        start_pos: int = 0,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for token ids (batch, seq) at positions start_pos..
+
+        `document_ids` (batch, seq) marks packed documents: each attends only within itself and
+        counts positions from its own start, exactly as if run alone.
+        """
+        positions = None
+        if document_ids is not None:
+            cache = DocumentAttention(document_ids, self.cfg.sliding_window)
+            positions = positions_within_documents(document_ids)
+        h = self.model(tokens, cache, start_pos, positions)
         return self.lm_head(h) if self.lm_head is not None else h
 
     def init_std(self, name: str) -> float | None:
@@ -243,8 +289,8 @@ class CausalLM(nn.Module):
         """
         if name.endswith(("layernorm.weight", "_norm.weight")) or name == "model.norm.weight":
             return None
-        if name.endswith(".bias"):
-            return 0.0  # normal(0, 0): biases start at zero
+        if name.endswith((".bias", "lora_B.weight")):
+            return 0.0  # normal(0, 0): biases start at zero, and LoRA's B so an adapted model starts as its base
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             # Residual-branch outputs shrink with depth so the residual stream's variance stays put.
             return self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)

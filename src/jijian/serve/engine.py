@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -78,9 +79,11 @@ class LLMEngine:
         model: CausalLM,
         tokenizer: Tokenizer | None,
         config: EngineConfig | None = None,
+        adapters: Mapping[str, str | Path] | None = None,
         runner: ModelRunner | None = None,
     ) -> None:
-        """`runner` replaces the default single-process runner (the tensor-parallel one passes its own)."""
+        """`adapters` maps names to PEFT LoRA directories a request can pick through `SamplingParams.adapter`;
+        `runner` replaces the default single-process runner (the tensor-parallel one passes its own)."""
         self.config = config or EngineConfig()
         cfg = self.config
         self.model = model.eval()
@@ -88,7 +91,10 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.kv_cache = KVCacheManager(cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
-        self.runner = runner if runner is not None else ModelRunner(model, cfg.num_blocks, cfg.block_size)
+        if runner is not None and adapters:
+            raise ValueError("LoRA adapters are served by the single-process runner only")
+        self.runner = runner if runner is not None else ModelRunner(model, cfg.num_blocks, cfg.block_size, adapters)
+        self.adapter_names = list(adapters or {})
         self.sampler = Sampler(self.runner.device)
         self.proposer = (
             NgramProposer(cfg.num_speculative_tokens, *cfg.ngram_range) if cfg.num_speculative_tokens > 0 else None
@@ -118,6 +124,10 @@ class LLMEngine:
         """Raise InvalidRequestError if this request can never run on this engine."""
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty", param="prompt")
+        if params.adapter is not None and params.adapter not in self.adapter_names:
+            raise InvalidRequestError(
+                f"no adapter {params.adapter!r}; this server holds {self.adapter_names or 'none'}", param="model"
+            )
         vocab = self.model.cfg.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
@@ -146,6 +156,9 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         request = Request(request_id, list(prompt_token_ids), params, eos_token_id=self.eos_token_id)
+        if params.adapter is not None and self.runner.adapters is not None:
+            request.adapter_index = self.runner.adapters.index(params.adapter)
+            request.cache_salt = self.runner.adapters.salts[params.adapter]
         self.requests[request_id] = request
         self.scheduler.add(request)
         return request
@@ -181,7 +194,8 @@ class LLMEngine:
             if start < len(request.prompt_token_ids):
                 self.stats.prompt_tokens_computed += min(num_new, len(tokens) - start)
         # With only prompt chunks in the batch the pass still runs, to write their KV entries.
-        logits = self.runner.execute(token_lists, starts, tables, logits_counts)
+        adapter_ids = [r.adapter_index for r in batch.requests] if self.runner.adapters is not None else None
+        logits = self.runner.execute(token_lists, starts, tables, logits_counts, adapter_ids)
         new_tokens = self._pick_tokens(logits, batch.requests, logits_counts, drafts)
         outputs = []
         now = time.monotonic()

@@ -72,18 +72,21 @@ class KVCacheManager:
         """The block table of a request."""
         return self.tables[request_id].block_ids
 
-    def find_cached_prefix(self, request_id: str, token_ids: Sequence[int]) -> int:
+    def find_cached_prefix(self, request_id: str, token_ids: Sequence[int], salt: int | None = None) -> int:
         """Take the longest cached prefix of `token_ids` for a new request; returns the tokens it covers.
 
         At least one token is always left to compute, because the model must produce the logits of
-        the last prompt position.
+        the last prompt position. `salt` starts the hash chain: requests through different LoRA
+        adapters compute different keys and values for the same tokens, so they never share blocks.
         """
         table = self.tables.setdefault(request_id, BlockTable())
         assert not table.block_ids, "prefix lookup happens only before the first allocation"
         if not self.enable_prefix_caching:
             return 0
         size = self.block_size
-        parent: bytes | None = None
+        # An adapter's salt starts the chain, so requests through different adapters never share blocks.
+        parent: bytes | None = None if salt is None else salt.to_bytes(16, "little", signed=True)
+        table.last_hash = parent
         hits: list[int] = []
         for start in range(0, (len(token_ids) - 1) // size * size, size):
             block_hash = chain_hash(parent, token_ids[start : start + size])

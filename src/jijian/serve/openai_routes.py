@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
@@ -58,6 +58,16 @@ class ApiSettings:
     max_stop_sequences: int = 4
     max_embedding_inputs: int = 256
     allowed_hosts: list[str] | None = None  # None: any Host (for in-process use); servers pass [serve] allowed_hosts
+    adapters: list[str] = field(default_factory=list)  # LoRA adapters, chosen by "model": "name" or "base:name"
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a request's `model` names (None: the base model); KeyError when it names nothing served."""
+        if model is None or model == self.model_name:
+            return None
+        name = model.removeprefix(f"{self.model_name}:")
+        if name in self.adapters:
+            return name
+        raise KeyError(model)
 
 
 def _usage(output: RequestOutput) -> dict:
@@ -144,10 +154,13 @@ class OpenAIRoutes:
         return body
 
     def check_model(self, name: str) -> None:
-        """404 unless `name` is the served model."""
-        if name != self.settings.model_name:
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves {self.settings.model_name!r}",
-                           "invalid_request_error", param="model", code="model_not_found")  # fmt: skip
+        """404 unless `name` is the served model or one of its adapters."""
+        try:
+            self.settings.adapter_for(name)
+        except KeyError:
+            served = ", ".join(repr(n) for n in [self.settings.model_name, *self.settings.adapters])
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {served}",
+                           "invalid_request_error", param="model", code="model_not_found") from None  # fmt: skip
 
     def check_prompt_size(self, chars: int) -> None:
         """400 for a prompt over `max_prompt_chars`, checked before any guard pattern reads it."""
@@ -166,6 +179,7 @@ class OpenAIRoutes:
             return SamplingParams(
                 max_tokens=max_tokens, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                 repetition_penalty=body.repetition_penalty, seed=body.seed, stop=stop, ignore_eos=body.ignore_eos,
+                adapter=self.settings.adapter_for(getattr(body, "model", None)),
             )  # fmt: skip
         except InvalidRequestError as exc:
             raise ApiError(400, str(exc), "invalid_request_error", param=exc.param) from None
@@ -444,9 +458,16 @@ class OpenAIRoutes:
 
     def models(self) -> dict:
         """GET /v1/models."""
+        base = self.settings.model_name
         return {
             "object": "list",
-            "data": [{"id": self.settings.model_name, "object": "model", "created": 0, "owned_by": "jijian"}],
+            "data": [
+                {"id": base, "object": "model", "created": 0, "owned_by": "jijian"},
+                *(
+                    {"id": name, "object": "model", "created": 0, "owned_by": "jijian", "parent": base}
+                    for name in self.settings.adapters
+                ),
+            ],
         }
 
     def router(self, auth: HttpAuth) -> APIRouter:

@@ -31,6 +31,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    adapter: str | None = None  # a LoRA adapter the server holds ([serve] adapters); None: the base model
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +80,8 @@ class Request:
     num_text_sent: int = 0
     first_token_time: float | None = None
     spec_token_ids: list[int] = field(default_factory=list)  # draft tokens to verify on the next decode step
+    adapter_index: int | None = None  # the engine's index of params.adapter
+    cache_salt: int | None = None  # prefix-cache hash seed: blocks are shared only under the same adapter
 
     @property
     def all_token_ids(self) -> list[int]:

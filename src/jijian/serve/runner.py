@@ -8,13 +8,16 @@ masked `scaled_dot_product_attention` for the whole batch: batched tensors, no l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from jijian.model.llama import CausalLM
+from jijian.serve.adapters import AdapterSet
 from jijian.serve.matmul import with_packed_linears
 
 SHORT_QUERY = 16  # queries per request up to which attention uses batched matmuls instead of SDPA
@@ -106,9 +109,14 @@ class PagedKVCache:
 class ModelRunner:
     """Runs the jijian model on packed batches; returns logits only for the rows that sample."""
 
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self, model: CausalLM, num_blocks: int, block_size: int, adapters: Mapping[str, str | Path] | None = None
+    ) -> None:
         self.device = next(model.parameters()).device
         self.model = with_packed_linears(model) if self.device.type == "cpu" else model
+        if adapters and self.model is model:  # hooks go on a view, never on the caller's model
+            self.model = copy.deepcopy(model, memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
+        self.adapters = AdapterSet(self.model, model.cfg, adapters) if adapters else None
         self.cache = PagedKVCache(model, num_blocks, block_size)
         self.block_size = block_size
         self.sliding_window = model.cfg.sliding_window
@@ -120,19 +128,26 @@ class ModelRunner:
         start_positions: Sequence[int],
         block_tables: Sequence[Sequence[int]],
         logits_counts: Sequence[int],
+        adapter_ids: Sequence[int | None] | None = None,
     ) -> torch.Tensor:
         """Logits (sum(logits_counts), vocab): request i's last logits_counts[i] new tokens, in batch order.
 
         token_ids[i] are request i's new tokens, starting at absolute position start_positions[i];
         block_tables[i] must cover all of its positions. A request finishing its prompt wants one row,
-        a decode step with d draft tokens 1 + d, a prompt chunk none.
+        a decode step with d draft tokens 1 + d, a prompt chunk none. adapter_ids[i] is request i's
+        LoRA adapter (an index into the runner's adapters; None for the base model).
         """
         layout, tokens, positions, last_rows = self._layout(token_ids, start_positions, block_tables)
         self.cache.layout = layout
+        if self.adapters is not None and adapter_ids is not None:
+            per_token = [index for seq, index in zip(token_ids, adapter_ids, strict=True) for _ in seq]
+            self.adapters.select(per_token, self.device)
         try:
             hidden = self.model.hidden_states(tokens[None, :], cache=self.cache, positions=positions)
         finally:
             self.cache.layout = None
+            if self.adapters is not None:
+                self.adapters.clear()
         rows = [
             last - back
             for last, count in zip(last_rows.tolist(), logits_counts, strict=True)

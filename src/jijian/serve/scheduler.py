@@ -91,7 +91,7 @@ class Scheduler:
             return batch  # no admissions in a step that had to give memory back
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            cached = self.kv_cache.find_cached_prefix(request.request_id, request.all_token_ids)
+            cached = self.kv_cache.find_cached_prefix(request.request_id, request.all_token_ids, request.cache_salt)
             num_new = min(request.num_tokens - cached, budget)
             if not self.kv_cache.allocate(request.request_id, cached + num_new):
                 # Give the prefix references back: a waiting request must not pin blocks others need.

@@ -142,8 +142,13 @@ def build_server(
     )
     runner = None
     if serve.tensor_parallel > 1:
+        if serve.adapters:
+            raise UserInputError(
+                "[serve] adapters are not served with tensor_parallel > 1 yet: merge the adapter "
+                "(`jijian train export --merge`) or serve with tensor_parallel = 1"
+            )
         runner = start_tensor_parallel(config, model, num_blocks)
-    engine = LLMEngine(model, tokenizer, engine_config, runner=runner)
+    engine = LLMEngine(model, tokenizer, engine_config, adapters=serve.adapters, runner=runner)
     hardware = config.hardware
     price = None
     if hardware.rent_per_device_hour is not None:
@@ -157,6 +162,7 @@ def build_server(
         max_stop_sequences=serve.max_stop_sequences,
         max_embedding_inputs=serve.max_embedding_inputs,
         allowed_hosts=allowed_hosts(serve.allowed_hosts, serve.host),
+        adapters=list(serve.adapters),
     )
     async_engine = AsyncEngine(engine, max_queue=serve.max_queue)
     app = create_app(

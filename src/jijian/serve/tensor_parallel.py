@@ -137,8 +137,11 @@ class TensorParallelRunner(ModelRunner):
         start_positions: Sequence[int],
         block_tables: Sequence[Sequence[int]],
         logits_counts: Sequence[int],
+        adapter_ids: Sequence[int | None] | None = None,
     ) -> torch.Tensor:
         """Broadcast the step, then run it here too (every rank must join each block's all-reduce)."""
+        if adapter_ids is not None and any(a is not None for a in adapter_ids):
+            raise ValueError("LoRA adapters are not served under tensor parallelism")
         step = [list(map(list, token_ids)), list(start_positions), list(map(list, block_tables)), list(logits_counts)]
         self.team.send(step)
         return super().execute(token_ids, start_positions, block_tables, logits_counts)

@@ -17,7 +17,9 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from jijian.config import ModelConfig
 from jijian.config.hf_config import WriteBytes
+from jijian.config.schema import LoraConfig
 from jijian.model.hf import DEFAULT_MAX_SHARD_BYTES, TensorSpec, save_hf_tensors
+from jijian.model.lora import is_lora_parameter, merge_lora_state
 from jijian.model.tokenizer import Tokenizer
 
 MODEL_PREFIX = "model."
@@ -33,25 +35,44 @@ def model_tensor_specs(checkpoint: Path, prefix: str = MODEL_PREFIX) -> dict[str
     }
 
 
+def _load(checkpoint: Path, specs: dict[str, TensorSpec], names: list[str]) -> dict[str, torch.Tensor]:
+    """Just these model tensors, each assembled by DCP from however many ranks' shards were saved."""
+    state = {MODEL_PREFIX + n: torch.empty(specs[n].shape, dtype=specs[n].dtype) for n in names}
+    dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
+    return {n: state[MODEL_PREFIX + n] for n in names}
+
+
 def write_hf_from_dcp(
     checkpoint: Path,
     model_cfg: ModelConfig,
     tokenizer: Tokenizer | None,
     to: Path,
     *,
+    lora: LoraConfig | None = None,
     write_bytes: WriteBytes | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
-    """Write the model tensors of DCP checkpoint `checkpoint` as an HF directory `to`, one shard in memory at a time."""
+    """Write the model tensors of DCP checkpoint `checkpoint` as an HF directory `to`, one shard in memory at a time.
+
+    With `lora`, each adapted weight is written merged (W + alpha/rank * B A), read beside its two adapters.
+    """
     specs = model_tensor_specs(checkpoint)
-    reader = FileSystemReader(checkpoint)
+    base = {n: spec for n, spec in specs.items() if not is_lora_parameter(n)}
 
     def fetch(names: list[str]) -> dict[str, torch.Tensor]:
-        # DCP assembles each tensor from however many ranks' shards were saved, reading only these keys.
-        state = {MODEL_PREFIX + n: torch.empty(specs[n].shape, dtype=specs[n].dtype) for n in names}
-        dcp.load(state, storage_reader=reader, no_dist=True)
-        return {n: state[MODEL_PREFIX + n] for n in names}
+        adapted = [n for n in names if f"{n.removesuffix('.weight')}.lora_A.weight" in specs]
+        extra = [f"{n.removesuffix('.weight')}.lora_{ab}.weight" for n in adapted for ab in "AB"]
+        tensors = _load(checkpoint, specs, names + (extra if lora is not None else []))
+        if lora is None:
+            return tensors
+        return merge_lora_state(tensors, lora.alpha / lora.rank)
 
     return save_hf_tensors(
-        specs, fetch, model_cfg, tokenizer, to, max_shard_bytes=max_shard_bytes, write_bytes=write_bytes
+        base, fetch, model_cfg, tokenizer, to, max_shard_bytes=max_shard_bytes, write_bytes=write_bytes
     )
+
+
+def read_lora_from_dcp(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The LoRA adapter tensors of a DCP checkpoint (small: rank x width per adapted matrix)."""
+    specs = model_tensor_specs(checkpoint)
+    return _load(checkpoint, specs, [n for n in specs if is_lora_parameter(n)])

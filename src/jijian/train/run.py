@@ -19,13 +19,15 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
 from jijian.config.hf_config import read_hf_config
+from jijian.config.schema import LoraConfig
 from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
 from jijian.model.device import resolve_device
 from jijian.model.hf import model_config_from_hf
+from jijian.model.lora import base_fingerprint, lora_state, save_peft_adapter
 from jijian.model.tokenizer import Tokenizer
 from jijian.train.checkpoint import CheckpointManager, checkpoint_step, newest_valid_checkpoint
-from jijian.train.consolidate import MODEL_PREFIX, write_hf_from_dcp
+from jijian.train.consolidate import MODEL_PREFIX, read_lora_from_dcp, write_hf_from_dcp
 from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
@@ -126,7 +128,12 @@ def write_final_model(
         dcp.save(state, storage_writer=FileSystemWriter(scratch), no_dist=not dist.is_initialized())
         source = scratch
     if is_rank0():
-        write_hf_from_dcp(source, model_cfg, tokenizer, model_dir)
+        lora = config.train.lora
+        # A LoRA run: the merged model for everything else, and the adapter alone (PEFT) to serve beside the base.
+        write_hf_from_dcp(source, model_cfg, tokenizer, model_dir, lora=lora)
+        if lora is not None:
+            adapter = read_lora_from_dcp(source)
+            save_lora_adapter(adapter, lora, model_cfg, config.train.output_dir / "adapter", config.model.hf_path)
         shutil.rmtree(scratch, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
@@ -159,6 +166,12 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         raise TrainSetupError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}"
         )
+    if tcfg.lora is not None and layout.tp > 1:
+        raise TrainSetupError(
+            "train.lora with parallel.tp > 1 is not supported: shard a LoRA run with dp_shard / dp_replicate instead"
+        )
+    if config.data.format == "chat" and layout.pp > 1:
+        raise TrainSetupError("data.format = 'chat' (document-masked packing) does not run under parallel.pp > 1")
     if tcfg.seq_len > model_cfg.max_seq_len:
         raise TrainSetupError(f"train.seq_len ({tcfg.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
     batches, eval_batches, train_tokens, n_files = _batches(config, tokenizer, console)
@@ -246,6 +259,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
                     "layout": layout.describe(),
                     "parameters": n_params,
                     "parameter_bytes_per_rank": _local_parameter_bytes(parts),
+                    "trainable_parameters": _trainable_parameters(parts),
                     "data_dir": str(config.data.output_dir),
                     "train_tokens": train_tokens,
                     "files": n_files,
@@ -269,6 +283,27 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         summary["layout"] = layout.describe()
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainRun(output_dir=output_dir, model_dir=model_dir, metrics_path=metrics_path, result=result)
+
+
+def save_lora_adapter(
+    state: dict[str, torch.Tensor], lora: LoraConfig, model_cfg: ModelConfig, to: Path, base_model: Path | None = None
+) -> Path:
+    """Write the adapter tensors of a full state dict as a PEFT LoRA directory."""
+    return save_peft_adapter(
+        lora_state(state),
+        to,
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        targets=lora.targets,
+        base_model=str(base_model or ""),
+        base_fingerprint=base_fingerprint(model_cfg),
+    )
+
+
+def _trainable_parameters(parts: ModelParts) -> int:
+    """Parameters the optimizer updates, over all ranks' shards (DTensor shapes are global)."""
+    return sum(p.numel() for p in parts.parameters())
 
 
 def _local_parameter_bytes(parts: ModelParts) -> int:

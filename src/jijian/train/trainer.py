@@ -29,12 +29,20 @@ from jijian.train.optim import build_lr_scheduler, build_optimizer
 from jijian.train.parallel.mesh import ParallelDims
 from jijian.train.parallel.parallelize import ModelParts
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
+"""(inputs, targets), or (inputs, targets, document_ids) for packed sequences that must not see each other."""
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in fp32; target -100 is ignored (padding)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1), ignore_index=-100)
+
+
+def _trained_tokens(batch: Batch) -> int | None:
+    """Targets the loss covers in a whole (global) packed chat batch; None for plain text batches."""
+    if len(batch) < 3:
+        return None
+    return max(1, int((batch[1] != -100).sum()))
 
 
 def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
@@ -175,6 +183,7 @@ class Trainer:
         self.guard = InstabilityGuard(cfg.skip_nonfinite, cfg.spike_zscore, cfg.spike_window)
         # Batches are numbered in stream order; those that caused a rollback are drawn and dropped on replay.
         self.batches_drawn = 0
+        self._trained_tokens: int | None = None  # trained targets of the last global batch drawn (chat SFT)
         self.skip_batches: set[int] = set()
         self.rollbacks = 0
         self.instability_path: Path | None = None
@@ -209,12 +218,30 @@ class Trainer:
         while self.batches_drawn in self.skip_batches:
             next(self.batches)
             self.batches_drawn += 1
-        inputs, targets = next(self.batches)
+        batch = next(self.batches)
         self.batches_drawn += 1
         self.data_wait_s += time.perf_counter() - start
-        self.tokens_seen += inputs.numel()
-        inputs, targets = self._local_rows(inputs), self._local_rows(targets)
-        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        self.tokens_seen += batch[0].numel()
+        self._trained_tokens = _trained_tokens(batch)
+        return tuple(self._local_rows(t).to(self.device, non_blocking=True) for t in batch)
+
+    def _loss(self, batch: Batch, trained_tokens: int | None = None) -> torch.Tensor:
+        """Loss of one micro-batch through the (unpipelined) model; document ids mask attention.
+
+        Packed chat batches (with document ids) leave most targets out, in different numbers per
+        row: each rank then divides its summed loss by the global batch's share per rank, so that
+        averaging over data-parallel ranks gives the global token mean whatever the layout.
+        """
+        inputs, targets, *documents = batch
+        with self._compute_context():
+            logits = self.model(inputs, document_ids=documents[0]) if documents else self.model(inputs)
+        if not documents or trained_tokens is None:
+            return cross_entropy_loss(logits, targets)
+        dp = self.dims.layout.dp if self.dims is not None else 1
+        summed = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(0, 1), ignore_index=-100, reduction="sum"
+        )
+        return summed * dp / trained_tokens
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -238,15 +265,14 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         first_batch = self.batches_drawn
         for _ in range(accum):
-            inputs, targets = self._next_batch()
+            batch = self._next_batch()
             if self.parts.schedule is not None:
                 # The schedule's loss_fn divides by accum (see run.py), so micro-step losses add up.
-                total += self._pipeline_step(inputs, targets, train=True)
+                total += self._pipeline_step(batch[0], batch[1], train=True)
                 continue
-            with self._compute_context():
-                logits = self.model(inputs)
-            # Each micro-batch has the same token count, so the mean of means is the full-batch mean.
-            loss = cross_entropy_loss(logits, targets) / accum
+            # Each micro-batch has the same token count, so the mean of means is the full-batch mean
+            # (with loss masks, as in chat SFT, it is the mean of the micro-batches' means).
+            loss = self._loss(batch, self._trained_tokens) / accum
             loss.backward()
             total += loss.detach()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
@@ -361,14 +387,12 @@ class Trainer:
             return None
         self.parts.train(False)
         losses = []
-        for inputs, targets in self.eval_batches:
-            inputs = self._local_rows(inputs).to(self.device)
-            targets = self._local_rows(targets).to(self.device)
+        for global_batch in self.eval_batches:
+            batch = tuple(self._local_rows(t).to(self.device) for t in global_batch)
             if self.parts.schedule is not None:
-                local = self._pipeline_step(inputs, targets, train=False)
+                local = self._pipeline_step(batch[0], batch[1], train=False)
             else:
-                with self._compute_context():
-                    local = cross_entropy_loss(self.model(inputs), targets)
+                local = self._loss(batch, _trained_tokens(global_batch))
             losses.append(self._global_mean(local))
         self.parts.train()
         return float(torch.stack(losses).mean())

@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from jijian.config.hf_config import HFFormatError
 from jijian.model import CausalLM
 from jijian.model.llama import rope_inverse_frequencies
+from jijian.model.lora import is_lora_parameter
 
 
 def parameter_seed(seed: int, name: str) -> int:
@@ -45,16 +46,22 @@ def init_parameters(model: CausalLM, seed: int, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def load_hf_shards(model: CausalLM, hf_dir: Path, device: torch.device) -> None:
+def load_hf_shards(model: CausalLM, hf_dir: Path, device: torch.device, seed: int = 0) -> None:
     """Fill a materialised (possibly sharded) model from a Hugging Face directory: each rank reads only its slices.
 
     DCP's Hugging Face reader memory-maps the safetensors files and copies, for every DTensor, just the
     rows or columns this rank owns (converting the dtype on the way), so no rank ever holds the full
-    model: a 70B fine-tune on 8 GPUs reads 1/8 of the weights per rank.
+    model: a 70B fine-tune on 8 GPUs reads 1/8 of the weights per rank. LoRA adapters, which a base
+    checkpoint lacks, start from their usual initial values.
     """
     model.model.inv_freq = rope_inverse_frequencies(model.cfg, device=device)
     # named_parameters lists a tied weight once, under the embedding's name: the one HF stores.
-    state = dict(model.named_parameters())
+    state = {}
+    for name, param in model.named_parameters():
+        if is_lora_parameter(name):
+            assign_full_value(param, full_initial_value(model, name, param.shape, seed))
+        else:
+            state[name] = param
     metadata = HuggingFaceStorageReader(str(hf_dir)).read_metadata().state_dict_metadata
     missing = sorted(set(state) - set(metadata))
     if missing:

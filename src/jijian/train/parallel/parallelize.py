@@ -11,6 +11,7 @@ from torch import nn
 
 from jijian.config import ModelConfig, ParallelConfig, TrainConfig
 from jijian.model import CausalLM
+from jijian.model.lora import add_lora
 from jijian.train.layout import Layout
 from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
 from jijian.train.parallel.fsdp import apply_fsdp
@@ -40,11 +41,12 @@ class ModelParts:
         return self.n_stages - 1 in self.stage_ids
 
     def parameters(self) -> list[nn.Parameter]:
-        """Every trainable parameter of this rank (tied weights once)."""
+        """Every trainable parameter of this rank (tied weights once; frozen LoRA base weights left out)."""
         seen: dict[int, nn.Parameter] = {}
         for part in self.parts:
             for param in part.parameters():
-                seen.setdefault(id(param), param)
+                if param.requires_grad:
+                    seen.setdefault(id(param), param)
         return list(seen.values())
 
     def train(self, mode: bool = True) -> None:
@@ -87,6 +89,9 @@ def build_model_parts(
             model = CausalLM(model_cfg)
         if layout.pp > 1:
             prune_to_stage(model, stage_id, n_stages)
+        if train_cfg.lora is not None:
+            lora = train_cfg.lora
+            add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
         blocks = list(model.model.layers.values())
         if tp_mesh is not None:
             apply_tensor_parallel(
@@ -112,7 +117,7 @@ def build_model_parts(
         if initial_hf_dir is None:
             init_parameters(model, train_cfg.seed, device)
         else:
-            load_hf_shards(model, initial_hf_dir, device)
+            load_hf_shards(model, initial_hf_dir, device, train_cfg.seed)
         parts.append(model)
     schedule = None
     if layout.pp > 1:

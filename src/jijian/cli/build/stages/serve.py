@@ -73,7 +73,10 @@ class ServeStage:
         question = config.up.question
         if question:
             with serve_in_thread(server.app) as url:
-                record.update(ask(url, record["model"], question, config, stage_key))
+                # With adapters the question goes to the first one: it is what the deployment was tuned for.
+                asked = next(iter(config.serve.adapters), record["model"])
+                record.update(ask(url, asked, question, config, stage_key))
+                record["asked_model"] = asked
             ctx.console.print(f"[bold]Q:[/] {question}\n[bold]A:[/] {record['answer']}", highlight=False)
             for citation in record["citations"]:
                 ctx.console.print(

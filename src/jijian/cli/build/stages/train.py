@@ -37,8 +37,9 @@ class TrainStage:
         }
 
     def inputs(self, config: DeployConfig, base: Path) -> list[Path]:
-        """A given tokenizer and the HF model training starts from."""
-        return [p for p in (config.tokenizer.path, config.model.hf_path) if p is not None]
+        """A given tokenizer, the HF model training starts from, and chat data (read by the trainer itself)."""
+        chat = [base / s for s in config.data.sources] if config.data.format == "chat" else []
+        return [p for p in (config.tokenizer.path, config.model.hf_path) if p is not None] + chat
 
     def outputs(self, config: DeployConfig) -> list[Path]:
         """The final model, the run summary and the checkpoints."""
@@ -93,6 +94,10 @@ def training_config(ctx: StageContext) -> DeployConfig:
     if "data" in ctx.stages:
         # The data stage built the shards from the expanded sources; the trainer opens them as they are.
         updates["data"] = config.data.model_copy(update={"sources": []})
+    elif config.data.format == "chat":
+        # Chat data is read by the trainer itself: its sources are relative to the config file, like all paths.
+        base = ctx.config_path.resolve().parent
+        updates["data"] = config.data.model_copy(update={"sources": [str(base / s) for s in config.data.sources]})
     if config.up.train_minutes is not None:
         minutes = config.up.train_minutes
         model_section = config.model.model_dump(exclude_none=True)

@@ -1,0 +1,180 @@
+"""Low-rank adapters (LoRA): y = W x + (alpha / r) * B A dropout(x) on chosen linear layers, W frozen.
+
+Adapters live inside the linear layer they adapt, as `lora_A` / `lora_B` children, and a forward
+hook adds their product. The base parameters keep their Hugging Face names, so loading a base model
+and sharding it works exactly as without adapters; the adapter tensors are named like PEFT's, so
+`save_peft_adapter` writes a directory that `peft.PeftModel.from_pretrained` loads onto the
+transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from jijian.config.errors import UserInputError
+from jijian.config.schema import LORA_TARGETS
+from jijian.model.llama import CausalLM
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_FINGERPRINT = "jijian_base.json"  # beside PEFT's files: the base model's shape, which PEFT does not record
+PEFT_PREFIX = "base_model.model."
+LINEAR_NAMES = LORA_TARGETS
+
+
+class LoRAError(UserInputError):
+    """A LoRA setting or adapter directory that cannot be used."""
+
+
+def _add_lora_output(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    x = module.lora_dropout(args[0])
+    return output + module.lora_B(module.lora_A(x)) * module.lora_scaling
+
+
+def add_lora(model: CausalLM, rank: int, alpha: float, dropout: float, targets: Iterable[str]) -> list[str]:
+    """Put adapters on every linear layer whose name is in `targets` and freeze all other parameters.
+
+    Works on a model on the meta device (before sharding) as well as a materialised one, where
+    A starts random and B at zero so the adapted model starts equal to the base. Returns the names
+    of the adapted layers; a target that names no layer is an error.
+    """
+    targets = list(targets)
+    unknown = sorted(set(targets) - set(LINEAR_NAMES))
+    if unknown or not targets:
+        raise LoRAError(
+            f"train.lora.targets: {unknown or targets} names no module; choose from {', '.join(LINEAR_NAMES)}"
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    adapted = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1] not in targets:
+            continue
+        device, dtype = module.weight.device, module.weight.dtype
+        module.lora_A = nn.Linear(module.in_features, rank, bias=False, device=device, dtype=dtype)
+        module.lora_B = nn.Linear(rank, module.out_features, bias=False, device=device, dtype=dtype)
+        module.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        module.lora_scaling = alpha / rank
+        if device.type != "meta":
+            with torch.no_grad():
+                nn.init.normal_(module.lora_A.weight, std=model.cfg.init_std)
+                nn.init.zeros_(module.lora_B.weight)
+        module.register_forward_hook(_add_lora_output)
+        adapted.append(name)
+    if not adapted:  # e.g. every target layer was pruned away by a pipeline stage
+        raise LoRAError(f"train.lora.targets: {targets} matched no linear layer of the model")
+    return adapted
+
+
+def is_lora_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to an adapter."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter tensors of a full state dict."""
+    return {k: v for k, v in state.items() if is_lora_parameter(k)}
+
+
+def merge_lora_state(state: Mapping[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A plain base-model state dict with W + scaling * B A folded into each adapted weight."""
+    merged = {k: v for k, v in state.items() if not is_lora_parameter(k)}
+    for name in state:
+        if name.endswith(".lora_A.weight"):
+            layer = name.removesuffix(".lora_A.weight")
+            a, b = state[name].float(), state[f"{layer}.lora_B.weight"].float()
+            weight = merged[f"{layer}.weight"]
+            merged[f"{layer}.weight"] = (weight.float() + scaling * (b @ a)).to(weight.dtype)
+    return merged
+
+
+def save_peft_adapter(
+    adapters: Mapping[str, torch.Tensor],
+    directory: str | Path,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: Iterable[str],
+    base_model: str = "",
+    base_fingerprint: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `adapter_config.json` + `adapter_model.safetensors` as PEFT does, replacing `directory` atomically.
+
+    `base_fingerprint` (the base model's shape) is stored alongside, in `jijian_base.json`, so a
+    server can refuse an adapter trained on another base.
+    """
+    directory = Path(directory)
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": sorted(set(targets)),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "base_model_name_or_path": base_model,
+    }
+    tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in adapters.items()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if base_fingerprint is not None:
+            (staging / BASE_FINGERPRINT).write_text(json.dumps(dict(base_fingerprint)) + "\n", encoding="utf-8")
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_peft_adapter(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(adapter_config, adapter tensors with jijian's names) of a PEFT LoRA directory."""
+    directory = Path(directory)
+    config_path = directory / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise LoRAError(f"{config_path}: not found (is {directory} a PEFT adapter directory?)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoRAError(f"{config_path}: cannot read: {exc}") from None
+    if config.get("peft_type") != "LORA":
+        raise LoRAError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise LoRAError(f"{weights}: not found")
+    tensors = {k.removeprefix(PEFT_PREFIX).replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+    return config, tensors
+
+
+def base_fingerprint(cfg: Any) -> dict[str, Any]:
+    """The base-model facts an adapter depends on: architecture and shape."""
+    return {
+        "architecture": cfg.architecture,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_size,
+        "ffn_dim": cfg.ffn_dim,
+        "vocab_size": cfg.vocab_size,
+    }
