@@ -278,7 +278,8 @@ class CausalLM(nn.Module):
         if document_ids is not None:
             cache = DocumentAttention(document_ids, self.cfg.sliding_window)
             positions = positions_within_documents(document_ids)
-        h = self.model(tokens, cache, start_pos, positions)
+        # positions as a keyword: tensor parallelism prepares only the positional inputs (tokens, cache, start_pos).
+        h = self.model(tokens, cache, start_pos, positions=positions)
         return self.lm_head(h) if self.lm_head is not None else h
 
     def init_std(self, name: str) -> float | None:
