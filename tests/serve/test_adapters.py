@@ -100,6 +100,7 @@ def test_an_adapter_trained_on_another_base_is_refused(small_model, tmp_path):
 def test_the_http_api_routes_by_model_name_and_lists_the_adapters(small_model, adapters):
     import openai
 
+    from jijian.guard.http_auth import HttpAuth
     from jijian.guard.principals import Principal
     from jijian.serve.api import ApiSettings, create_app
     from jijian.serve.async_engine import AsyncEngine
@@ -108,8 +109,9 @@ def test_the_http_api_routes_by_model_name_and_lists_the_adapters(small_model, a
     base, tokenizer = small_model
     dirs, merged = adapters
     engine = AsyncEngine(LLMEngine(base, tokenizer, EngineConfig(num_blocks=128, block_size=4), adapters=dirs))
-    settings = ApiSettings(model_name="tiny", api_keys={"k": Principal("alice")}, adapters=list(dirs))
-    with serve_in_thread(create_app(engine, tokenizer, settings)) as url:
+    settings = ApiSettings(model_name="tiny", adapters=list(dirs))
+    auth = HttpAuth.with_keys({"k": Principal("alice")})
+    with serve_in_thread(create_app(engine, tokenizer, settings, auth=auth)) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         listed = [(m.id, getattr(m, "parent", None)) for m in client.models.list().data]
         assert listed == [("tiny", None), ("legal", "tiny"), ("support", "tiny")]
