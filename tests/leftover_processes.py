@@ -25,15 +25,35 @@ def pytest_configure(config: pytest.Config) -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+# multiprocessing's per-interpreter helpers (started by a Pool or a forkserver context, e.g. `jijian data
+# build --workers`) are meant to live as long as this interpreter and exit with it; their children still count.
+_INTERPRETER_HELPERS = (
+    "from multiprocessing.resource_tracker import main",
+    "from multiprocessing.forkserver import main",
+)
+
+
+def _is_interpreter_helper(process: psutil.Process) -> bool:
+    command = " ".join(process.cmdline())
+    return process.ppid() == os.getpid() and any(helper in command for helper in _INTERPRETER_HELPERS)
+
+
 def _living_descendants() -> list[psutil.Process]:
     alive = []
     for process in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if process.status() != psutil.STATUS_ZOMBIE:
+            if _running(process) and not _is_interpreter_helper(process):
                 alive.append(process)
         except psutil.NoSuchProcess:
             continue
     return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _describe(process: psutil.Process) -> str:
@@ -49,7 +69,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not survivors:
         return
     _, survivors = psutil.wait_procs(survivors, timeout=GRACE_S)
-    survivors = [p for p in survivors if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    survivors = [p for p in survivors if _running(p)]
     if not survivors:
         return
     lines = "\n".join(f"  {_describe(p)}" for p in survivors)

@@ -117,6 +117,7 @@ def test_http_api(tmp_path):
     assert client.delete("/collections/c").status_code == 200
 
 
+@pytest.mark.model
 def test_minilm_ranks_by_meaning(tmp_path):
     embedder = load_embedder("all-MiniLM-L6-v2")
     assert embedder.dim == 384

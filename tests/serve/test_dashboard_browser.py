@@ -2,7 +2,8 @@
 
 Loads every page, logs in, submits a chat with RAG in the playground and checks that the answer
 streams in and the citations appear; saves a screenshot of every page (directory from
-JIJIAN_UI_SCREENSHOTS, default test-artifacts/ui/ in the repository).
+JIJIAN_UI_SCREENSHOTS, default a directory of the test session's temporary files, so that a plain
+test run writes nothing into the repository).
 
 By default the server runs the small deployment of `ui_deployment`. To take screenshots of an
 existing deployment (e.g. a quick-start run), set JIJIAN_UI_DEPLOY=path/to/deploy.toml, plus
@@ -23,8 +24,6 @@ import pytest
 
 from jijian.config import load_config
 from jijian.serve.server import build_server, serve_in_thread
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def chromium_path() -> str | None:
@@ -55,8 +54,9 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def screenshots() -> Path:
-    directory = Path(os.environ.get("JIJIAN_UI_SCREENSHOTS") or REPO / "test-artifacts" / "ui")
+def screenshots(tmp_path_factory) -> Path:
+    chosen = os.environ.get("JIJIAN_UI_SCREENSHOTS")
+    directory = Path(chosen) if chosen else tmp_path_factory.mktemp("ui-screenshots")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 

@@ -34,6 +34,7 @@ def test_greedy_matches_transformers_generate(small_model, reference_model, prom
         assert out == ref[0, len(prompt) :].tolist()
 
 
+@pytest.mark.slow
 def test_a_request_gives_the_same_greedy_output_alone_or_batched_with_15_others(small_model, prompts_of_lengths):
     model, _ = small_model
     prompts = prompts_of_lengths([3, 40, 7, 61, 1, 18, 25, 9, 33, 12, 50, 4, 27, 15, 38, 21], model.cfg.vocab_size, 1)
@@ -45,6 +46,7 @@ def test_a_request_gives_the_same_greedy_output_alone_or_batched_with_15_others(
         assert out == generate(model, prompt, 16)
 
 
+@pytest.mark.slow
 def test_prefix_cache_hits_cut_prefill_tokens(small_model, prompts_of_lengths):
     model, _ = small_model
     shared = prompts_of_lengths([40], model.cfg.vocab_size, 2)[0]
@@ -61,6 +63,7 @@ def test_prefix_cache_hits_cut_prefill_tokens(small_model, prompts_of_lengths):
     assert cold.generate([shared + tails[0], shared + tails[1]], GREEDY_16) == [first, second]
 
 
+@pytest.mark.slow
 def test_preemption_under_a_tiny_kv_budget_still_completes_every_request_correctly(small_model, prompts_of_lengths):
     model, _ = small_model
     prompts = prompts_of_lengths([10, 14, 8, 12, 9, 11], model.cfg.vocab_size, 4)
@@ -84,6 +87,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(small_mode
     assert other_seed != alone
 
 
+@pytest.mark.slow
 def test_top_k_1_and_a_huge_repetition_penalty(small_model, prompts_of_lengths):
     model, _ = small_model
     prompt = prompts_of_lengths([8], model.cfg.vocab_size, 6)[0]

@@ -37,6 +37,7 @@ def test_the_proposer_continues_the_latest_earlier_match_of_the_longest_tail():
         NgramProposer(num_tokens=2, min_n=3, max_n=2)
 
 
+@pytest.mark.slow
 def test_speculative_decoding_keeps_greedy_outputs_and_needs_fewer_steps(small_model, prompts_of_lengths):
     model, _ = small_model
     prompts = prompts_of_lengths([3, 40, 7, 61, 1, 18, 25, 9], model.cfg.vocab_size, 11)
@@ -54,6 +55,7 @@ def test_speculative_decoding_keeps_greedy_outputs_and_needs_fewer_steps(small_m
     assert spec.kv_cache.usage() == 0.0
 
 
+@pytest.mark.slow
 def test_speculative_decoding_survives_preemption_and_keeps_prefix_caching_correct(small_model, prompts_of_lengths):
     model, _ = small_model
     prompts = prompts_of_lengths([10, 14, 8, 12, 9, 11], model.cfg.vocab_size, 4)
@@ -97,6 +99,7 @@ def test_sampled_and_penalised_requests_decode_one_token_at_a_time(small_model, 
         assert engine.stats.draft_tokens == 0
 
 
+@pytest.mark.slow
 def test_decode_rows_attend_in_groups_of_similar_context_length(small_model, prompts_of_lengths, monkeypatch):
     from jijian.serve import runner
 

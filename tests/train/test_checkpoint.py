@@ -86,6 +86,7 @@ def test_retention_keeps_the_last_k_and_every_nth():
     assert retained([2, 4, 6, 8, 10, 12], keep_last=2, keep_every=4) == {4, 8, 10, 12}
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(root):
     whole = run_training(load_config(write_config(root, "whole", 8)))
     # The same run, stopped after 4 steps and started again with the full step count: it resumes at 4.
@@ -172,6 +173,7 @@ def _poison_loss(monkeypatch, bad_calls: set[int] | None):
     monkeypatch.setattr(trainer_module, "cross_entropy_loss", loss)
 
 
+@pytest.mark.slow
 def test_a_nan_rolls_back_skips_the_batch_and_finishes(root, monkeypatch):
     _poison_loss(monkeypatch, {5})  # step 5 of a run with checkpoints every 2 steps
     run = run_training(load_config(write_config(root, "nan", 8)))

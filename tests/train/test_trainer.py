@@ -69,6 +69,7 @@ def test_gradients_are_clipped_to_the_global_norm(tiny_config):
     assert float(norm_after) == pytest.approx(0.05, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_loss_falls_when_the_data_can_be_learned(tiny_config):
     torch.manual_seed(0)
     model = build_model(tiny_config)
@@ -134,6 +135,7 @@ def small_run_config(tmp_path, corpus, tokenizer_dir, **train):
     )
 
 
+@pytest.mark.model
 def test_a_trained_model_continues_a_prompt_exactly_like_transformers(tmp_path, tokenizer, corpus_texts):
     tokenizer.save(tmp_path / "tokenizer")
     config = small_run_config(tmp_path, write_corpus(tmp_path, corpus_texts), tmp_path / "tokenizer")

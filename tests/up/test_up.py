@@ -60,6 +60,9 @@ question_max_tokens = 4
 """
 STAGES = ["data", "train", "export", "kb", "serve"]
 
+# Every test builds on a deployment trained, exported and served through all five stages.
+pytestmark = pytest.mark.slow
+
 
 def up(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["up", *args])
