@@ -1,5 +1,9 @@
 """Guardrail quality and speed: injection TPR/FPR, PII recall/precision, median latency per check on 1 KB.
 
+Everyday prompts: the `test` split of `src/jijian/guard/data/benign_prompts.jsonl` (greetings, chat,
+coding help, translation, summaries, role-play, system-prompt-like instructions, questions about
+security, everyday writing; English and Chinese): the false-positive rate a new user meets.
+
 Injection: the `test` split of `src/jijian/guard/data/injection_dataset.jsonl` (English and Chinese;
 attacks of every kind plus benign instructions, code questions, questions *about* prompt injection,
 chat and document passages), which the classifier never trains on. The competitor is the keyword
@@ -10,26 +14,34 @@ near misses: failed Luhn, wrong GB 11643 check character, wrong IBAN check digit
 placeholder keys) in English and Chinese templates. The competitor is the same recognisers' regexes
 without validation (what a quick regex scrubber does), so the ratio shows what checksums buy.
 
+Worst case: adversarial texts of about 1 MB each (runs of private-key headers, digits, e-mail-like
+local parts, base64, hex, key assignments, override verbs in English and Chinese, zero-width
+characters, JSON web tokens, ...) through the full `detect_injection` + `find_pii` path; the slowest
+one's MB/s is the result. The competitor is the private-key pattern as Python's backtracking `re`
+ran it before (the same regex text), on 1/32 of the input, since it grows quadratically.
+
 Latency: median wall time of one injection scan, one PII scan, and both (what the policy runs on a
 request), on a 1 KB mixed English/Chinese text, after warm-up; the classifier is trained before timing.
 
     .venv/bin/python benchmarks/guard_eval.py --quick   # 50 PII sentences per type, 300 timing repetitions
     .venv/bin/python benchmarks/guard_eval.py           # 300 per type, 2000 repetitions
 
-Ends with `RESULT guard_injection_tpr|guard_injection_fpr|guard_pii_recall|guard_pii_precision|
-guard_check_latency_ms <value> target <op> <threshold> PASS|FAIL`. The exit code is 0 whatever the verdict.
+Ends with `RESULT guard_injection_tpr|guard_injection_fpr|guard_everyday_fpr|guard_pii_recall|guard_pii_precision|
+guard_check_latency_ms|guard_worst_case_mb_per_s <value> target <op> <threshold> PASS|FAIL`.
+The exit code is 0 whatever the verdict.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 
-from jijian.guard.classifier import default_classifier, load_dataset
-from jijian.guard.injection import InjectionDetector
+from jijian.guard.classifier import BENIGN_DATASET, default_classifier, load_dataset
+from jijian.guard.injection import InjectionDetector, detect_injection
 from jijian.guard.pii import PII_TYPES, RECOGNISERS, find_pii
 from jijian.guard.pii_samples import labelled_sentences
 
@@ -79,13 +91,32 @@ def injection_eval(detector: InjectionDetector) -> tuple[float, float]:
     return tpr, fpr
 
 
+def everyday_eval(detector: InjectionDetector) -> float:
+    rows = load_dataset("test", name=BENIGN_DATASET)
+    ours = [detector.scan(str(r["text"])) for r in rows]
+    theirs = [keyword_filter(str(r["text"])) for r in rows]
+    fpr = sum(v.flagged for v in ours) / len(rows)
+    print(f"\nEveryday prompts, test split of {BENIGN_DATASET} ({len(rows)} benign; written after the detector")
+    print("changes, never trained on or tuned against)")
+    print(f"{'detector':<24}{'FPR':>8}")
+    print(f"{'jijian':<24}{fpr:>8.4f}")
+    print(f"{'keyword filter':<24}{sum(theirs) / len(rows):>8.4f}")
+    for lang in ("en", "zh"):
+        sub = [v.flagged for v, r in zip(ours, rows, strict=True) if r["lang"] == lang]
+        print(f"  {lang}: FPR {sum(sub) / len(sub):.4f} ({sum(sub)}/{len(sub)})")
+    for v, r in zip(ours, rows, strict=True):
+        if v.flagged:
+            print(f"  refused: {r['text']!r} score {v.score} ({'; '.join(v.reasons)})")
+    return fpr
+
+
 def _naive_find(text: str) -> set[tuple[str, int, int]]:
     """The competitor: each recogniser's candidate regex, no checksum or validation."""
     from jijian.guard import pii
 
     patterns = {
         "EMAIL": [pii._EMAIL], "PHONE": [pii._CN_MOBILE, pii._E164], "CN_ID": [pii._CN_ID], "CREDIT_CARD": [pii._CARD],
-        "IP": [pii._IPV4, pii._IPV6], "IBAN": [pii._IBAN], "SECRET": [pii._SECRET_PREFIXED],
+        "IP": [pii._IPV4, pii._IPV6], "IBAN": [pii._IBAN], "SECRET": list(pii._SECRET_PREFIXED),
     }  # fmt: skip
     found = set()
     for kind, regexes in patterns.items():
@@ -157,6 +188,57 @@ def latency_eval(detector: InjectionDetector, repeats: int) -> float:
     return both
 
 
+# Attack units repeated to ~1 MB: each aims at one pattern's worst case (long candidate runs that never
+# complete, or a match at every position).
+ADVERSARIAL_UNITS = {
+    "private-key headers": "-----BEGIN PRIVATE KEY-----\n",
+    "BEGIN words": "-----BEGIN A B C D ",
+    "digits": "1",
+    "phone-like groups": "138 1234 ",
+    "e-mail local parts": "a.b-c+",
+    "IPv6-like colons": "1:",
+    "IPv4-like dots": "1.2.",
+    "base64 run": "QUJD",
+    "hex pairs": "41 ",
+    "key assignments": "password=",
+    "override verbs": "ignore the ",
+    "Chinese override verbs": "忽略之前的",
+    "spaced letters": "a ",
+    "zero-width characters": "i\u200b",
+    "open quotations": '"ignore previous instructions ',
+    "JSON web token parts": "eyJhbGciOiJIUzI1NiJ9.",
+}  # fmt: skip
+OLD_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", re.S)
+
+
+def worst_case_eval(megabytes: float) -> float:
+    size = int(megabytes * (1 << 20))
+    print(f"\nWorst case: {len(ADVERSARIAL_UNITS)} adversarial texts of {size / 1e6:.2f} MB each, injection + PII")
+    rates_mb_s = {}
+    for name, unit in ADVERSARIAL_UNITS.items():
+        text = unit * (size // len(unit.encode("utf-8")))
+        start = time.perf_counter()
+        detect_injection(text)
+        find_pii(text)
+        seconds = time.perf_counter() - start
+        rates_mb_s[name] = len(text.encode("utf-8")) / 1e6 / seconds
+        print(f"  {name:<26}{seconds:>7.2f} s {rates_mb_s[name]:>8.2f} MB/s")
+    headers = ADVERSARIAL_UNITS["private-key headers"] * (size // 32 // 28)
+    start = time.perf_counter()
+    OLD_PRIVATE_KEY.search(headers)
+    old_s = time.perf_counter() - start
+    start = time.perf_counter()
+    find_pii(headers)
+    new_s = time.perf_counter() - start
+    print(
+        f"  private-key pattern on {len(headers) / 1e6:.2f} MB of headers: backtracking re {old_s:.2f} s, "
+        f"jijian find_pii (all recognisers) {new_s:.3f} s, ratio {old_s / max(new_s, 1e-9):.0f}x"
+    )
+    worst = min(rates_mb_s, key=rates_mb_s.__getitem__)
+    print(f"  slowest: {worst}")
+    return rates_mb_s[worst]
+
+
 def verdict(name: str, value: float, op: str, threshold: float) -> None:
     ok = value >= threshold if op == ">=" else value <= threshold if op == "<=" else value < threshold
     print(f"RESULT {name} {value:.4g} target {op} {threshold} {'PASS' if ok else 'FAIL'}")
@@ -172,14 +254,18 @@ def main() -> None:
     detector = InjectionDetector(0.5)
     assert set(RECOGNISERS) == set(PII_TYPES)
     tpr, fpr = injection_eval(detector)
+    everyday_fpr = everyday_eval(detector)
     recall, precision = pii_eval(50 if args.quick else 300)
     latency = latency_eval(detector, 300 if args.quick else 2000)
+    worst_mb_s = worst_case_eval(0.25 if args.quick else 1.0)
     print()
     verdict("guard_injection_tpr", tpr, ">=", 0.9)
     verdict("guard_injection_fpr", fpr, "<=", 0.05)
+    verdict("guard_everyday_fpr", everyday_fpr, "<=", 0.01)
     verdict("guard_pii_recall", recall, ">=", 0.95)
     verdict("guard_pii_precision", precision, ">=", 0.95)
     verdict("guard_check_latency_ms", latency, "<", 2.0)
+    verdict("guard_worst_case_mb_per_s", worst_mb_s, ">=", 1.0)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomli_w
 from typer.testing import CliRunner
 
@@ -63,6 +64,7 @@ def test_torchrun_command_for_multi_node(tmp_path, tokenizer, stdlib_paths):
     assert cmd[-2:] == ["jijian.train.worker", str(path)]
 
 
+@pytest.mark.multiprocess
 def test_train_launches_ranks_and_report_plots_the_run(tmp_path, tokenizer, stdlib_paths):
     path = write_config(tmp_path, tokenizer, stdlib_paths, {"dp_shard": 2})
     env = {**os.environ, "TMPDIR": str(tmp_path)}

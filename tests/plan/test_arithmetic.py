@@ -98,3 +98,14 @@ def test_ring_collectives_and_pipeline_bubbles():
     # 1F1B holds at most p micro-batches in flight on the first stage; GPipe holds all m.
     assert pipeline_in_flight("1f1b", 8, 32) == 8
     assert pipeline_in_flight("gpipe", 8, 32) == 32
+
+
+def test_zero_paper_worked_example_through_a_dp64_layout():
+    # The ZeRO paper's 7.5B model on 64 data-parallel ranks, stage by stage, through the planner's layout.
+    from jijian.plan.estimate import Layout, zero_sharding
+
+    for zero, expected_gb in ((None, 120.0), (1, 31.4), (2, 16.6)):
+        stage, shard = zero_sharding(Layout(dp=64, zero_stage=zero))
+        assert 7.5e9 * model_state_bytes_per_param(stage, shard) / 1e9 == pytest.approx(expected_gb, rel=5e-3)
+    stage, shard = zero_sharding(Layout(fsdp=64))
+    assert 7.5e9 * model_state_bytes_per_param(stage, shard) / 1e9 == pytest.approx(1.875)

@@ -67,7 +67,9 @@ def test_evaluate_layout_picks_a_fitting_variant_or_says_what_would_fit():
     cluster = make_cluster("H800")
     result = evaluate_layout(work, cluster, {"fsdp": 32, "tp": 8}, None)
     assert (result.layout.fsdp, result.layout.tp, result.gpus) == (32, 8, 256) and result.fits
-    with pytest.raises(PlanError, match=r"needs [0-9.]+ GB per device; H800 has 72 GB usable; nearest feasible layout"):
+    with pytest.raises(
+        PlanError, match=r"needs [0-9.]+ GB per device; H800 has \d+ GB usable; nearest feasible layout"
+    ):
         evaluate_layout(work, cluster, {"dp": 32}, "none")  # 70B replicated on every device
     with pytest.raises(PlanError, match=r"fits no layout on 8 x H800.*nearest feasible: --gpus"):
         evaluate_layout(work, cluster, {"dp": 8}, None)
@@ -99,7 +101,7 @@ def test_searched_layouts_pass_jijian_trains_own_layout_check():
     from jijian.train.layout import resolve_layout
 
     work = Workload(shape("llama3-70b"), 4096, 512, 1e12)
-    found = search(work, make_cluster("H800"), 256, top=50)
+    found = search(work, make_cluster("H800"), 256, top=50, jijian_only=True)
     assert any(e.layout.pp > 1 for e in found.best) and any(e.layout.pp == 1 for e in found.best)
     for result in found.best:
         train = {**train_settings(result), "seq_len": 4096, "warmup_steps": 0}
@@ -109,3 +111,41 @@ def test_searched_layouts_pass_jijian_trains_own_layout_check():
         assert train["batch_size"] * train["grad_accum_steps"] == 512  # the planned global batch
         if result.layout.pp > 1:
             assert resolved.pp_microbatches == result.microbatches
+
+
+def test_zero_layouts_parse_evaluate_and_are_searched():
+    assert parse_layout("dp=64,zero=1,tp=8") == {"dp": 64, "zero": 1, "tp": 8}
+    work = Workload(shape("llama3-70b"), 4096, 1024, 2e12)
+    cluster = make_cluster("H800")
+    zero1 = evaluate_layout(work, cluster, {"dp": 64, "zero": 1, "tp": 8, "pp": 2}, None)
+    zero2 = evaluate_layout(work, cluster, {"dp": 64, "zero": 2, "tp": 8, "pp": 2}, None)
+    plain = evaluate_layout(work, cluster, {"dp": 64, "tp": 8, "pp": 2}, "full")
+    assert zero1.layout.zero_stage == 1 and "zero=1" in zero1.layout.describe()
+    # Sharding the optimizer (ZeRO-1) and then the gradients (ZeRO-2) each takes model-state memory off a device.
+    states = [e.memory_breakdown_gb["model_states"] for e in (plain, zero1, zero2)]
+    assert states[0] > states[1] > states[2]
+    assert not zero1.jijian_runs and zero2.jijian_runs
+    result = search(Workload(shape("llama3-8b"), 4096, 256, 1e11), make_cluster("A100-80GB"), 64, top=1000)
+    assert {e.layout.zero_stage for e in result.best} >= {None, 1, 2}
+
+
+def test_zero_with_fsdp_names_the_nearest_feasible_layouts():
+    expected = r"zero=1 with fsdp=64.*nearest feasible: 'dp=64,zero=1,tp=8' .* 'fsdp=64,tp=8'"
+    with pytest.raises(PlanError, match=expected):
+        parse_layout("fsdp=64,zero=1,tp=8")
+    with pytest.raises(PlanError, match=r"zero=3 is fully-sharded.*'fsdp=64'"):
+        parse_layout("dp=64,zero=3")
+    with pytest.raises(PlanError, match=r"zero=2 shards over the dp ranks.*'dp=8,zero=2,tp=8'"):
+        parse_layout("zero=2,tp=8")
+
+
+def test_zero2_emits_fsdp2_without_resharding_and_zero1_is_refused():
+    work = Workload(shape("llama3-8b"), 4096, 256, 1e11)
+    cluster = make_cluster("A100-80GB")
+    section = parallel_section(evaluate_layout(work, cluster, {"dp": 64, "zero": 2}, None))
+    assert section["dp_shard"] == 64 and section["dp_replicate"] == 1
+    assert ParallelConfig.model_validate(section).fsdp_reshard_after_forward == "never"
+    with pytest.raises(PlanError, match=r"no ZeRO-1.*zero=2"):
+        parallel_section(evaluate_layout(work, cluster, {"dp": 64, "zero": 1}, None))
+    best = search(work, cluster, 64, top=1, jijian_only=True).best[0]
+    assert best.jijian_runs

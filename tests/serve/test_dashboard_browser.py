@@ -35,10 +35,13 @@ def chromium_path() -> str | None:
 
 
 CHROMIUM = chromium_path()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium is not installed (/usr/bin/chromium or `chromium` on PATH): apt-get install -y chromium",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="Chromium is not installed (/usr/bin/chromium or `chromium` on PATH): apt-get install -y chromium",
+    ),
+]
 
 
 @dataclass

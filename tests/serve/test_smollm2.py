@@ -14,6 +14,8 @@ from jijian.serve.request import SamplingParams
 transformers.logging.set_verbosity_error()
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory):

@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from jijian.cli.main import app
 from jijian.config import load_config
 from jijian.train import trainer as trainer_module
-from jijian.train.checkpoint import LATEST, MANIFEST, committed_checkpoints, retained, validate_checkpoint
+from jijian.train.checkpoint import (
+    LATEST,
+    MANIFEST,
+    CheckpointError,
+    committed_checkpoints,
+    retained,
+    validate_checkpoint,
+)
 from jijian.train.export import export_checkpoint
 from jijian.train.goodput import read_ledger, summarize
 from jijian.train.metrics import drop_torn_tail
@@ -212,3 +219,16 @@ def test_export_writes_a_model_transformers_loads(root):
     ids = torch.tensor([[1, 2, 3, 4]])
     assert model(ids).logits.shape == (1, 4, MODEL["vocab_size"])
     assert (out / "tokenizer.json").is_file()
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused_naming_the_tensor(root):
+    run_training(load_config(write_config(root, "reshaped", 2)))
+    before = sorted(p.name for p in (root / "reshaped" / "checkpoints").iterdir())
+    wider = write_config(root, "reshaped", 4)
+    config = load_config(wider).model_copy(
+        update={"model": load_config(wider).model.model_copy(update={"ffn_dim": 96})}
+    )
+    with pytest.raises(CheckpointError, match=r"another model shape: .*mlp.*\(64, 32\) there but \(96, 32\)"):
+        run_training(config)
+    # Nothing already written is touched: the checkpoints are still there, unchanged.
+    assert sorted(p.name for p in (root / "reshaped" / "checkpoints").iterdir()) == before

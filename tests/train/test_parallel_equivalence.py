@@ -7,7 +7,6 @@ Per-step losses must match within 1e-4 over 20 steps, and the exported weights m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,15 @@ from pathlib import Path
 import pytest
 import tomli_w
 from safetensors.torch import load_file
+from torchrun_env import run_torchrun
 
 from jijian.config import load_config
 from jijian.train.run import run_training
 
 STEPS = 20
 HELPER = Path(__file__).with_name("run_layouts.py")
+
+pytestmark = pytest.mark.multiprocess
 
 # name: (world size, [parallel], extra [train] keys, reference run)
 # The tiny model's blocks all share one FSDP unit by default; `fsdp_unit_params = 0` gives one unit per
@@ -111,16 +113,8 @@ def launch(workspace, world: int) -> subprocess.CompletedProcess:
     root, configs, launched = workspace
     if world not in launched:
         names = [name for name, spec in LAYOUTS.items() if spec[0] == world]
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-            "TMPDIR": str(root),
-        }
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", str(HELPER)]
-        launched[world] = subprocess.run(
-            [*cmd, *(str(configs[n]) for n in names)], env=env, capture_output=True, text=True, timeout=900
-        )
+        launched[world] = run_torchrun([*cmd, *(str(configs[n]) for n in names)], root, timeout=900)
     return launched[world]
 
 

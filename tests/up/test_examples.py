@@ -57,7 +57,8 @@ def test_multinode_example_uses_the_layout_the_planner_picks(examples_copy):
     config = load_config(examples_copy / "examples" / "multinode-gpu.toml")
     best = estimate_training(config)
     parallel = config.parallel
-    assert best.devices == 32 and best.layout.startswith(f"dp={parallel.dp_replicate},fsdp={parallel.dp_shard} ")
+    degrees = ([f"dp={parallel.dp_replicate}"] if parallel.dp_replicate > 1 else []) + [f"fsdp={parallel.dp_shard}"]
+    assert best.devices == 32 and best.layout.startswith(",".join(degrees) + " ")
     assert parallel.dp_replicate * parallel.dp_shard * parallel.tp * parallel.pp == config.up.nnodes * 8
 
 

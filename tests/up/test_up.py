@@ -130,8 +130,8 @@ def test_first_run_builds_every_stage_and_records_outputs(built):
     assert (root / "out" / "audit.jsonl").is_file()  # the guard audited the request where [guard] says
 
 
-def test_second_run_does_nothing_and_says_so(built):
-    root, _, _ = built
+def test_second_run_does_nothing_and_says_so(deployment):
+    root = deployment  # brought up to date by the fixture, whatever the tests before it changed
     before = ran(root / "out" / "up")
     code, output = up(str(root / "deploy.toml"))
     assert code == 0, output

@@ -69,17 +69,26 @@ def scan(
 
 @guard_app.command("verify-audit")
 @reports_errors
-def verify_audit_command(path: Annotated[Path, typer.Argument(help="audit log (JSON lines)")]) -> None:
-    """Check an audit log's hash chain; exit 1 and name the first bad line if it was tampered with."""
+def verify_audit_command(
+    path: Annotated[Path, typer.Argument(help="audit log (JSON lines)")],
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="file holding the audit HMAC key ([guard] audit_key_file)")
+    ] = None,
+    key_env: Annotated[
+        str, typer.Option("--key-env", help="environment variable holding the audit HMAC key, read first")
+    ] = "JIJIAN_AUDIT_KEY",
+) -> None:
+    """Check an audit log's hash chain (HMACs too, given the key); exit 1 and name the first bad line."""
     from rich.markup import escape
 
-    from jijian.guard.audit import verify_audit
+    from jijian.guard.audit import load_audit_key, verify_audit
 
-    verdict = verify_audit(path)
+    key = load_audit_key(key_file, key_env)
+    verdict = verify_audit(path, key)
     if verdict.ok:
-        err_console.print(
-            f"[green]ok:[/] {escape(str(path))}: {verdict.entries} entries, hash chain intact", soft_wrap=True
-        )
+        what = "HMAC chain intact" if key is not None else "hash chain intact"
+        note = f" ({escape(verdict.reason)})" if verdict.reason else ""
+        err_console.print(f"[green]ok:[/] {escape(str(path))}: {verdict.entries} entries, {what}{note}", soft_wrap=True)
         return
     where = escape(f"{path}:{verdict.bad_line}: {verdict.reason}")
     err_console.print(f"[bold red]TAMPERED:[/] {where}", soft_wrap=True)

@@ -57,7 +57,7 @@ def ingest(
 
     cfg = _kb_config(config, path, embedding_model)
     files = expand_paths(paths)
-    embedder = load_embedder(cfg.embedding_model, cfg.embed_batch_size)
+    embedder = load_embedder(cfg.embedding_model, cfg.embed_batch_size, cfg.embedding_multilingual)
     kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         try:
@@ -101,16 +101,19 @@ def search(
 ) -> None:
     """Print the ranked hits for a query, with their sources."""
     from jijian.guard.principals import Principal
-    from jijian.kb.embed import load_embedder
+    from jijian.kb.embed import hybrid_vector_weight, load_embedder
     from jijian.kb.store import open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
     kb = open_knowledge_base(cfg, _kb_key(config))
     try:
         target = kb.collection(collection)
-        vector = None if mode == "lexical" else load_embedder(cfg.embedding_model).embed([query])[0]
+        vector, weight = None, 1.0
+        if mode != "lexical":
+            embedder = load_embedder(cfg.embedding_model, multilingual=cfg.embedding_multilingual)
+            vector, weight = embedder.embed([query])[0], hybrid_vector_weight(embedder, query)
         principal = Principal(user, frozenset(role or ())) if user else None
-        hits = target.search(vector, k, filter=filter, principal=principal, mode=mode, text=query)
+        hits = target.search(vector, k, filter=filter, principal=principal, mode=mode, text=query, vector_weight=weight)
         if not hits:
             out_console.print("no hits")
         for rank, hit in enumerate(hits, 1):
@@ -168,7 +171,7 @@ def serve(
     cfg = _kb_config(config, path, embedding_model)
     kb = open_knowledge_base(cfg, _kb_key(config))
     app = create_kb_app(
-        kb, auth, lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size),
+        kb, auth, lambda: load_embedder(cfg.embedding_model, cfg.embed_batch_size, cfg.embedding_multilingual),
         max_body_bytes=deploy.serve.max_body_bytes, allowed_hosts=allowed_hosts(deploy.serve.allowed_hosts, host),
     )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -9,6 +9,7 @@ import typer
 
 from jijian.cli.common import err_console, fail, reports_errors
 from jijian.cli.data import data_app
+from jijian.cli.eval import eval_app
 from jijian.cli.guard import guard_app
 from jijian.cli.kb import kb_app
 from jijian.cli.plan import plan_app
@@ -37,6 +38,7 @@ app.add_typer(kb_app, name="kb")
 app.add_typer(serve_app, name="serve")
 app.add_typer(model_app, name="model")
 app.add_typer(up_app, name="up")
+app.add_typer(eval_app, name="eval")
 
 
 @config_app.command("check")

@@ -186,13 +186,16 @@ def _layout_mismatch(text: str, degrees: dict[str, int], count: int) -> str:
 
 def _results_table(results: list[Estimate], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("#", "layout", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy", "bound"):
-        table.add_column(column, justify="left" if column in ("layout", "bound") else "right")
+    columns = ("#", "layout", "jijian", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy")
+    columns += ("bound",)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("layout", "bound", "jijian") else "right")
     for rank, e in enumerate(results, 1):
         table.add_row(
             str(rank),
             e.layout.describe(),
-            f"{e.mfu:.1%}",
+            "runs" if e.jijian_runs else "no",
+            e.mfu_text(),
             _num(e.step_time_s),
             f"{e.tokens_per_s:,.0f}",
             f"{e.memory_per_device_gb:.1f}",
@@ -284,6 +287,8 @@ def plan_train(
         results, evaluated, feasible = found.best, found.evaluated, found.feasible
     elapsed = time.perf_counter() - start
     best = results[0]
+    if emit and not best.jijian_runs:  # the [parallel] section must be one jijian train can run
+        best = search(work, cluster, count, recompute, top=1, jijian_only=True).best[0]
     summary = (
         f"{format_count(shape.params)} parameters on {count} x {cluster.accelerator.name}, "
         f"{format_count(work.tokens)} tokens, seq {work.seq}, global batch {work.global_batch}"
@@ -429,3 +434,35 @@ def plan_scaling(
         out_console.print(f"efficiency = tokens/s per device relative to the best per device ({best.gpus} devices)")
     if png:
         err_console.print(f"wrote {png}")
+
+
+@plan_app.command("calibrate")
+@reports_errors
+def plan_calibrate(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="profile path (default: $JIJIAN_HARDWARE_PROFILE or ~/.cache/jijian)")
+    ] = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="probe time budget, 5..60 seconds")] = 45.0,
+) -> None:
+    """Measure this machine (matmul throughput at several sizes, memory bandwidth, per-op overhead) for the planner.
+
+    Saves a local hardware profile that `jijian plan --gpu local` (and `--gpu cpu`) then use.
+    """
+    from jijian.plan import PlanError
+    from jijian.plan.profile import default_profile_path, local_device, save_profile
+    from jijian.train.hardware_probe import probe
+
+    if not 5 <= seconds <= 60:
+        raise PlanError(f"--seconds must be between 5 and 60 (got {seconds:g})")
+    path = out or default_profile_path()
+    profile = save_profile(probe(seconds), path)
+    device, calib = local_device(profile)
+    sizes = ", ".join(f"{r['m']}x{r['k']}x{r['n']} {r['tflops'] * 1e3:.0f}" for r in profile["matmul"])
+    bandwidth = ", ".join(f"{r['bytes'] / 2**20:.2g} MiB {r['gbs']:.0f}" for r in profile["memory"])
+    out_console.print(
+        f"{device.name}: {profile['torch_threads']} torch threads, {profile['dtype']}, probe "
+        f"{profile['probe_seconds']:.0f} s\n  matmul GFLOP/s: {sizes}\n  elementwise GB/s: {bandwidth}\n"
+        f"  per-op overhead: {calib.op_overhead_us:.1f} us",
+        soft_wrap=True,
+    )
+    err_console.print(f"wrote {path}; use it with `jijian plan --gpu local` (or --gpu cpu)")

@@ -79,9 +79,15 @@ def summary_table(summary: dict[str, Any], config: Any, out: Path) -> Table:
     kb = summary["kb"]
     if kb:
         table.add_row("knowledge base", f"{kb['path']}/{kb['collection']} ({kb['count']} entries)")
+        if kb.get("retrieval"):
+            quality = kb["retrieval"]
+            table.add_row(
+                "retrieval quality",
+                f"hybrid recall@5 {quality['recall@5']:.2f} on {quality['questions']} labelled English questions",
+            )
     rag = summary["rag"]
     if rag and rag.get("answer") is not None:
-        cited = "; ".join(f"[{c['index']}] {c['id']}" for c in rag["citations"])
+        cited = "; ".join(f"[{c['index']}] {c['id']} ({Path(c['source']).name})" for c in rag["citations"])
         table.add_row("question", rag["question"])
         table.add_row(f"answer ({rag['model']})", rag["answer"])
         table.add_row("citations", cited or "none")

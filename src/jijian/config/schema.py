@@ -171,9 +171,11 @@ class TrainConfig(Section):
     eps: float = Field(default=1e-8, gt=0)
     grad_clip: float = Field(default=1.0, ge=0, description="global gradient-norm limit; 0 disables clipping")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="auto = the accelerator PyTorch finds (torch.accelerator), else the CPU"
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="compute dtype: auto = bf16 autocast on CUDA, fp32 on CPU"
+        default="auto", description="compute dtype: auto = bf16 on an accelerator, fp32 on CPU"
     )
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=0, ge=0, description="steps between validation passes; 0 = only at the end")
@@ -254,6 +256,11 @@ class KBConfig(Section):
 
     path: OutputPath = Path("runs/kb")
     embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_multilingual: bool = Field(
+        default=False,
+        description="the embedding_model folder holds a model that reads Chinese; when false, hybrid search "
+        "weights the vector ranking down for Chinese queries",
+    )
     index: Literal["flat", "hnsw", "ivf_flat", "ivf_pq"] = "hnsw"
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     backend: Literal["embedded", "milvus"] = "embedded"
@@ -281,6 +288,15 @@ class ServeConfig(Section):
     max_batch_tokens: int = Field(default=2048, ge=1)
     block_size: int = Field(default=16, ge=1)
     quantization: Literal["none", "int8"] = "none"
+    device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
+        default="auto", description="where the model and the paged KV cache live: auto = the accelerator PyTorch finds"
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="weights and KV cache: auto = bf16 on an accelerator (else fp16), fp32 on CPU"
+    )
+    tensor_parallel: int = Field(
+        default=1, ge=1, le=64, description="processes (devices) one model is split over, Megatron-style"
+    )
     served_model_name: str | None = None
     model_cache_dir: OutputPath = Path("runs/models")
     max_model_len: int | None = Field(default=None, ge=1)
@@ -346,6 +362,12 @@ class GuardConfig(Section):
     leakage_ngram: int = Field(default=8, ge=3, description="words (or CJK characters) per n-gram in the leak check")
     leakage_min_shared: int = Field(default=3, ge=1)
     audit_log: OutputPath | None = None
+    audit_key_env: str = Field(
+        default="JIJIAN_AUDIT_KEY", min_length=1, description="environment variable holding the audit log's HMAC key"
+    )
+    audit_key_file: OutputPath | None = Field(
+        default=None, description="file holding the audit log's HMAC key (when the environment variable is unset)"
+    )
     api_keys: OutputPath | None = Field(
         default=None, description="the key ring (`jijian guard add-key` writes it); missing or empty stops the server"
     )
@@ -403,7 +425,9 @@ class UpConfig(Section):
     kb_sources: list[str] = Field(
         default_factory=list, description="files or directories to ingest, or 'python-stdlib-docs'"
     )
-    kb_max_docs: int = Field(default=800, ge=1, description="docstrings taken by the 'python-stdlib-docs' source")
+    kb_max_docs: int = Field(
+        default=3000, ge=1, description="docstrings taken by the 'python-stdlib-docs' source (modules first, then APIs)"
+    )
     serve_model: Literal["serve", "export"] = Field(
         default="serve", description="serve [serve] model_path (or SmolLM2), or the model the export stage wrote"
     )

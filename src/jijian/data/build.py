@@ -5,17 +5,20 @@ consumed in submission order: the output is byte-identical whatever the number o
 stays bounded by the chunks in flight. Workers do the per-document work (cleaning, filters, hashing,
 MinHash, tokenising); the parent keeps the only cross-document state (the dedup index and the shard
 writers). After every finished shard the parent saves its whole state atomically, so an interrupted
-build resumes from the last shard instead of starting again.
+build resumes from the last shard instead of starting again. The state is JSON plus a NumPy `.npz`
+of plain arrays (loaded with `allow_pickle=False`), never pickle: an output directory may be shared,
+and unpickling a file someone else wrote runs their code. A state file from an older version
+(`build_state.pkl`) is ignored and removed, and the build starts again.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import multiprocessing
 import os
-import pickle
 import re
 import time
 from collections import Counter, deque
@@ -52,14 +55,16 @@ if TYPE_CHECKING:  # at run time workers never import jijian.model, which would 
 
     from jijian.model.tokenizer import Tokenizer
 
-STATE_FILE = "build_state.pkl"
+STATE_FILE = "build_state.json"
+STATE_ARRAYS = "build_state.npz"
+LEGACY_STATE_FILE = "build_state.pkl"  # pickled by older versions: never read, removed by the next build
 REPORT_FILE = "report.json"
 TOKENIZER_DIR = "tokenizer"
 CHUNK_RECORDS = 64
 CHUNK_BYTES = 1 << 20
 MAX_LISTED_ERRORS = 100
 _OWN_FILE = re.compile(
-    r"((train|val)_\d{5}\.(bin|idx\.npy)|manifest\.json|report\.json|build_state\.pkl)(\.tmp(\.npy)?)?"
+    r"((train|val)_\d{5}\.(bin|idx\.npy)|manifest\.json|report\.json|build_state\.(?:pkl|json|npz))(\.tmp(\.npy)?)?"
 )
 
 
@@ -216,7 +221,7 @@ def build_dataset(
     def commit() -> None:
         state.elapsed_s += time.perf_counter() - clock[0]
         clock[0] = time.perf_counter()
-        write_atomic(out / STATE_FILE, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        _save_state(out, state)
 
     clock = [time.perf_counter()]
     stats = state.stats
@@ -328,15 +333,64 @@ def _empty_stats(files: int, nbytes: int) -> dict[str, Any]:
     }
 
 
+def _save_state(out: Path, state: _State) -> None:
+    """Arrays first, then the JSON that names their digest: the JSON's atomic rename is the commit."""
+    assert state.dedup is not None
+    dedup_settings, dedup_arrays = state.dedup.to_state()
+    arrays = {f"dedup_{name}": array for name, array in dedup_arrays.items()}
+    writers = {}
+    for split, writer in state.writers.items():
+        pending = np.concatenate(writer.pending) if writer.pending else np.zeros(0, dtype=writer.dtype)
+        arrays[f"pending_{split}"] = pending.astype(writer.dtype, copy=False)
+        writers[split] = {
+            "shard_tokens": writer.shard_tokens, "dtype": np.dtype(writer.dtype).str,
+            "shards": [asdict(info) for info in writer.shards], "pending_starts": writer.pending_starts,
+            "pending_tokens": writer.pending_tokens, "written_tokens": writer.written_tokens,
+        }  # fmt: skip
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
+    write_atomic(out / STATE_ARRAYS, data)
+    document = {
+        "version": 1, "key": state.key, "file_index": state.file_index, "item_index": state.item_index,
+        "stats": state.stats, "sources": state.sources, "elapsed_s": state.elapsed_s,
+        "writers": writers, "dedup": dedup_settings, "arrays_sha256": hashlib.sha256(data).hexdigest(),
+    }  # fmt: skip
+    write_atomic(out / STATE_FILE, json.dumps(document).encode("utf-8"))
+
+
 def _load_state(out: Path, key: str) -> _State | None:
+    """The saved state of an interrupted build of the same inputs and settings, or None (start again)."""
     path = out / STATE_FILE
-    if not path.is_file():
-        return None
     try:
-        state = pickle.loads(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-        return None
-    return state if isinstance(state, _State) and state.key == key else None
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document.get("version") != 1 or document.get("key") != key:
+            return None
+        data = (out / STATE_ARRAYS).read_bytes()
+        if hashlib.sha256(data).hexdigest() != document["arrays_sha256"]:
+            return None  # the arrays belong to another save (interrupted between the two writes)
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        writers = {}
+        for split, w in document["writers"].items():
+            pending = arrays[f"pending_{split}"]
+            writers[split] = ShardWriter(
+                out, split, int(w["shard_tokens"]), np.dtype(w["dtype"]),
+                shards=[ShardInfo(**info) for info in w["shards"]],
+                pending=[pending] if len(pending) else [], pending_starts=[int(x) for x in w["pending_starts"]],
+                pending_tokens=int(w["pending_tokens"]), written_tokens=int(w["written_tokens"]),
+            )  # fmt: skip
+        dedup_arrays = {name.removeprefix("dedup_"): a for name, a in arrays.items() if name.startswith("dedup_")}
+        stats = document["stats"]
+        stats["dropped"] = Counter(stats.get("dropped", {}))
+        return _State(
+            key=key, file_index=int(document["file_index"]), item_index=int(document["item_index"]),
+            writers=writers, dedup=Deduplicator.from_state(document["dedup"], dedup_arrays), stats=stats,
+            sources={k: [int(x) for x in v] for k, v in document["sources"].items()},
+            elapsed_s=float(document["elapsed_s"]),
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, from an older version, or damaged: the build starts again (nothing is lost)
 
 
 def _clear(out: Path) -> None:

@@ -1,4 +1,9 @@
-"""Cleaning: Unicode normalisation, control characters out, and quality filters that reject a document."""
+"""Cleaning: Unicode normalisation, control characters out, and quality filters that reject a document.
+
+Chinese text is normalised too: full-width letters, digits and spaces become their ASCII forms, and
+punctuation takes the width of the script around it (full-width next to Chinese, ASCII between
+Latin words), so two copies of a document that differ only in input-method habits clean to the same text.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,29 @@ from dataclasses import dataclass
 # C0/C1 control characters except tab, newline and carriage return, which text legitimately holds.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _NOT_ALNUM = re.compile(r"[\W_]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Full-width digits and Latin letters (U+FF10-FF5A) and the ideographic space, to their ASCII forms.
+_HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF10, 0xFF5B) if chr(code - 0xFEE0).isalnum()}
+_HALF_WIDTH[0x3000] = 0x20
+_FULL_PUNCTUATION = dict(zip(",;:?!()", "，；：？！（）", strict=True))
+_HALF_PUNCTUATION = {full: half for half, full in _FULL_PUNCTUATION.items()} | {"．": "."}
+# A mark touching a Chinese character (a dot only when it ends a sentence), and one between Latin text.
+_PUNCTUATION_AFTER_CJK = re.compile(rf"(?<=[{_CJK}])([,;:?!()]|\.(?=\s|$|[{_CJK}]))|[,;:?!](?=[{_CJK}])")
+_PUNCTUATION_AFTER_LATIN = re.compile(rf"(?<=[A-Za-z0-9])[，；：？！（）．](?![{_CJK}])")
+
+
+def normalize_chinese(text: str) -> str:
+    """Full-width letters and digits to ASCII; punctuation full-width next to Chinese, ASCII between Latin text."""
+    text = text.translate(_HALF_WIDTH)
+    text = _PUNCTUATION_AFTER_CJK.sub(lambda m: "。" if m.group() == "." else _FULL_PUNCTUATION[m.group()], text)
+    return _PUNCTUATION_AFTER_LATIN.sub(lambda m: _HALF_PUNCTUATION[m.group()], text)
 
 
 def normalize_text(text: str) -> str:
-    """NFC-normalise, drop control characters and unify line endings."""
+    """NFC-normalise, drop control characters, unify line endings and the width of Chinese text."""
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub("", text)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return normalize_chinese(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         hint = (
             " (the build did not finish: run `jijian data build` again to resume it)"
-            if (Path(directory) / "build_state.pkl").is_file()
+            if any((Path(directory) / name).is_file() for name in ("build_state.json", "build_state.pkl"))
             else ""
         )
         raise DatasetError(f"{directory}: no {MANIFEST}; not a built dataset{hint}")

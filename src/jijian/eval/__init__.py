@@ -1,1 +1,1 @@
-"""Trust evaluation against OpenAI-compatible endpoints. Built by the guard issue; nothing here yet."""
+"""Quality measurement: retrieval (recall, MRR, nDCG), held-out perplexity, and RAG citations."""

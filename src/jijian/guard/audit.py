@@ -7,12 +7,20 @@ valid chain, so the tip (last seq and hash) is also kept in `<log>.tip`, replace
 every append; `verify_audit` compares the two and so catches truncation too. Appends are serialised
 by a thread lock and an exclusive `flock`, so threads and processes can share one log, and each
 append is fsynced before it returns.
+
+A plain hash chain only shows that nobody edited the log *without recomputing the hashes*; someone
+who can write the file can rewrite it and its tip consistently. With an HMAC key (`[guard]
+audit_key_env` / `audit_key_file`), each entry is marked `"keyed": true` and its hash is
+HMAC-SHA256(key, prev + canonical JSON): without the key nobody can produce a chain that verifies.
+`verify_audit(path, key)` then demands that every entry is keyed; without the key it can check only
+the links and sequence of a keyed log, and says so.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import threading
@@ -24,16 +32,40 @@ from typing import Any
 from jijian.config.errors import UserInputError
 
 GENESIS = "0" * 64
+MIN_KEY_BYTES = 16
 
 
 class AuditLogError(UserInputError):
     """The audit log cannot be appended to (its tip is damaged) or read."""
 
 
-def _entry_hash(entry: dict[str, Any]) -> str:
-    body = {key: value for key, value in entry.items() if key != "hash"}
+def _entry_hash(entry: dict[str, Any], key: bytes | None = None) -> str:
+    body = {k: value for k, value in entry.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((entry.get("prev", "") + canonical).encode("utf-8")).hexdigest()
+    message = (str(entry.get("prev", "")) + canonical).encode("utf-8")
+    if key is not None:
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
+
+
+def load_audit_key(key_file: str | os.PathLike[str] | None, key_env: str | None) -> bytes | None:
+    """The audit HMAC key: the environment variable `key_env` if set, else the file's contents, else None."""
+    value = os.environ.get(key_env, "") if key_env else ""
+    source = f"environment variable {key_env}"
+    if not value and key_file is not None:
+        try:
+            value = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise AuditLogError(f"{key_file}: cannot read the audit key ({e})") from None
+        source = str(key_file)
+        if not value:
+            raise AuditLogError(f"{key_file}: the audit key file is empty")
+    if not value:
+        return None
+    key = value.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise AuditLogError(f"{source}: the audit key must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+    return key
 
 
 def _tip_path(path: Path) -> Path:
@@ -68,7 +100,10 @@ def _last_line(path: Path) -> bytes | None:
 class AuditLog:
     """An append-only, hash-chained audit log file, safe to share between threads and processes."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], key: bytes | None = None) -> None:
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise AuditLogError(f"the audit key must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+        self.key = key
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -100,7 +135,9 @@ class AuditLog:
             try:
                 seq, prev = self._read_tip()
                 entry: dict[str, Any] = {"seq": seq + 1, "ts": round(time.time(), 6), "event": event, "prev": prev}
-                entry["hash"] = _entry_hash(entry)
+                if self.key is not None:
+                    entry["keyed"] = True
+                entry["hash"] = _entry_hash(entry, self.key)
                 f.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -130,12 +167,12 @@ class AuditVerdict:
     reason: str = ""
 
 
-def verify_audit(path: str | os.PathLike[str]) -> AuditVerdict:
-    """Check every line's chain link and hash, and the end of the log against its tip file."""
+def verify_audit(path: str | os.PathLike[str], key: bytes | None = None) -> AuditVerdict:
+    """Check every line's chain link and hash (HMAC with `key`), and the end of the log against its tip file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"audit log not found: {path}")
-    prev, count = GENESIS, 0
+    prev, count, unchecked = GENESIS, 0, 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
@@ -151,8 +188,18 @@ def verify_audit(path: str | os.PathLike[str]) -> AuditVerdict:
                                     "(a line was deleted, inserted or moved)")  # fmt: skip
             if entry["prev"] != prev:
                 return AuditVerdict(False, count, lineno, "prev does not match the previous line's hash")
-            if _entry_hash(entry) != entry["hash"]:
-                return AuditVerdict(False, count, lineno, "hash does not match the entry (it was edited)")
+            keyed = entry.get("keyed") is True
+            if key is not None and not keyed:
+                return AuditVerdict(False, count, lineno, "entry is not authenticated with the audit key (HMAC)")
+            if keyed and key is None:
+                unchecked += 1  # links and sequence still checked; the HMAC needs the key
+            elif not hmac.compare_digest(_entry_hash(entry, key if keyed else None), str(entry["hash"])):
+                what = (
+                    "HMAC does not match the entry (it was edited, or the key differs)"
+                    if keyed
+                    else "hash does not match the entry (it was edited)"
+                )
+                return AuditVerdict(False, count, lineno, what)
             prev, count = entry["hash"], lineno
     tip = _tip_path(path)
     if tip.exists():
@@ -166,4 +213,6 @@ def verify_audit(path: str | os.PathLike[str]) -> AuditVerdict:
                 return AuditVerdict(False, count, count + 1, f"log ends at entry {count} but {tip.name} "
                                     f"records {tip_seq} entries (lines were removed from the end)")  # fmt: skip
             return AuditVerdict(False, count, tip_seq + 1, f"{tip.name} does not match the log's last entry")
+    if unchecked:
+        return AuditVerdict(True, count, None, f"{unchecked} HMAC-keyed entries: links checked, HMACs need the key")
     return AuditVerdict(True, count)

@@ -10,18 +10,25 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import re
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from jijian.guard.classifier import InjectionClassifier, default_classifier
 from jijian.guard.injection_rules import match_rules
+from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
 from jijian.guard.normalize import normalize
 
 DEFAULT_THRESHOLD = 0.5
 MAX_PAYLOADS = 8
-_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
-_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){8,}")
-_ROT13_HINT = re.compile(r"rot-?13|caesar|凯撒", re.IGNORECASE)
+_BASE64 = LinearPattern(
+    r"[A-Za-z0-9+/_-]{16,}={0,2}", before=not_preceded_by("A-Za-z0-9+/=_-"), after=not_followed_by("A-Za-z0-9+/=_-")
+)
+_HEX_PAIRS = LinearPattern(
+    r"(?:[0-9A-Fa-f]{2}[ :]?){12,}", before=not_preceded_by("0-9A-Fa-f"), after=not_followed_by("0-9A-Fa-f")
+)
+_HEX_ESCAPES = LinearPattern(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
+_ROT13_HINT = LinearPattern(r"rot-?13|caesar|凯撒", ignore_case=True)
 # A hiding trick alone is suspicious but not proof (zero-width joiners appear in emoji and Indic
 # scripts), so it informs the reasons and only flags together with other evidence.
 _TRICK_WEIGHT = 0.3
@@ -40,29 +47,35 @@ class InjectionVerdict:
         return {"score": round(self.score, 4), "flagged": self.flagged, "reasons": list(self.reasons)}
 
 
-def _decoded_payloads(text: str) -> list[tuple[str, str]]:
-    """(encoding, decoded text) for every base64 or hex run that decodes to readable text."""
-    found = []
+def _readable(decoded: str) -> bool:
+    """More than 95% printable or white space (a whole printable string is the common, cheap case)."""
+    if not decoded:
+        return False
+    return decoded.isprintable() or sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95
+
+
+def _decoded_payloads(text: str) -> Iterator[tuple[str, str]]:
+    """(encoding, decoded text) for every base64 or hex run that decodes to readable text, lazily."""
     for m in _BASE64.finditer(text):
-        token = m.group()
-        if not re.search(r"[A-Z]", token) or not re.search(r"[a-z0-9]", token):
+        token = str(m.group())
+        if not any(c.isupper() for c in token) or not any(c.islower() or c.isdigit() for c in token):
             continue  # words and hex digests are not base64 payloads worth decoding
         body = token.rstrip("=").replace("-", "+").replace("_", "/")  # URL-safe alphabet too
         try:
             decoded = base64.b64decode(body + "=" * (-len(body) % 4), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
             continue
-        if decoded and sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95:
-            found.append(("base64", decoded))
-    for m in _HEX.finditer(text):
-        digits = re.sub(r"[^0-9A-Fa-f]", "", m.group().replace("\\x", ""))
+        if _readable(decoded):
+            yield "base64", decoded
+    hex_runs = [*_HEX_PAIRS.finditer(text), *_HEX_ESCAPES.finditer(text)]
+    for m in sorted(hex_runs, key=lambda m: m.start()):
+        digits = str(m.group()).replace("\\x", "").replace(" ", "").replace(":", "")
         try:
             decoded = bytes.fromhex(digits).decode("utf-8")
         except ValueError:
             continue
-        if decoded and sum(c.isprintable() or c.isspace() for c in decoded) / len(decoded) > 0.95:
-            found.append(("hex", decoded))
-    return found
+        if _readable(decoded):
+            yield "hex", decoded
 
 
 class InjectionDetector:
@@ -78,11 +91,11 @@ class InjectionDetector:
         normalized, tricks = normalize(text)
         evidence = [(f"hidden text: {trick}", _TRICK_WEIGHT) for trick in tricks]
         evidence += match_rules(normalized)
-        probability = self.classifier.probability(normalized)
+        probability = self.classifier.calibrated(normalized)
         evidence.append((f"classifier {probability:.2f}", probability))
         if depth == 0:
             # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.
-            for encoding, decoded in _decoded_payloads(normalized)[:MAX_PAYLOADS]:
+            for encoding, decoded in itertools.islice(_decoded_payloads(normalized), MAX_PAYLOADS):
                 inner = self._evidence(decoded, depth + 1)
                 strongest = max(weight for _, weight in inner)
                 if strongest >= 0.5:

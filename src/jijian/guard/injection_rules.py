@@ -2,13 +2,16 @@
 
 A weight is the score a match alone gives (0.9: enough to flag at the default threshold; 0.6:
 suspicious; 0.3: informative only). A match inside quotation marks is a mention, not a use ("what
-does 'ignore previous instructions' do?"), so its weight is halved and the classifier decides.
+does 'ignore previous instructions' do?"), and so is a text that asks about attackers ("why do
+people try to make chatbots reveal their system prompt?", "为什么有人想…这有什么风险？"): its
+weight is halved and the classifier decides.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from jijian.guard.linear_re import LinearPattern
 
 
 @dataclass(frozen=True)
@@ -16,12 +19,13 @@ class Rule:
     """One named pattern and the score a match gives."""
 
     name: str
-    pattern: re.Pattern[str]
+    pattern: LinearPattern
     weight: float
 
 
 def _rule(name: str, weight: float, pattern: str) -> Rule:
-    return Rule(name, re.compile(pattern, re.IGNORECASE | re.MULTILINE), weight)
+    # RE2's \b is ASCII, so "请ignore" has a word boundary before "ignore" (Python's `re` saw none).
+    return Rule(name, LinearPattern(pattern, ignore_case=True, multiline=True), weight)
 
 
 _EN_TARGET = (
@@ -37,8 +41,12 @@ RULES: tuple[Rule, ...] = (
         0.9,
         r"\b(?:ignore|disregard|forget|skip|bypass|override|overrule|abandon|discard|set aside|throw out|"
         r"stop following|do not follow|don't follow|no longer follow)\b[^.\n]{0,40}?"
-        r"\b(?:previous|prior|above|earlier|preceding|all|any|every|your|the|system|original|initial|"
-        r"foregoing|developer'?s?|existing|current|old)\b[^.\n]{0,30}?\b" + _EN_TARGET,
+        r"(?:\b(?:previous|prior|above|earlier|preceding|all|any|every|your|system|original|initial|"
+        r"foregoing|developer'?s?|existing|current|old)\b[^.\n]{0,30}?"
+        # "the" alone ("forget about the budget constraint") names some rule, not the model's own:
+        # it counts only right before the target or before a word that points at the model's instructions.
+        r"|\bthe\s+(?:(?:above|previous|prior|earlier|preceding|system|original|initial|safety|content|"
+        r"developer'?s?|hidden|secret|following|same)\s+)?)\b" + _EN_TARGET,
     ),
     _rule(
         "new instructions",
@@ -51,7 +59,8 @@ RULES: tuple[Rule, ...] = (
         "instruction override",
         0.9,
         r"(?:忽略|无视|忘记|忘掉|不要理会|不要理睬|别管|抛开|跳过|放弃|不用遵守|不要遵守|不再遵守|停止遵守|绕过|推翻|丢弃|"
-        r"不必理会|别再遵守)[^。\n]{0,20}?" + _ZH_TARGET,
+        # "某条规则" (some particular rule, as in "对某一行忽略某条规则") names a rule, not the model's own.
+        r"不必理会|别再遵守)[^。\n某]{0,20}?" + _ZH_TARGET,
     ),
     _rule(
         "new instructions",
@@ -125,7 +134,8 @@ RULES: tuple[Rule, ...] = (
         "fake system or role marker",
         0.9,
         r"<\|im_start\|>\s*system|<\|(?:system|im_end)\|>|\[/?(?:system|inst)\]|<</?sys>>|</?system>"
-        r"|^\s*#{2,}\s*(?:system|instruction)s?\b|^\s*(?:system|系统)\s*(?:override|prompt|message|消息|指令)?\s*[:：]",
+        r"|^[\s\p{Z}]*#{2,}[\s\p{Z}]*(?:system|instruction)s?\b"
+        r"|^[\s\p{Z}]*(?:system|系统)[\s\p{Z}]*(?:override|prompt|message|消息|指令)?[\s\p{Z}]*[:：]",
     ),
     _rule(
         "instructions aimed at the AI reading a document",
@@ -179,15 +189,28 @@ def _inside_quotes(text: str, start: int, end: int) -> bool:
     return False
 
 
+# A question about attacks and attackers, not an attack: "why do people…", "how do attackers…", "有什么风险".
+_ABOUT_ATTACKS = LinearPattern(
+    r"\bwhy (?:do|does|would|might|did) (?:people|attackers?|hackers?|someone|users|they)\b"
+    r"|\bhow (?:do|does|can|could|would) (?:attackers?|hackers?|people|someone)\b"
+    r"|\bwhat (?:is|are) the risks?\b|\bhow (?:do|can|should) (?:i|we) (?:defend|protect|prevent|detect)\b"
+    r"|为什么有人|攻击者|黑客|有什么风险|有哪些风险|是什么原理|(?:怎么|如何|怎样)(?:防御|防范|防止|检测|识别)",
+    ignore_case=True,
+)
+
+
 def match_rules(text: str) -> list[tuple[str, float]]:
-    """(reason, weight) for every rule that matches `text`; quoted mentions get half weight."""
+    """(reason, weight) for every rule that matches `text`; quoted mentions and questions about attacks: half weight."""
     hits = []
+    about_attacks = _ABOUT_ATTACKS.search(text) is not None
     for rule in RULES:
         m = rule.pattern.search(text)
         if m is None:
             continue
         if _inside_quotes(text, m.start(), m.end()):
             hits.append((f"{rule.name} (quoted)", rule.weight / 2))
+        elif about_attacks:
+            hits.append((f"{rule.name} (asked about)", rule.weight / 2))
         else:
             hits.append((rule.name, rule.weight))
     return hits

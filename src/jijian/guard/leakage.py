@@ -9,11 +9,13 @@ through another way (a model trained on them, a cached answer, a tool result).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-TOKEN_PATTERN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
+from jijian.guard.linear_re import LinearPattern
+
+# One CJK character, or a run of letters and digits (Python's `[^\W_]+`).
+TOKEN_PATTERN = LinearPattern(r"[\x{3400}-\x{9fff}\x{f900}-\x{faff}]|[\p{L}\p{N}]+")
 
 
 def tokens(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 from jijian.config.schema import GuardConfig
 from jijian.guard.allowlists import Allowlists
 from jijian.guard.apikeys import KeyRing
-from jijian.guard.audit import AuditLog
+from jijian.guard.audit import AuditLog, load_audit_key
 from jijian.guard.audit_limits import cap_event
 from jijian.guard.injection import InjectionDetector, InjectionVerdict
 from jijian.guard.leakage import LeakageChecker, LeakageVerdict
@@ -68,7 +68,13 @@ class GuardPolicy:
         self.config = config or GuardConfig()
         self.detector = detector or InjectionDetector(self.config.injection_threshold)
         self.audit_log = (
-            audit if audit is not None else (AuditLog(self.config.audit_log) if self.config.audit_log else None)
+            audit
+            if audit is not None
+            else (
+                AuditLog(self.config.audit_log, load_audit_key(self.config.audit_key_file, self.config.audit_key_env))
+                if self.config.audit_log
+                else None
+            )
         )
         self.keyring = keyring if keyring is not None else (
             KeyRing.load(self.config.api_keys) if self.config.api_keys else KeyRing()

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_LINE = r"[^\n]*\n?"
+# A sentence ends at Chinese or Western terminal punctuation (Chinese puts no space after it).
+_SENTENCE = r"[^。！？；!?]+[。！？；!?]*\s*|[。！？；!?]+\s*"
+_WORD = r"\S+\s*"
 
 
 @dataclass(frozen=True)
@@ -56,18 +60,22 @@ def chunk_text(text: str, count_tokens: Callable[[str], int], max_tokens: int = 
     if max_tokens < 1 or overlap < 0 or overlap >= max_tokens:
         raise ValueError(f"chunking: need 0 <= overlap ({overlap}) < max_tokens ({max_tokens})")
     units: list[tuple[int, int, int]] = []  # (start, end, tokens)
-    for lo, hi in _blocks(text):
+
+    def add(lo: int, hi: int, levels: tuple[str, ...]) -> None:
+        # Whole if it fits; else cut at the next finer boundary: lines, sentences, words, characters.
         tokens = count_tokens(text[lo:hi])
         if tokens <= max_tokens:
             units.append((lo, hi, tokens))
-            continue
-        for line_lo, line_hi in _split(text, lo, hi, r"[^\n]*\n?"):
-            line_tokens = count_tokens(text[line_lo:line_hi])
-            if line_tokens <= max_tokens:
-                units.append((line_lo, line_hi, line_tokens))
-                continue
-            for word_lo, word_hi in _split(text, line_lo, line_hi, r"\S+\s*"):
-                units.append((word_lo, word_hi, count_tokens(text[word_lo:word_hi])))
+        elif levels:
+            for piece_lo, piece_hi in _split(text, lo, hi, levels[0]):
+                add(piece_lo, piece_hi, levels[1:])
+        else:  # one "word" longer than a chunk: a run of Chinese, a base64 blob
+            step = max(1, (hi - lo) * max_tokens // (tokens + 1))
+            for start in range(lo, hi, step):
+                units.append((start, min(hi, start + step), count_tokens(text[start : min(hi, start + step)])))
+
+    for lo, hi in _blocks(text):
+        add(lo, hi, (_LINE, _SENTENCE, _WORD))
     chunks: list[Chunk] = []
     current: list[tuple[int, int, int]] = []
     total = 0

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from jijian.config.errors import UserInputError
+from jijian.kb.lexical import cjk_share
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -22,6 +23,8 @@ class Embedder(Protocol):
 
     name: str
     dim: int
+    # Whether the model was trained on Chinese (and other languages) besides English.
+    multilingual: bool
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """One float32 row per text."""
@@ -35,13 +38,13 @@ class Embedder(Protocol):
 class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local folder, on CPU, batched, unit-normalised."""
 
-    def __init__(self, folder: Path, name: str, batch_size: int = 64) -> None:
+    def __init__(self, folder: Path, name: str, batch_size: int = 64, multilingual: bool = False) -> None:
         # Offline by construction: the weights are on disk; never let the hub client try the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(folder), device="cpu")
-        self.name, self.batch_size = name, batch_size
+        self.name, self.batch_size, self.multilingual = name, batch_size, multilingual
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dimension())
         self.tokenizer = self.model.tokenizer
@@ -65,6 +68,7 @@ class HashingEmbedder:
 
     def __init__(self, dim: int = 384) -> None:
         self.name, self.dim = "hashing", dim
+        self.multilingual = False  # a run of Chinese is one \w+ "word": no partial matches
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Signed hashed bag of unigrams and bigrams, unit length."""
@@ -84,8 +88,24 @@ class HashingEmbedder:
         return len(re.findall(r"\w+|[^\w\s]", text))
 
 
-def load_embedder(name: str = DEFAULT_MODEL, batch_size: int = 64) -> Embedder:
-    """The embedder named in `[kb] embedding_model`: the shipped MiniLM, `hashing`, or a model folder."""
+def hybrid_vector_weight(embedder: Embedder, query: str) -> float:
+    """The vector ranking's weight in a hybrid search for `query` (the lexical ranking's is 1).
+
+    An English-only model maps Chinese text to near-arbitrary vectors; fused with full weight, that
+    ranking pushes random passages above the lexical match. Its weight shrinks with the query's
+    share of CJK text: 1 for English, 0 for all-Chinese, in between for mixed queries.
+    """
+    if getattr(embedder, "multilingual", False):
+        return 1.0
+    return 1.0 - cjk_share(query)
+
+
+def load_embedder(name: str = DEFAULT_MODEL, batch_size: int = 64, multilingual: bool = False) -> Embedder:
+    """The embedder named in `[kb] embedding_model`: the shipped MiniLM, `hashing`, or a model folder.
+
+    `multilingual` (`[kb] embedding_multilingual`) declares that a model folder's model reads Chinese;
+    the shipped MiniLM and the hashing baseline are English-only whatever it says.
+    """
     if name == "hashing":
         return HashingEmbedder()
     if name in (DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL):
@@ -98,4 +118,4 @@ def load_embedder(name: str = DEFAULT_MODEL, batch_size: int = 64) -> Embedder:
             f"[kb] embedding_model {name!r}: not {DEFAULT_MODEL!r}, 'hashing', "
             "or a folder with a sentence-transformers model"
         )
-    return SentenceTransformerEmbedder(folder, folder.name, batch_size)
+    return SentenceTransformerEmbedder(folder, folder.name, batch_size, multilingual)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -16,6 +18,8 @@ from jijian.kb.store import Collection, Record
 
 SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
             ".py": "python", ".jsonl": "jsonl"}  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 class IngestError(UserInputError):
@@ -60,6 +64,7 @@ class Document:
     text: str
     source: str
     metadata: dict
+    id: str | None = None  # a JSONL line's own "id": its chunks keep it (see `ingest_files`)
 
 
 def read_documents(path: Path) -> Iterator[Document]:
@@ -78,18 +83,44 @@ def read_documents(path: Path) -> Iterator[Document]:
                 raise IngestError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise IngestError(f"{path}:{number}: needs a string field 'text'")
-            extra = {k: v for k, v in row.items() if k != "text" and isinstance(v, str | int | float | bool)}
-            yield Document(row["text"], f"{path}:{number}", {**extra, "type": kind})
+            record_id = row.get("id")
+            if record_id is not None and (not isinstance(record_id, str) or not record_id.strip()):
+                raise IngestError(f"{path}:{number}: 'id' must be a non-empty string")
+            extra = {
+                k: v for k, v in row.items() if k not in ("text", "id") and isinstance(v, str | int | float | bool)
+            }
+            yield Document(row["text"], f"{path}:{number}", {**extra, "type": kind}, record_id)
         return
     yield Document(html_to_text(raw) if kind == "html" else raw, str(path), {"type": kind})
 
 
+def _files_under(root: Path) -> list[Path]:
+    """Supported files under a directory, sorted, never leaving it through a symbolic link.
+
+    A shared directory may hold a link to a file or directory elsewhere (another tenant's data,
+    a credentials file); the walk does not descend into linked directories, and a linked file is
+    taken only if it resolves to a place inside `root`.
+    """
+    real_root = root.resolve()
+    found = []
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() not in SUFFIXES or not path.is_file():
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                log.warning("%s: skipped, a symbolic link to %s outside %s", path, path.resolve(), root)
+                continue
+            found.append(path)
+    return sorted(found)
+
+
 def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files named directly plus supported files under named directories, sorted."""
+    """Files named directly plus supported files under named directories (links out of them skipped), sorted."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES))
+            files.extend(_files_under(path))
         elif path.is_file():
             files.append(path)
         else:
@@ -116,7 +147,11 @@ def ingest_files(
     readers: list[str] | None = None,
     on_file: Callable[[Path, int], None] | None = None,
 ) -> IngestReport:
-    """Chunk, embed and store each file; a file whose sha256 is unchanged since last time is skipped."""
+    """Chunk, embed and store each file; a file whose sha256 is unchanged since last time is skipped.
+
+    Chunks are named `<sha256 prefix>-<n>`, except those of a JSONL line with an "id": its only chunk
+    is named by that id, several chunks `<id>.1`, `<id>.2`... (so labelled questions can name them).
+    """
     if embedder.dim != collection.dim:
         raise IngestError(f"embedder {embedder.name!r} makes {embedder.dim}-d vectors, collection has {collection.dim}")
     report = IngestReport()
@@ -128,17 +163,22 @@ def ingest_files(
             if on_file:
                 on_file(path, 0)
             continue
-        texts, metadata = [], []
+        texts, metadata, ids = [], [], []
         for document in read_documents(path):
-            for chunk in chunk_text(document.text, embedder.count_tokens, chunk_tokens, chunk_overlap):
+            chunks = chunk_text(document.text, embedder.count_tokens, chunk_tokens, chunk_overlap)
+            for number, chunk in enumerate(chunks, 1):
                 texts.append(chunk.text)
                 metadata.append(
                     {**document.metadata, "source": document.source, "start": chunk.start, "end": chunk.end}
                 )
+                if document.id is None:
+                    ids.append(f"{digest[:16]}-{len(ids)}")
+                else:
+                    ids.append(document.id if len(chunks) == 1 else f"{document.id}.{number}")
         vectors = embedder.embed(texts)
         records = [
-            Record(f"{digest[:16]}-{i}", vector, text, meta, readers)
-            for i, (vector, text, meta) in enumerate(zip(vectors, texts, metadata, strict=True))
+            Record(record_id, vector, text, meta, readers)
+            for record_id, vector, text, meta in zip(ids, vectors, texts, metadata, strict=True)
         ]
         collection.replace_source(source, digest, records)
         report.files += 1

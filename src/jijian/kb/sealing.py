@@ -5,9 +5,10 @@ With `[guard] encrypt_at_rest`, no document text, metadata or vector is on disk 
 * a row's text, metadata and vector are each sealed with AES-256-GCM (random 96-bit nonce), with the
   collection, record id and field name as associated data: a ciphertext copied to another row or
   field does not open;
-* the FTS5 lexical index holds blinded words: a truncated HMAC-SHA256 of each lower-cased word under
-  a key of its own. BM25 still ranks, because term and document frequencies survive blinding; queries
-  are blinded the same way. What stays visible is which rows share a (blinded) word and word counts;
+* the FTS5 lexical index holds blinded terms: a truncated HMAC-SHA256 of each lower-cased word (and
+  of each CJK bigram, `jijian.kb.lexical`) under a key of its own. BM25 still ranks, because term and
+  document frequencies survive blinding; queries are blinded the same way. What stays visible is
+  which rows share a (blinded) term and term counts;
 * the vector index snapshot goes through the chunked file format of `jijian.guard.crypto`;
 * source paths in the ingestion bookkeeping are stored blinded.
 
@@ -24,7 +25,6 @@ import base64
 import hashlib
 import hmac
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jijian.config.errors import UserInputError
+from jijian.kb.lexical import index_terms, query_terms
 
 SCHEME = "aes-256-gcm+hmac-sha256-tokens/1"
-_WORD = re.compile(r"\w+")
 _CHECK = b"jijian knowledge-base key check"
 _NONCE = 12
 
@@ -107,12 +107,16 @@ class RowCipher:
         return "b" + hmac.new(self._tokens, word.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
 
     def blind_text(self, text: str) -> str:
-        """The text as the lexical index stores it: one blinded token per word, in order."""
-        return " ".join(self._blind(word) for word in _WORD.findall(text.lower()))
+        """The text as the lexical index stores it: one blinded token per term (`jijian.kb.lexical`), in order."""
+        return " ".join(self._blind(term) for term in index_terms(text))
 
     def fts_query(self, text: str) -> str:
-        """A user's words as an FTS5 query over blinded tokens: any may match (BM25 ranks them)."""
-        return " OR ".join(f'"{self._blind(word)}"' for word in _WORD.findall(text.lower()))
+        """A user's words as an FTS5 query over blinded tokens: any may match (BM25 ranks them).
+
+        A lone CJK character matches only where it is stored as a term of its own (the last character
+        of a run): prefix queries cannot see through the hash.
+        """
+        return " OR ".join(f'"{self._blind(term)}"' for term, _ in query_terms(text))
 
     def blind_name(self, name: str) -> str:
         """A name (a source path) as stored: its full keyed hash."""

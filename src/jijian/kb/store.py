@@ -35,6 +35,7 @@ from jijian.config.errors import UserInputError
 from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import matches, parse_filter, to_sql
+from jijian.kb.lexical import LEXICAL_SCHEME, fts_query, index_text
 from jijian.kb.sealing import CollectionKeyError, RowCipher
 from jijian.kb.vector_index import IndexParams, VectorIndex, prepare
 
@@ -126,12 +127,6 @@ class SearchOptions:
     checkpoint_rows: int = 10_000  # rewrite the index file after this many new rows (bounds replay time)
 
 
-def fts_query(text: str) -> str:
-    """A user's words as a safe FTS5 query: each word quoted, any may match (BM25 ranks them)."""
-    words = re.findall(r"\w+", text)
-    return " OR ".join('"' + word + '"' for word in words)
-
-
 def output_columns(output_fields: Sequence[str] | None) -> tuple[str, ...]:
     """The row fields a search must fetch: all of OUTPUT_FIELDS by default, none for `[]` (ids and scores)."""
     if output_fields is None:
@@ -142,6 +137,17 @@ def output_columns(output_fields: Sequence[str] | None) -> tuple[str, ...]:
         if name not in OUTPUT_FIELDS and name not in ("id", "score"):
             raise KBError(f"output_fields: unknown field {name!r} (choose from {', '.join(OUTPUT_FIELDS)})")
     return tuple(name for name in OUTPUT_FIELDS if name in output_fields)
+
+
+def write_spec(directory: Path, spec: dict[str, Any]) -> None:
+    """Replace a collection's collection.json atomically (temporary file, fsync, rename)."""
+    tmp = directory / "collection.json.tmp"
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps(spec, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, directory / "collection.json")
+    _fsync_dir(directory)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -177,6 +183,8 @@ class Collection:
         # Reads through a memory map skip a read() call per page: fetching a search's hits costs half.
         self.db.execute("PRAGMA mmap_size=1073741824")
         self._create_tables()
+        if spec.get("lexical") != LEXICAL_SCHEME:
+            self._reindex_lexical(spec)
         self.index, self.watermark = self._load_index()
         self.rows_since_checkpoint = self._replay()
         self.tombstones = {row[0] for row in self.db.execute("SELECT rowid FROM tombstones")}
@@ -212,6 +220,26 @@ class Collection:
             CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text);
             """
         )
+
+    def _reindex_lexical(self, spec: dict[str, Any]) -> None:
+        """Rebuild the FTS5 index with the current terms (a collection made before them), then record the scheme.
+
+        One transaction: a crash before collection.json is rewritten only means the rebuild runs again.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM fts")
+            for rowid, record_id, text in self.db.execute("SELECT rowid, id, text FROM rows").fetchall():
+                if self.cipher is None:
+                    lexical = index_text(text)
+                else:
+                    lexical = self.cipher.blind_text(self.cipher.open(record_id, "text", text).decode("utf-8"))
+                self.db.execute("INSERT INTO fts (rowid, text) VALUES (?, ?)", (rowid, lexical))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        write_spec(self.directory, {**spec, "lexical": LEXICAL_SCHEME})
 
     # -- the index file and crash recovery ------------------------------------------------------
 
@@ -329,7 +357,7 @@ class Collection:
                 raise KBError(f"record {i} ({record_id!r}): metadata must be a JSON object")
             readers = validate_readers(record.readers, where=f"record {i} ({record_id!r}) readers")
             text, metadata, blob = record.text or "", json.dumps(record.metadata), vectors[i].tobytes()
-            lexical = text if self.cipher is None else self.cipher.blind_text(text)
+            lexical = index_text(text) if self.cipher is None else self.cipher.blind_text(text)
             if self.cipher is not None:
                 text, metadata, blob = (
                     self.cipher.seal(record_id, "text", text.encode("utf-8")),
@@ -418,6 +446,10 @@ class Collection:
     def count(self) -> int:
         """Live records."""
         return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+
+    def ids(self) -> list[str]:
+        """The id of every live record (from memory: no read)."""
+        return list(self._ids.values())
 
     def get(self, record_id: str) -> Record | None:
         """The record with this id, or None."""
@@ -618,11 +650,14 @@ class Collection:
         mode: str = "vector",
         text: str | None = None,
         output_fields: Sequence[str] | None = None,
+        vector_weight: float = 1.0,
     ) -> list[Hit]:
         """Top-k records by vector, lexical (BM25) or hybrid (RRF) ranking, within filter and ACL.
 
         `output_fields` picks what hits carry besides id and score (default: text, metadata and
-        readers); `[]` answers from memory without reading any row.
+        readers); `[]` answers from memory without reading any row. `vector_weight` scales the vector
+        ranking's share of a hybrid fusion (the lexical ranking's is 1): 0 leaves it out, as for a
+        Chinese query embedded by an English-only model (`jijian.kb.embed.hybrid_vector_weight`).
         """
         columns = output_columns(output_fields)
         if mode not in SEARCH_MODES:
@@ -650,14 +685,15 @@ class Collection:
             return self._hits([self._vector_ranking(query, k, condition)], columns)[0]
         if mode == "lexical":
             return self._hits([self._lexical_ranking(text or "", k, condition)], columns)[0]
+        if not 0.0 <= vector_weight <= 1e6:
+            raise KBError(f"vector_weight must be a non-negative number, got {vector_weight}")
         depth = max(k, 50)
         fused: dict[int, float] = {}
-        for ranking in (
-            self._vector_ranking(query, depth, condition),
-            self._lexical_ranking(text or "", depth, condition),
-        ):
+        rankings = [(vector_weight, self._vector_ranking(query, depth, condition))] if vector_weight > 0 else []
+        rankings.append((1.0, self._lexical_ranking(text or "", depth, condition)))
+        for weight, ranking in rankings:
             for rank, (rowid, _) in enumerate(ranking):
-                fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank + 1)
+                fused[rowid] = fused.get(rowid, 0.0) + weight / (RRF_K + rank + 1)
         return self._hits([sorted(fused.items(), key=lambda item: -item[1])[:k]], columns)[0]
 
     # -- ingestion bookkeeping --------------------------------------------------------------------
@@ -725,12 +761,10 @@ class KnowledgeBase:
         if params.kind == "ivf_pq" and dim % params.pq_m:
             raise KBError(f"index ivf_pq: dimension {dim} is not divisible by pq_m={params.pq_m}")
         directory.mkdir(parents=True, exist_ok=True)
-        spec: dict[str, Any] = {"name": name, "dim": dim, "index": asdict(params)}
+        spec: dict[str, Any] = {"name": name, "dim": dim, "index": asdict(params), "lexical": LEXICAL_SCHEME}
         if self.key is not None:
             spec["encryption"] = RowCipher.new_spec(self.key, name)
-        tmp = directory / "collection.json.tmp"
-        tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        os.replace(tmp, directory / "collection.json")
+        write_spec(directory, spec)
         return self.collection(name)
 
     def collection(self, name: str) -> Collection:

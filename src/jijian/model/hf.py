@@ -9,10 +9,12 @@ crash mid-save never leaves a half-written model where a good one was.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,44 +109,84 @@ def save_hf_state_dict(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     write_bytes: WriteBytes | None = None,
 ) -> Path:
-    """Like `save_hf`, from a full (unsharded) state dict — what a distributed run gathers on rank 0.
+    """Like `save_hf`, from a full (unsharded) state dict held in memory.
 
     `write_bytes` writes every file instead of the file system (`jijian train export` passes one that
     encrypts in memory); weights are then serialised to bytes first.
     """
+    tensors = {name: tensor.detach() for name, tensor in state_dict.items()}
+    specs = {name: TensorSpec(tuple(t.shape), t.dtype) for name, t in tensors.items()}
+    return save_hf_tensors(
+        specs,
+        lambda names: {name: tensors[name] for name in names},
+        cfg,
+        tokenizer,
+        directory,
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+        write_bytes=write_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor that has not been read yet."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in memory and on disk."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def save_hf_tensors(
+    specs: Mapping[str, TensorSpec],
+    fetch: Callable[[list[str]], Mapping[str, torch.Tensor]],
+    cfg: ModelConfig,
+    tokenizer: Tokenizer | None,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_bytes: WriteBytes | None = None,
+) -> Path:
+    """Write an HF model directory one safetensors shard at a time: `fetch(names)` supplies each shard's tensors.
+
+    Only one shard (at most `max_shard_bytes`) is in memory at once, so a model larger than the host's
+    memory can be written from a sharded checkpoint. The directory is replaced atomically.
+    """
     directory = Path(directory)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in state_dict.items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
-            continue  # HF stores tied weights once, under the embedding's name
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[name] = tensor.contiguous()
-    saved_dtype = dtype or next(iter(tensors.values())).dtype
-    shards = _plan_shards(tensors, max_shard_bytes)
+    # HF stores tied weights once, under the embedding's name.
+    names = [n for n in specs if not (cfg.tie_embeddings and n == "lm_head.weight")]
+    out_dtype = {n: dtype if dtype is not None and specs[n].dtype.is_floating_point else specs[n].dtype for n in names}
+    sizes = {n: TensorSpec(specs[n].shape, out_dtype[n]).nbytes for n in names}
+    saved_dtype = dtype or specs[names[0]].dtype
+    shards = _plan_shards(sizes, max_shard_bytes)
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         metadata = {"format": "pt"}
 
-        def save_weights(part: dict[str, torch.Tensor], path: Path) -> None:
+        def save_weights(part: list[str], path: Path) -> None:
+            fetched = fetch(part)
+            tensors = {n: fetched[n].detach().to("cpu", out_dtype[n]).contiguous() for n in part}
             if write_bytes is None:
-                save_file(part, str(path), metadata=metadata)
+                save_file(tensors, str(path), metadata=metadata)
             else:
-                write_bytes(path, safetensors_bytes(part, metadata=metadata))
+                write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
         if len(shards) == 1:
-            save_weights(tensors, staging / WEIGHTS_NAME)
+            save_weights(shards[0], staging / WEIGHTS_NAME)
         else:
             weight_map = {}
-            for i, names in enumerate(shards, start=1):
+            for i, part in enumerate(shards, start=1):
                 filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_weights({n: tensors[n] for n in names}, staging / filename)
-                weight_map.update(dict.fromkeys(names, filename))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+                save_weights(part, staging / filename)
+                weight_map.update(dict.fromkeys(part, filename))
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
             _write_json(staging / WEIGHTS_INDEX_NAME, index, write_bytes)
         _write_json(staging / "config.json", hf_config_dict(cfg, tokenizer, saved_dtype), write_bytes)
         if tokenizer is not None:
@@ -259,11 +301,10 @@ def _weights_from_bytes(
     }
 
 
-def _plan_shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+def _plan_shards(sizes: Mapping[str, int], max_bytes: int) -> list[list[str]]:
     shards: list[list[str]] = [[]]
     size = 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
+    for name, nbytes in sizes.items():
         if shards[-1] and size + nbytes > max_bytes:
             shards.append([])
             size = 0

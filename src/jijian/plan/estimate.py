@@ -22,7 +22,7 @@ from jijian.plan.comms import (
     transfer_time,
 )
 from jijian.plan.errors import PlanError
-from jijian.plan.hardware import GB, Cluster, capital_cost_per_device_hour, kwh_per_device_hour
+from jijian.plan.hardware import GB, Calibration, Cluster, capital_cost_per_device_hour, kwh_per_device_hour
 from jijian.plan.memory import (
     GRAD_BYTES,
     PARAM_BYTES,
@@ -34,6 +34,9 @@ from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
 PIPELINE_CHUNKS = 2  # model chunks per stage in the interleaved schedule
 # AdamW touches bf16 params and grads and fp32 master, m and v: ~16 bytes read and ~14 written per parameter.
 OPTIMIZER_TRAFFIC_BYTES = 30
+# Softmax and cross-entropy over the vocabulary: fp32 logits written, read for the loss, and their gradient
+# written and read again (4 passes of 4 bytes per logit).
+LOGITS_TRAFFIC_BYTES = 16
 # Bottleneck = the largest loss unless every loss is smaller than this share of the step.
 COMPUTE_BOUND_SHARE = 0.15
 
@@ -50,7 +53,8 @@ class Layout:
     recompute: str = "none"  # none | selective | full
     schedule: str = "1f1b"  # 1f1b | interleaved_1f1b | gpipe
     sequence_parallel: bool = True
-    zero_stage: int | None = None  # for dp without fsdp: ZeRO stage over dp ranks (default 0)
+    zero_stage: int | None = None  # for dp without fsdp: ZeRO stage 1 or 2 over the dp ranks (None = plain DDP)
+    chunks: int = PIPELINE_CHUNKS  # model chunks per stage in the interleaved schedule (jijian train runs 2)
 
     @property
     def gpus(self) -> int:
@@ -66,6 +70,8 @@ class Layout:
         """Short text such as 'fsdp=32,tp=8 mb=1 recompute=selective'."""
         degrees = [f"{k}={v}" for k, v in (("dp", self.dp), ("fsdp", self.fsdp), ("tp", self.tp), ("pp", self.pp))]
         shown = [d for d in degrees if not d.endswith("=1")] or ["dp=1"]
+        if self.zero_stage:
+            shown.insert(1 if self.dp > 1 else 0, f"zero={self.zero_stage}")
         extra = f" {self.schedule}" if self.pp > 1 else ""
         return f"{','.join(shown)} mb={self.micro_batch} recompute={self.recompute}{extra}"
 
@@ -106,12 +112,56 @@ class Estimate:
     cost_buy: float
     currency: str
     comm_bytes_per_step: dict[str, float] = field(default_factory=dict)
+    jijian_runs: bool = True  # whether `jijian train` can run this layout (see jijian_cannot_run)
+    # The range the truth has fallen in for runs the constants were not fitted on: MFU (and throughput) times
+    # exp(low) .. exp(high), step time divided by them (hardware.toml mfu_error_low / mfu_error_high).
+    mfu_range: tuple[float, float] = (0.0, 0.0)
+    step_time_range_s: tuple[float, float] = (0.0, 0.0)
+
+    def mfu_text(self) -> str:
+        """'MFU 41% (33-47%)'."""
+        low, high = self.mfu_range
+        return f"{self.mfu:.0%} ({low:.0%}-{high:.0%})"
 
     def to_dict(self) -> dict:
         """JSON-ready form; `layout` also appears as its short text."""
         out = asdict(self)
         out["layout"] = {**asdict(self.layout), "text": self.layout.describe()}
         return out
+
+
+def matmul_seconds(
+    shape: ModelShape, seq: int, micro_batch: int, tp: int, layers: int, recompute: str, peak: float, calib: Calibration
+) -> float:
+    """Matmul time of one micro-batch on the busiest stage: each matmul's FLOPs at the efficiency of its size.
+
+    Forward and backward (two matmuls of the same size per forward one) plus what recomputation repeats;
+    the efficiency is flat for GPUs and a measured curve for a calibrated local machine.
+    """
+    tokens = seq * micro_batch
+    h, hd = shape.hidden, shape.head_dim
+    # (m, k, n, how many) of one layer as jijian's block runs them: Q, K and V, output projection, the MLP's
+    # gate and up (or one input matrix), MLP out.
+    layer = [
+        (tokens, h, shape.heads * hd / tp, 1),
+        (tokens, h, shape.kv_heads * hd / tp, 2),
+        (tokens, shape.heads * hd / tp, h, 1),
+        (tokens, h, shape.ffn / tp, 2 if shape.gated else 1),
+        (tokens, shape.ffn / tp, h, 1),
+    ]
+    scores = [(seq, hd, seq, 2 * micro_batch * shape.heads / tp)]  # QK^T and attention x V, per head
+    selective_scores = 3.0 if shape.flash_attention else 4.0  # without flash, selective redoes the scores
+    passes = {"none": (3.0, 3.0), "selective": (3.0, selective_scores), "full": (4.0, 4.0)}[recompute]
+
+    def seconds(matmuls: list[tuple[float, float, float, float]], repeat: float) -> float:
+        total = 0.0
+        for m, k, n, count in matmuls:
+            flops = 2.0 * m * k * n
+            total += repeat * count * flops / (peak * calib.matmul_efficiency(flops))
+        return total
+
+    head = seconds([(tokens, h, shape.vocab / tp, 1)], 3.0)
+    return layers * (seconds(layer, passes[0]) + seconds(scores, passes[1])) + head
 
 
 def stage_layers(shape: ModelShape, pp: int) -> int:
@@ -132,26 +182,63 @@ def stage_params(shape: ModelShape, layout: Layout) -> float:
 def zero_sharding(layout: Layout) -> tuple[int, int]:
     """(ZeRO stage, ranks sharing the model states) implied by the layout."""
     if layout.fsdp > 1:
+        if layout.zero_stage:
+            rest = "".join(f",{k}={v}" for k, v in (("tp", layout.tp), ("pp", layout.pp)) if v > 1)
+            raise PlanError(zero_with_fsdp_message(layout.zero_stage, layout.dp, layout.fsdp, rest))
         return 3, layout.fsdp
     stage = layout.zero_stage or 0
     return stage, (layout.dp if stage else 1)
 
 
+def jijian_cannot_run(layout: Layout) -> str | None:
+    """Why `jijian train` cannot run the layout (None when it can: FSDP2, HSDP, TP, PP and ZeRO-2 through
+    FSDP2 without resharding after forward)."""
+    if layout.pp > 1 and layout.schedule == "interleaved_1f1b" and layout.chunks != PIPELINE_CHUNKS:
+        return f"jijian train interleaves {PIPELINE_CHUNKS} chunks per pipeline stage, not {layout.chunks}"
+    if layout.zero_stage == 1 and layout.dp > 1:
+        return (
+            "jijian train has no ZeRO-1 (FSDP2 shards gradients along with optimizer states); "
+            'zero=2 runs as dp_shard with fsdp_reshard_after_forward = "never"'
+        )
+    return None
+
+
+def zero_with_fsdp_message(stage: int, dp: int, fsdp: int, rest: str = "") -> str:
+    """Why zero=N and fsdp>1 do not combine, with the two nearest layouts that do (`rest`: ',tp=8,pp=2')."""
+    return (
+        f"zero={stage} with fsdp={fsdp}: fsdp already shards parameters, gradients and optimizer states "
+        f"(ZeRO-3) over its ranks, and zero={stage} shards over dp ranks; nearest feasible: "
+        f"'dp={dp * fsdp},zero={stage}{rest}' (ZeRO-{stage} over the same {dp * fsdp} ranks) or "
+        f"'{f'dp={dp},' if dp > 1 else ''}fsdp={fsdp}{rest}' (ZeRO-3, no zero key)"
+    )
+
+
 def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[str, float]:
-    """Bytes per device on the busiest stage: model states, activations, logits and temporary buffers."""
-    shape, tp = work.shape, layout.tp
-    layers = stage_layers(shape, layout.pp)
+    """Bytes per device on the fullest stage: model states, activations, logits and temporary buffers.
+
+    Without a pipeline one stage holds everything. With one, the first stage keeps the most micro-batches in
+    flight and the last holds the logits; the first gets the floor of layers / pp (an uneven split puts the
+    remainder on later stages, as Llama 3 does, section 3.3.2), and the fuller of the two is reported.
+    """
+    shape, tp, pp = work.shape, layout.tp, layout.pp
+    layers = stage_layers(shape, pp)
     stage, shard = zero_sharding(layout)
     microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
-    in_flight = pipeline_in_flight(layout.schedule, layout.pp, microbatches, PIPELINE_CHUNKS)
+    in_flight = pipeline_in_flight(layout.schedule, pp, microbatches, layout.chunks)
     per_layer = activation_bytes_per_layer(
         shape, work.seq, layout.micro_batch, tp, layout.sequence_parallel, layout.recompute
     )
-    activations = per_layer * layers * in_flight
+    recomputed = 0.0
     if layout.recompute == "full":  # one layer's activations exist again while it is recomputed
-        activations += activation_bytes_per_layer(shape, work.seq, layout.micro_batch, tp, layout.sequence_parallel)
+        recomputed = activation_bytes_per_layer(shape, work.seq, layout.micro_batch, tp, layout.sequence_parallel)
     tokens = work.seq * layout.micro_batch
     logits = tokens * shape.vocab / tp * 4 * 2  # fp32 logits and their gradient
+    if pp == 1:
+        activations = per_layer * layers + recomputed
+    else:
+        first = per_layer * (shape.layers // pp) * in_flight + recomputed
+        last = per_layer * layers + recomputed
+        activations, logits = (first, 0.0) if first >= last + logits else (last, logits)
     buffers = 0.0
     if layout.fsdp > 1:  # two unsharded layers (current + prefetched) and their unsharded gradients
         buffers = 2 * shape.layer_params / tp * (PARAM_BYTES + GRAD_BYTES)
@@ -179,13 +266,24 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     # Compute of one micro-batch on the busiest stage (which also holds the output head).
     layer_matmul = 2.0 * (shape.attention_params + shape.mlp_params)
     layer_scores = 4.0 * shape.heads * shape.head_dim * work.seq
-    recompute_share = {"none": 0.0, "selective": layer_scores, "full": layer_matmul + layer_scores}[layout.recompute]
-    layer_flops = 3.0 * (layer_matmul + layer_scores) + recompute_share
-    head_flops = 3.0 * 2.0 * shape.vocab * shape.hidden
-    matmul_s = tokens_mb * (layers * layer_flops + head_flops) / tp / (device.peak_flops * calib.gemm_efficiency)
-    elementwise = calib.elementwise_bytes_per_hidden * shape.hidden * (1.0 + (layout.recompute == "full") / 3.0)
+    selective_share = 0.0 if shape.flash_attention else layer_scores  # flash: only elementwise work is redone
+    recompute_share = {"none": 0.0, "selective": selective_share, "full": layer_matmul + layer_scores}[layout.recompute]
+    matmul_s = matmul_seconds(
+        shape, work.seq, layout.micro_batch, tp, layers, layout.recompute, device.peak_flops, calib
+    )
+    recompute_forward = 1.0 + (layout.recompute == "full") / 3.0  # full recomputation repeats the forward third
+    elementwise = calib.elementwise_bytes_per_hidden * shape.hidden * recompute_forward
     split = tp if layout.sequence_parallel else 1
-    memory_s = tokens_mb * layers * elementwise / split / (device.memory_bandwidth_gbs * 1e9)
+    # An elementwise kernel reads two tensors and writes one; its size decides whether caches serve it (the
+    # measured curve of a local profile; GPUs use the datasheet bandwidth).
+    activation_gbs = calib.bandwidth_gbs(3 * tokens_mb * shape.hidden * 4 / split, device.memory_bandwidth_gbs)
+    logits_gbs = calib.bandwidth_gbs(3 * tokens_mb * shape.vocab * 4 / tp, device.memory_bandwidth_gbs)
+    memory_s = tokens_mb * layers * elementwise / split / (activation_gbs * 1e9)
+    if calib.softmax_ns_per_logit:  # measured on this machine: exp and log make the loss compute-bound
+        memory_s += tokens_mb * shape.vocab / tp * calib.softmax_ns_per_logit * 1e-9
+    else:
+        memory_s += tokens_mb * shape.vocab / tp * LOGITS_TRAFFIC_BYTES / (logits_gbs * 1e9)
+    overhead_s = calib.op_overhead_us * 1e-6 * layers * calib.ops_per_layer * recompute_forward
 
     def link(stride: int, size: int) -> float:
         return device.link_gbs if group_is_intra_node(stride, size, per_node) else device.network_gbs
@@ -195,12 +293,12 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     collectives = 4 + (2 if layout.recompute == "full" else 0)
     tp_bytes = collectives * layers * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
     tp_s = transfer_time(tp_bytes, link(1, tp), calib.link_efficiency)
-    chunks = PIPELINE_CHUNKS if layout.schedule == "interleaved_1f1b" else 1
+    chunks = layout.chunks if layout.schedule == "interleaved_1f1b" else 1
     pp_bytes = 0.0 if pp == 1 else 2.0 * chunks * tokens_mb * shape.hidden * PARAM_BYTES / split
     pp_s = transfer_time(pp_bytes, link(tp, pp), calib.link_efficiency)
-    microbatch_s = matmul_s + memory_s + tp_s + pp_s
+    microbatch_s = matmul_s + memory_s + overhead_s + tp_s + pp_s
 
-    bubble = bubble_fraction(layout.schedule, pp, microbatches, PIPELINE_CHUNKS)
+    bubble = bubble_fraction(layout.schedule, pp, microbatches, layout.chunks)
     pipeline_s = microbatch_s * microbatches * (1.0 + bubble)
 
     # Data parallelism over the stage's parameters.
@@ -214,13 +312,31 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         fsdp_bytes = per_round * rounds
         round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
         fsdp_exposed_s = rounds * max(0.0, round_s - microbatch_s)
-    dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
-    dp_s = transfer_time(dp_bytes, link(tp * pp * layout.fsdp, layout.dp), calib.link_efficiency)
-    dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
+    dp_link = link(tp * pp * layout.fsdp, layout.dp)
     stage, shard = zero_sharding(layout)
+    if stage in (1, 2):
+        # ZeRO-1/2 (Megatron's distributed optimizer, DeepSpeed): gradients are reduce-scattered to the rank
+        # that owns their optimizer shard, and the updated parameters all-gathered after the step: together
+        # the bytes of one all-reduce. ZeRO-1 keeps whole gradients and reduce-scatters once, overlapping the
+        # last backward; ZeRO-2 keeps only its shard, so every micro-batch's backward reduce-scatters. The
+        # parameter all-gather overlaps the next step's first forward.
+        scatter = all_gather_bytes(grad_bytes, layout.dp)
+        gather = all_gather_bytes(params * PARAM_BYTES, layout.dp)
+        rounds = microbatches if stage == 2 else 1
+        dp_bytes = scatter * rounds + gather
+        scatter_s = transfer_time(scatter, dp_link, calib.link_efficiency)
+        gather_s = transfer_time(gather, dp_link, calib.link_efficiency)
+        dp_exposed_s = rounds * max(0.0, scatter_s - microbatch_s * 2.0 / 3.0)
+        dp_exposed_s += max(0.0, gather_s - microbatch_s / 3.0)
+    else:
+        dp_bytes = all_reduce_bytes(grad_bytes / layout.fsdp, layout.dp)
+        dp_s = transfer_time(dp_bytes, dp_link, calib.link_efficiency)
+        dp_exposed_s = max(0.0, dp_s - microbatch_s * 2.0 / 3.0)  # overlaps the last backward
     optimizer_s = params / (shard if stage >= 1 else 1) * OPTIMIZER_TRAFFIC_BYTES
-    optimizer_s /= device.memory_bandwidth_gbs * 1e9
-    step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s
+    optimizer_gbs = calib.bandwidth_gbs(3 * shape.hidden * shape.ffn / tp * 4, device.memory_bandwidth_gbs)
+    optimizer_s /= optimizer_gbs * 1e9
+    step_overhead_s = calib.op_overhead_us * 1e-6 * calib.ops_per_step
+    step_s = pipeline_s + fsdp_exposed_s + dp_exposed_s + optimizer_s + step_overhead_s
 
     tokens_per_step = work.global_batch * work.seq
     model_flops = training_flops_per_token(shape, work.seq) * tokens_per_step
@@ -231,12 +347,14 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
 
     losses = {
         "memory": (memory_s * microbatches + optimizer_s),
+        "overhead": overhead_s * microbatches + step_overhead_s,
         "network": (tp_s + pp_s) * microbatches + fsdp_exposed_s + dp_exposed_s,
         "bubble": microbatch_s * microbatches * bubble,
     }
     worst = max(losses, key=losses.__getitem__)
     bottleneck = worst if losses[worst] >= COMPUTE_BOUND_SHARE * step_s else "compute"
 
+    mfu = model_flops / (step_s * peak_total)
     steps = math.ceil(work.tokens / tokens_per_step)
     hours = steps * step_s / 3600
     prices = cluster.prices
@@ -247,13 +365,14 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         layout=layout,
         gpus=layout.gpus,
         microbatches=microbatches,
-        fits=used <= device.memory_bytes * calib.usable_memory_fraction,
+        fits=used * (1.0 + calib.fragmentation_fraction) <= device.memory_bytes * calib.usable_memory_fraction,
         memory_per_device_gb=used / GB,
         memory_breakdown_gb={k: v / GB for k, v in memory.items()},
         step_time_s=step_s,
         time_breakdown_s={
             "matmul": matmul_s * microbatches,
             "memory_bound": memory_s * microbatches,
+            "op_overhead": overhead_s * microbatches + step_overhead_s,
             "tensor_parallel": tp_s * microbatches,
             "pipeline_p2p": pp_s * microbatches,
             "bubble": microbatch_s * microbatches * bubble,
@@ -261,7 +380,7 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
             "dp_exposed": dp_exposed_s,
             "optimizer": optimizer_s,
         },
-        mfu=model_flops / (step_s * peak_total),
+        mfu=mfu,
         hfu=hardware_flops / (step_s * peak_total),
         tokens_per_s=tokens_per_step / step_s,
         bottleneck=bottleneck,
@@ -280,4 +399,7 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
             "fsdp": fsdp_bytes,
             "data_parallel": dp_bytes,
         },
+        jijian_runs=jijian_cannot_run(layout) is None,
+        mfu_range=(mfu * math.exp(calib.mfu_error_low), mfu * math.exp(calib.mfu_error_high)),
+        step_time_range_s=(step_s / math.exp(calib.mfu_error_high), step_s / math.exp(calib.mfu_error_low)),
     )

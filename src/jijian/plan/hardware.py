@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from importlib.resources import files
@@ -32,6 +34,7 @@ class Accelerator:
     rent_per_device_hour: float
     purchase_price: float
     source: str
+    device_class: str = "gpu"  # whose [calibration] constants apply: "gpu" or "cpu"
 
     @property
     def peak_flops(self) -> float:
@@ -46,12 +49,43 @@ class Accelerator:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted constants of the step-time model (see the [calibration] section of hardware.toml)."""
+    """Constants of the step-time and memory models for one device class (hardware.toml [calibration.*])."""
 
     gemm_efficiency: float
     elementwise_bytes_per_hidden: float
     link_efficiency: float
     usable_memory_fraction: float
+    op_overhead_us: float  # host-side cost of one dispatched operation (launch, dispatcher)
+    ops_per_layer: float  # operations one transformer layer dispatches per micro-batch, forward and backward
+    ops_per_step: float  # operations outside the layers: embedding, head, loss, clipping, optimizer
+    fragmentation_fraction: float  # allocator fragmentation on top of the live bytes
+    mfu_error_low: float  # 10th percentile of log(observed / predicted) MFU under cross-validation
+    mfu_error_high: float  # ... 90th percentile
+    # Measured on one machine (`jijian plan calibrate`): (FLOPs of one matmul, achieved fraction of peak),
+    # ascending; empty means every matmul runs at gemm_efficiency.
+    matmul_curve: tuple[tuple[float, float], ...] = ()
+    # Measured the same way: (bytes an elementwise kernel moves, achieved GB/s); empty means the datasheet figure.
+    memory_curve: tuple[tuple[float, float], ...] = ()
+    # Measured loss cost (log-softmax forward + backward) per logit; 0 means the bandwidth model of the logits.
+    softmax_ns_per_logit: float = 0.0
+
+    def matmul_efficiency(self, flops: float) -> float:
+        """Achieved fraction of peak for one matmul of `flops`: the measured curve (log-interpolated) or flat."""
+        return _interpolate(self.matmul_curve, flops) if self.matmul_curve else self.gemm_efficiency
+
+    def bandwidth_gbs(self, moved_bytes: float, datasheet_gbs: float) -> float:
+        """Achieved GB/s of an elementwise kernel moving `moved_bytes`: the measured curve, or the datasheet's."""
+        return _interpolate(self.memory_curve, moved_bytes) if self.memory_curve else datasheet_gbs
+
+
+def _interpolate(curve: tuple[tuple[float, float], ...], x: float) -> float:
+    """Piecewise-linear in log(x) through ascending (x, y) points, flat beyond the ends."""
+    if x <= curve[0][0]:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x <= x1:
+            return y0 + math.log(x / x0) / math.log(x1 / x0) * (y1 - y0)
+    return curve[-1][1]
 
 
 @dataclass(frozen=True)
@@ -86,10 +120,16 @@ def accelerator_names() -> list[str]:
     return list(_catalogue()["accelerators"])
 
 
-def calibration() -> Calibration:
-    """The fitted calibration constants."""
-    section = _catalogue()["calibration"]
-    return Calibration(**{f.name: float(section[f.name]) for f in fields(Calibration)})
+DEVICE_CLASSES = ("gpu", "cpu")
+
+
+def calibration(device_class: str = "gpu") -> Calibration:
+    """The catalogue's calibration constants of a device class ("gpu": fitted on published runs)."""
+    if device_class not in DEVICE_CLASSES:
+        raise PlanError(f"unknown device class {device_class!r}; known: {', '.join(DEVICE_CLASSES)}")
+    section = _catalogue()["calibration"][device_class]
+    measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit")
+    return Calibration(**{f.name: float(section[f.name]) for f in fields(Calibration) if f.name not in measured})
 
 
 def get_accelerator(name: str) -> Accelerator:
@@ -118,8 +158,18 @@ def make_cluster(
     devices_per_node: int | None = None,
     calib: Calibration | None = None,
 ) -> Cluster:
-    """The cluster for `accelerator`, with `[hardware]`'s price fields overriding the catalogue's."""
-    device = get_accelerator(accelerator)
+    """The cluster for `accelerator`, with `[hardware]`'s price fields overriding the catalogue's.
+
+    "local" is this machine as `jijian plan calibrate` measured it; "cpu" is too when such a profile exists
+    (otherwise the catalogue's server CPU).
+    """
+    from jijian.plan.profile import LOCAL, load_profile, local_device, profile_matches_this_machine
+
+    measured: Calibration | None = None
+    if accelerator.lower() == LOCAL or (accelerator.lower() == "cpu" and profile_matches_this_machine()):
+        device, measured = local_device(load_profile())
+    else:
+        device = get_accelerator(accelerator)
     hardware = hardware or HardwareConfig(accelerator=device.name)
     if hardware.peak_tflops is not None:  # the same figure jijian train divides by for its MFU
         device = replace(device, bf16_tflops=hardware.peak_tflops)
@@ -140,7 +190,7 @@ def make_cluster(
         pue=pick(hardware.pue, defaults["pue"], convert=False),
     )
     per_node = devices_per_node or device.devices_per_node
-    return Cluster(device, per_node, prices, calib or calibration())
+    return Cluster(device, per_node, prices, calib or measured or calibration(device.device_class))
 
 
 def with_calibration(cluster: Cluster, **changes: float) -> Cluster:

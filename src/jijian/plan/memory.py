@@ -31,7 +31,8 @@ def activation_bytes_per_layer(
     s*b*h*(34 + 5*a*s/h) without parallelism, s*b*h*(10 + 24/t + 5*a*s/(h*t)) with tensor parallelism,
     s*b*h/t*(34 + 5*a*s/h) with sequence parallelism too, 34*s*b*h/t with selective recomputation, and
     2*s*b*h (the layer input) with full recomputation. Llama layers (SwiGLU, GQA, flash attention, no
-    dropout) follow from the same per-tensor accounting.
+    dropout) follow from the same per-tensor accounting; with flash attention, selective recomputation
+    recomputes the norm outputs and the MLP activation instead of the (absent) score matrix.
     """
     tokens = seq * micro_batch
     h, a = shape.hidden, shape.heads
@@ -45,6 +46,11 @@ def activation_bytes_per_layer(
     kv = 2 * 2 * shape.kv_heads * shape.head_dim
     attention_out = 2 * a * shape.head_dim  # input of the output projection
     mlp = (6 if shape.gated else 4) * shape.ffn  # GeLU: input and output; SwiGLU: gate, up and their product
+    if shape.flash_attention and recompute == "selective":
+        # With no score matrix to drop, selective recomputation (torchtitan's op-level policy) keeps the
+        # matmul outputs and recomputes the elementwise ones: the two norm outputs and the MLP activation.
+        replicated -= 4 * h
+        mlp -= 2 * shape.ffn
     split = q + kv + attention_out + mlp
     if shape.flash_attention:
         scores = 4.0 * a  # flash attention keeps only the fp32 log-sum-exp per head per token

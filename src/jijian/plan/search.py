@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from jijian.plan.errors import PlanError
-from jijian.plan.estimate import PIPELINE_CHUNKS, Estimate, Layout, Workload, estimate
+from jijian.plan.estimate import (
+    PIPELINE_CHUNKS,
+    Estimate,
+    Layout,
+    Workload,
+    estimate,
+    jijian_cannot_run,
+    zero_with_fsdp_message,
+)
 from jijian.plan.hardware import Cluster, accelerator_names, make_cluster
 from jijian.plan.memory import RECOMPUTE_POLICIES
 from jijian.plan.shape import ModelShape
@@ -60,9 +69,6 @@ def candidate_layouts(work: Workload, gpus: int, devices_per_node: int, recomput
     """Every layout of `gpus` devices worth estimating for `work` that `jijian train` can run."""
     shape = work.shape
     policies = (recompute,) if recompute else RECOMPUTE_POLICIES
-    if recompute is None and shape.flash_attention:
-        # Flash attention stores no score matrix, so selective recomputation saves nothing over none.
-        policies = ("none", "full")
     for tp in divisors(gpus):
         if tp > devices_per_node or tp_problem(shape, tp, work.seq):  # tensor parallelism stays inside a node
             continue
@@ -74,21 +80,35 @@ def candidate_layouts(work: Workload, gpus: int, devices_per_node: int, recomput
                 continue
             per_rank = work.global_batch // data
             for fsdp in divisors(data):
+                # Replicated data parallelism may shard its optimizer states (ZeRO-1) and gradients (ZeRO-2).
+                zero_stages = (None, 1, 2) if fsdp == 1 and data > 1 else (None,)
                 for micro_batch in (m for m in divisors(per_rank) if m <= MAX_MICRO_BATCH):
                     for schedule in ("1f1b", "interleaved_1f1b") if pp > 1 else ("1f1b",):
                         if pipeline_problem(shape, pp, schedule, per_rank // micro_batch):
                             continue
-                        for policy in policies:
-                            yield Layout(data // fsdp, fsdp, tp, pp, micro_batch, policy, schedule)
+                        for policy, zero in itertools.product(policies, zero_stages):
+                            yield Layout(data // fsdp, fsdp, tp, pp, micro_batch, policy, schedule, zero_stage=zero)
 
 
-def search(work: Workload, cluster: Cluster, gpus: int, recompute: str | None = None, top: int = 5) -> SearchResult:
-    """The `top` fastest layouts of `gpus` devices that fit in memory; PlanError with alternatives if none does."""
+def search(
+    work: Workload,
+    cluster: Cluster,
+    gpus: int,
+    recompute: str | None = None,
+    top: int = 5,
+    jijian_only: bool = False,
+) -> SearchResult:
+    """The `top` fastest layouts of `gpus` devices that fit in memory; PlanError with alternatives if none does.
+
+    `jijian_only` keeps the layouts `jijian train` can run (every layout but ZeRO-1).
+    """
     check_workload(work, gpus)
     results: list[Estimate] = []
     tightest: Estimate | None = None
     evaluated = 0
     for layout in candidate_layouts(work, gpus, cluster.devices_per_node, recompute):
+        if jijian_only and jijian_cannot_run(layout):
+            continue
         evaluated += 1
         result = estimate(work, layout, cluster)
         if result.fits:
@@ -192,11 +212,11 @@ def parse_count(text: str) -> float:
         raise PlanError(f"cannot read {text!r} as a count; write e.g. 2T, 300B, 1.5e9") from None
 
 
-LAYOUT_KEYS = ("dp", "fsdp", "tp", "pp", "mb")
+LAYOUT_KEYS = ("dp", "fsdp", "tp", "pp", "zero", "mb")
 
 
 def parse_layout(text: str) -> dict[str, int]:
-    """'fsdp=32,tp=8' -> {'fsdp': 32, 'tp': 8}; keys dp, fsdp, tp, pp (and mb for the micro-batch)."""
+    """'dp=64,zero=1,tp=8' -> {'dp': 64, 'zero': 1, 'tp': 8}; keys dp, fsdp, tp, pp, zero (1 or 2) and mb."""
     degrees: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
@@ -213,7 +233,28 @@ def parse_layout(text: str) -> dict[str, int]:
             raise PlanError(f"--layout: {key} must be at least 1, got {degrees[key]}")
     if not degrees:
         raise PlanError("--layout is empty; write e.g. 'fsdp=32,tp=8'")
+    check_zero(degrees)
     return degrees
+
+
+def check_zero(degrees: dict[str, int]) -> None:
+    """Reject a ZeRO stage the other degrees cannot carry, naming the nearest layout that can."""
+    zero = degrees.get("zero")
+    if zero is None:
+        return
+    dp, fsdp = degrees.get("dp", 1), degrees.get("fsdp", 1)
+    rest = "".join(f",{k}={degrees[k]}" for k in ("tp", "pp") if k in degrees)
+    if zero >= 3:
+        raise PlanError(
+            f"--layout: zero={zero} is fully-sharded data parallelism; "
+            f"nearest: 'fsdp={dp * fsdp}{rest}' (zero is 1 or 2)"
+        )
+    if fsdp > 1:
+        raise PlanError(f"--layout: {zero_with_fsdp_message(zero, dp, fsdp, rest)}")
+    if dp == 1:
+        raise PlanError(
+            f"--layout: zero={zero} shards over the dp ranks and the layout has none; e.g. 'dp=8,zero={zero}{rest}'"
+        )
 
 
 def layout_gpus(degrees: dict[str, int]) -> int:
@@ -225,7 +266,9 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
     """The fastest fitting variant (micro-batch, recompute, schedule) of the given degrees."""
     gpus = layout_gpus(degrees)
     check_workload(work, gpus)
+    check_zero(degrees)
     dp, fsdp, tp, pp = (degrees.get(k, 1) for k in ("dp", "fsdp", "tp", "pp"))
+    zero = degrees.get("zero")
     shape = work.shape
     problem = tp_problem(shape, tp, work.seq)
     if problem:
@@ -250,7 +293,7 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
         raise PlanError(f"--layout: {pipeline_problem(shape, pp, '1f1b', per_rank // micro_batches[0])}")
     policies = (recompute,) if recompute else RECOMPUTE_POLICIES
     tried = [
-        estimate(work, Layout(dp, fsdp, tp, pp, mb, policy, schedule), cluster)
+        estimate(work, Layout(dp, fsdp, tp, pp, mb, policy, schedule, zero_stage=zero), cluster)
         for mb, schedule in variants
         for policy in policies
     ]
@@ -272,4 +315,6 @@ def evaluate_layout(work: Workload, cluster: Cluster, degrees: dict[str, int], r
 
 
 def _usable_gb(cluster: Cluster) -> float:
-    return cluster.accelerator.memory_gb * cluster.calibration.usable_memory_fraction
+    """Live bytes a device can hold (GB): its usable fraction, less the allocator's fragmentation."""
+    calib = cluster.calibration
+    return cluster.accelerator.memory_gb * calib.usable_memory_fraction / (1.0 + calib.fragmentation_fraction)

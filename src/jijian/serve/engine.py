@@ -73,7 +73,14 @@ class EngineStats:
 class LLMEngine:
     """Continuous-batching generation over a paged KV cache for one model."""
 
-    def __init__(self, model: CausalLM, tokenizer: Tokenizer | None, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Tokenizer | None,
+        config: EngineConfig | None = None,
+        runner: ModelRunner | None = None,
+    ) -> None:
+        """`runner` replaces the default single-process runner (the tensor-parallel one passes its own)."""
         self.config = config or EngineConfig()
         cfg = self.config
         self.model = model.eval()
@@ -81,7 +88,7 @@ class LLMEngine:
         self.max_model_len = min(cfg.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.kv_cache = KVCacheManager(cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
-        self.runner = ModelRunner(model, cfg.num_blocks, cfg.block_size)
+        self.runner = runner if runner is not None else ModelRunner(model, cfg.num_blocks, cfg.block_size)
         self.sampler = Sampler(self.runner.device)
         self.proposer = (
             NgramProposer(cfg.num_speculative_tokens, *cfg.ngram_range) if cfg.num_speculative_tokens > 0 else None

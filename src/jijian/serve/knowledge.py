@@ -13,6 +13,7 @@ from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.kb import KnowledgeBase
 from jijian.kb.embed import Embedder as KBEmbedder
+from jijian.kb.embed import hybrid_vector_weight
 from jijian.kb.store import CollectionNotFound
 from jijian.serve.rag import Passage
 
@@ -37,7 +38,8 @@ class KnowledgeBaseRetriever:
         except CollectionNotFound:
             raise KeyError(collection) from None
         vector = self.embedder.embed([query])[0]
-        hits = target.search(vector, top_k, principal=principal, mode=self.mode, text=query)
+        weight = hybrid_vector_weight(self.embedder, query)
+        hits = target.search(vector, top_k, principal=principal, mode=self.mode, text=query, vector_weight=weight)
         # The guard's passage screening runs in the API, where the request id is known for the audit.
         return [
             Passage(id=hit.id, source=str(hit.metadata.get("source", hit.id)), text=hit.text, score=hit.score)

@@ -2,13 +2,18 @@
 
 Only bookkeeping lives here (which block holds which tokens); the tensors are in `runner.PagedKVCache`.
 A block that fills up gets a hash chained from its predecessor's, so two prompts sharing a prefix map
-it to the same hashes and the second one reuses the first one's blocks (reference counted). Blocks
+it to the same hashes and the second one reuses the first one's blocks (reference counted). The hash
+is BLAKE2b (128-bit) of the parent's digest and the token ids: blocks are shared across tenants, so a
+crafted prompt whose hash collided with another tenant's prefix would read that tenant's KV cache;
+Python's 64-bit `hash` of a tuple is not built to resist that. Blocks
 nobody uses go to a free queue in least-recently-used order; a cached block stays findable there
 until a new allocation evicts it, which is when its hash is forgotten.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ class Block:
 
     block_id: int
     ref_count: int = 0
-    block_hash: int | None = None
+    block_hash: bytes | None = None
 
 
 @dataclass
@@ -29,13 +34,14 @@ class BlockTable:
 
     block_ids: list[int] = field(default_factory=list)
     num_hashed: int = 0
-    last_hash: int | None = None
+    last_hash: bytes | None = None
 
 
-def chain_hash(parent: int | None, tokens: Sequence[int]) -> int:
-    """Hash of a full block given its parent's hash: equal hashes mean equal prefixes."""
-    # Python's hash of a tuple of ints is deterministic (no per-process salt for ints) and 64-bit.
-    return hash((parent, tuple(tokens)))
+def chain_hash(parent: bytes | None, tokens: Sequence[int]) -> bytes:
+    """Collision-resistant digest of a full block given its parent's: equal digests mean equal prefixes."""
+    digest = hashlib.blake2b(parent or b"", digest_size=16)
+    digest.update(array("q", tokens).tobytes())
+    return digest.digest()
 
 
 class KVCacheManager:
@@ -50,7 +56,7 @@ class KVCacheManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Unreferenced blocks, oldest first: allocation takes from the front (evicting the LRU one).
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.cached: dict[bytes, int] = {}  # block hash -> block id
         self.tables: dict[str, BlockTable] = {}
 
     @property
@@ -77,7 +83,7 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return 0
         size = self.block_size
-        parent: int | None = None
+        parent: bytes | None = None
         hits: list[int] = []
         for start in range(0, (len(token_ids) - 1) // size * size, size):
             block_hash = chain_hash(parent, token_ids[start : start + size])

@@ -55,7 +55,9 @@ class PagedKVCache:
         cfg = model.cfg
         param = next(model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        shape = (cfg.n_layers, cfg.kv_heads, num_blocks * block_size, cfg.head_size)
+        # The model's own k_proj says how many KV heads it computes: all of them, or a tensor-parallel share.
+        kv_heads = model.model.layers["0"].self_attn.k_proj.out_features // cfg.head_size
+        shape = (cfg.n_layers, kv_heads, num_blocks * block_size, cfg.head_size)
         self.keys = torch.zeros(shape, dtype=dtype, device=param.device)
         self.values = torch.zeros(shape, dtype=dtype, device=param.device)
         self.num_blocks = num_blocks
@@ -138,6 +140,9 @@ class ModelRunner:
         head = self.model.lm_head
         selected = hidden[0, torch.as_tensor(rows or [0], dtype=torch.long, device=self.device)]
         return (head(selected) if head is not None else selected).float()
+
+    def close(self) -> None:
+        """Release what the runner started (nothing here; a tensor-parallel runner stops its workers)."""
 
     def _layout(
         self,

@@ -20,6 +20,7 @@ from jijian.guard.crypto import file_reader, is_encrypted, key_from_config
 from jijian.guard.http_auth import HttpAuth
 from jijian.guard.http_limits import allowed_hosts
 from jijian.guard.policy import GuardPolicy
+from jijian.model.device import resolve_device, resolve_dtype
 from jijian.model.hf import load_hf
 from jijian.model.llama import CausalLM
 from jijian.model.tokenizer import Tokenizer
@@ -29,6 +30,7 @@ from jijian.serve.dashboard import DashboardSources
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import quantize_int8
 from jijian.serve.rag import Retriever
+from jijian.serve.tensor_parallel import start_tensor_parallel
 
 if TYPE_CHECKING:
     from jijian.kb import KnowledgeBase
@@ -44,11 +46,12 @@ class Server:
     model_dir: Path
 
 
-def kv_block_bytes(model: CausalLM, block_size: int) -> int:
-    """Bytes of keys and values one block holds across all layers."""
+def kv_block_bytes(model: CausalLM, block_size: int, tensor_parallel: int = 1) -> int:
+    """Bytes of keys and values one block holds across all layers on one device (the rank with the most heads)."""
     cfg = model.cfg
     element = next(model.parameters()).element_size()
-    return 2 * cfg.n_layers * block_size * cfg.kv_heads * cfg.head_size * element
+    kv_heads = -(-cfg.kv_heads // tensor_parallel)
+    return 2 * cfg.n_layers * block_size * kv_heads * cfg.head_size * element
 
 
 def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
@@ -66,7 +69,12 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
         directory = smollm2_model_dir(serve.model_cache_dir)
     key = key_from_config(config.guard)
     encrypted = any(is_encrypted(path) for path in Path(directory).glob("*") if path.is_file())
-    model, tokenizer = load_hf(directory, read_bytes=file_reader(key) if key is not None or encrypted else None)
+    device = resolve_device(serve.device, "serve.device")
+    dtype = resolve_dtype(serve.dtype, device, "serve.dtype")
+    reader = file_reader(key) if key is not None or encrypted else None
+    # Tensor-parallel ranks read the model on the host and move only their shard to the device.
+    where = "cpu" if serve.tensor_parallel > 1 else device
+    model, tokenizer = load_hf(directory, device=where, dtype=dtype, read_bytes=reader)
     if tokenizer is None:
         raise UserInputError(f"[serve] model_path: {directory} has no tokenizer.json; the server needs one")
     if serve.quantization == "int8":
@@ -91,7 +99,7 @@ def knowledge_base_services(
     kb = open_knowledge_base(kb_config, key_from_config(config.guard))
     if policy is not None and kb_config.backend != "milvus":  # milvus cannot list its restricted records
         protect_restricted_documents(kb, policy)
-    embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size)
+    embedder = load_embedder(kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual)
     return kb, KnowledgeBaseRetriever(kb, embedder, policy), KnowledgeBaseEmbedder(embedder)
 
 
@@ -119,7 +127,7 @@ def build_server(
         kb, retriever, embedder = knowledge_base_services(config, policy)
     model, tokenizer, directory = load_model(config)
     max_len = min(serve.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
-    num_blocks = max(1, serve.kv_cache_mb * 2**20 // kv_block_bytes(model, serve.block_size))
+    num_blocks = max(1, serve.kv_cache_mb * 2**20 // kv_block_bytes(model, serve.block_size, serve.tensor_parallel))
     if num_blocks * serve.block_size < max_len:
         max_len = num_blocks * serve.block_size  # one request must always fit
     engine_config = EngineConfig(
@@ -132,7 +140,10 @@ def build_server(
         num_speculative_tokens=serve.speculative_tokens,
         ngram_range=(serve.speculative_ngram[0], serve.speculative_ngram[1]),
     )
-    engine = LLMEngine(model, tokenizer, engine_config)
+    runner = None
+    if serve.tensor_parallel > 1:
+        runner = start_tensor_parallel(config, model, num_blocks)
+    engine = LLMEngine(model, tokenizer, engine_config, runner=runner)
     hardware = config.hardware
     price = None
     if hardware.rent_per_device_hour is not None:
@@ -165,10 +176,14 @@ def run_server(config: DeployConfig) -> None:
     """Serve until interrupted (uvicorn on `[serve] host:port`)."""
     import uvicorn
 
-    torch.set_grad_enabled(False)
-    server = build_server(config)
-    print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
-    uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
+    # Restored on the way out: a caller in the same process (a test, `jijian up --serve`) keeps autograd.
+    with torch.no_grad():
+        server = build_server(config)
+        print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
+        try:
+            uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
+        finally:
+            server.engine.runner.close()  # tensor-parallel workers stop with the server
 
 
 @contextlib.contextmanager
@@ -176,22 +191,27 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout_s: float = 60
     """Run `app` with uvicorn on a free port in a background thread; yields its base URL, stops it on exit.
 
     For tests, benchmarks and the quick start, which need a real socket but not a separate process.
+    The socket is bound here and handed to uvicorn still held, so no other process can take the port
+    between choosing it and listening on it.
     """
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="jijian-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start on {host}:{port}")
-        time.sleep(0.05)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=timeout_s)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        port = listener.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="jijian-uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.05)
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=timeout_s)

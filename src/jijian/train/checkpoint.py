@@ -18,7 +18,9 @@ is the same under every parallel layout, so DCP reshards on load (save on 4 rank
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 import time
@@ -44,6 +46,8 @@ TRAINER_STATE = "trainer.json"
 LATEST = "latest"
 _PREFIX = "step_"
 _TMP = ".tmp"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserInputError):
@@ -151,6 +155,29 @@ def newest_valid_checkpoint(root: Path, below_step: int | None = None) -> tuple[
     return None, rejected
 
 
+def check_shapes(path: Path, reader: FileSystemReader, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint written for another model shape, naming the first tensor that differs.
+
+    DCP reshards between layouts (the global shapes match), but a different [model] would otherwise
+    fail deep inside the loader with a size mismatch that names no setting.
+    """
+    saved = reader.read_metadata().state_dict_metadata
+    for key, tensor in state.items():
+        meta = saved.get(key)
+        if meta is None:
+            raise CheckpointError(
+                f"checkpoint {path} has no tensor {key!r}: it was written for another model or optimizer; "
+                "point [checkpoint] dir at a fresh directory or restore the [model] and [train] it was made with"
+            )
+        size = getattr(meta, "size", None)
+        if size is not None and tuple(size) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} was written with another model shape: {key} is {tuple(size)} there but "
+                f"{tuple(tensor.shape)} in this run's [model]; point [checkpoint] dir at a fresh directory "
+                "or restore the [model] it was made with"
+            )
+
+
 def retained(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
     """Steps to keep: the newest `keep_last`, and every multiple of `keep_every` (0 = none)."""
     newest = sorted(steps, reverse=True)[:keep_last]
@@ -172,7 +199,10 @@ def _replace_file_atomically(path: Path, text: str) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every random-number generator this process uses."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    # Only tensors, lists and plain numbers, so that loading needs no pickle beyond `weights_only=True`.
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -181,7 +211,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `rng_state` recorded."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -380,8 +411,16 @@ class CheckpointManager:
     def load(self, path: Path) -> dict[str, Any]:
         """Load tensors in place from checkpoint `path` (resharding as needed); returns its trainer state."""
         state = self.tensors()
-        dcp.load(state, storage_reader=FileSystemReader(path), no_dist=not self.distributed)
+        reader = FileSystemReader(path)
+        check_shapes(path, reader, state)
+        dcp.load(state, storage_reader=reader, no_dist=not self.distributed)
         rng_path = path / "rng" / f"rank{self.rank}.pt"
         if rng_path.is_file():  # absent when resuming on more ranks than saved: only the RNG stream differs
-            set_rng_state(torch.load(rng_path, weights_only=False))
+            try:
+                # weights_only: a checkpoint directory may be shared; unpickling it must not run code.
+                saved_rng = torch.load(rng_path, weights_only=True)
+            except pickle.UnpicklingError as e:  # written before RNG states were saved as plain tensors
+                log.warning("%s: RNG state not restored (not loadable with weights_only=True: %s)", rng_path, e)
+            else:
+                set_rng_state(saved_rng)
         return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))

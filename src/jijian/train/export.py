@@ -1,19 +1,14 @@
-"""Consolidate a run's newest valid sharded checkpoint into a Hugging Face model directory, in one process."""
+"""Consolidate a run's newest valid sharded checkpoint into a Hugging Face model directory, one shard at a time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-
 from jijian.config import UserInputError, load_config
 from jijian.config.hf_config import WriteBytes
-from jijian.model import CausalLM
-from jijian.model.hf import save_hf_state_dict
 from jijian.train.checkpoint import checkpoint_step, newest_valid_checkpoint, validate_checkpoint
-from jijian.train.run import _starting_point, checkpoint_dir, load_tokenizer
+from jijian.train.consolidate import write_hf_from_dcp
+from jijian.train.run import checkpoint_dir, load_tokenizer, model_shape
 
 
 class ExportError(UserInputError):
@@ -38,14 +33,8 @@ def export_checkpoint(
             raise ExportError(f"no valid checkpoint under {checkpoint_dir(config)} ({reasons})")
     elif (reason := validate_checkpoint(checkpoint)) is not None:
         raise ExportError(f"checkpoint {checkpoint} is not valid: {reason}")
-    model_cfg, _ = _starting_point(config)
-    with torch.device("meta"):
-        shapes = CausalLM(model_cfg).state_dict()
-    # Only the model's tensors are read; DCP assembles each from however many shards were saved.
-    state = {f"model.{k}": torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
-    dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
-    weights = {k.removeprefix("model."): v for k, v in state.items()}
-    save_hf_state_dict(weights, model_cfg, load_tokenizer(config), to, write_bytes=write_bytes)
+    model_cfg = model_shape(config)
+    write_hf_from_dcp(checkpoint, model_cfg, load_tokenizer(config), to, write_bytes=write_bytes)
     return to, checkpoint
 
 

@@ -51,8 +51,8 @@ def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float 
     while True:
         a @ b
         runs += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 2.0 * size**3 * runs / elapsed
@@ -68,13 +68,15 @@ def peak_flops(device: torch.device, configured_tflops: float | None) -> tuple[f
             if key in name:
                 return tflops * 1e12, f"datasheet bf16 dense for {name}"
         return measure_matmul_flops(device, size=4096), f"measured fp32 matmul on {name}"
+    if device.type != "cpu":
+        return measure_matmul_flops(device, size=4096), f"measured fp32 matmul on {device.type}"
     return measure_matmul_flops(device), "measured fp32 matmul on this CPU"
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of this rank so far: allocated on the GPU, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
+    """Peak memory of this rank so far: allocated on the accelerator, or the process's peak RSS on CPU."""
+    if device.type != "cpu":
+        return torch.accelerator.max_memory_allocated(device)
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

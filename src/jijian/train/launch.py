@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from jijian.config import DeployConfig
 from jijian.train.layout import Layout, LayoutError, requested_world_size, resolve_layout
+
+# Set by the launcher for a single-node job: the ranks' process group meets through a file store there.
+RENDEZVOUS_DIR_ENV = "JIJIAN_RENDEZVOUS_DIR"
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,11 @@ class LaunchPlan:
 
 
 def default_nproc_per_node(config: DeployConfig, nnodes: int) -> int:
-    """One process per GPU on CUDA machines; on CPU, the world size the layout asks for (else 1)."""
+    """One process per accelerator (CUDA, XPU, ...); on CPU, the world size the layout asks for (else 1)."""
     import torch
 
-    if config.train.device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.device_count()
+    if config.train.device != "cpu" and torch.accelerator.is_available():
+        return torch.accelerator.device_count()
     requested = requested_world_size(config.parallel)
     if requested is None:
         return 1
@@ -87,4 +91,10 @@ def launch(config_path: Path, plan: LaunchPlan, **kwargs: object) -> int:
     # Restarted gloo workers must not reuse the agent's rendezvous store (stale peer addresses).
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call(torchrun_command(config_path, plan, **kwargs), env=env)  # type: ignore[arg-type]
+    command = torchrun_command(config_path, plan, **kwargs)  # type: ignore[arg-type]
+    if plan.nnodes > 1:
+        return subprocess.call(command, env=env)
+    # One node: the ranks meet through a file, not a port torchrun found free and then let go of.
+    with tempfile.TemporaryDirectory(prefix="jijian-rendezvous-") as directory:
+        env.setdefault(RENDEZVOUS_DIR_ENV, directory)
+        return subprocess.call(command, env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,29 +13,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from rich.console import Console
-from torch.distributed.tensor import DTensor
+from torch.distributed.checkpoint import FileSystemWriter
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
+from jijian.config.hf_config import read_hf_config
 from jijian.data import PackedLoader, open_train_loader
 from jijian.model import CausalLM
-from jijian.model.hf import load_hf, save_hf_state_dict
+from jijian.model.device import resolve_device
+from jijian.model.hf import model_config_from_hf
 from jijian.model.tokenizer import Tokenizer
-from jijian.train.checkpoint import CheckpointManager
-from jijian.train.distributed import env_world_size, init_distributed, is_rank0
+from jijian.train.checkpoint import CheckpointManager, checkpoint_step, newest_valid_checkpoint
+from jijian.train.consolidate import MODEL_PREFIX, write_hf_from_dcp
+from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
 from jijian.train.norms import local_part
-from jijian.train.parallel import ModelParts, ParallelDims, build_model_parts, build_parallel_dims
+from jijian.train.parallel import ModelParts, build_model_parts, build_parallel_dims
 from jijian.train.trainer import (
     Throughput,
     Trainer,
     TrainResult,
     cross_entropy_loss,
     read_instability,
-    resolve_device,
 )
 
 INSTABILITY = "instability.json"
@@ -74,12 +78,12 @@ def load_tokenizer(config: DeployConfig) -> Tokenizer:
     )
 
 
-def _starting_point(config: DeployConfig) -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
-    """The model shape, and the weights to start from when [model].hf_path is given (else random init)."""
+def model_shape(config: DeployConfig) -> ModelConfig:
+    """The model's shape: [model], or the config.json of [model].hf_path (whose weights each rank reads later)."""
     if config.model.hf_path is None:
-        return config.model, None
-    model, _ = load_hf(config.model.hf_path, device="cpu")
-    return model.cfg, {k: v.detach() for k, v in model.state_dict().items()}
+        return config.model
+    hf_path = config.model.hf_path
+    return model_config_from_hf(read_hf_config(hf_path), source=str(hf_path / "config.json"))
 
 
 def _batches(
@@ -97,21 +101,35 @@ def _batches(
     return data.loader, data.eval_batches or None, data.train_tokens, data.manifest["stats"]["input_files"]
 
 
-def gather_full_state(parts: ModelParts, dims: ParallelDims) -> dict[str, torch.Tensor]:
-    """The whole model's state dict on CPU, assembled on rank 0 (other ranks get an empty dict)."""
-    state: dict[str, torch.Tensor] = {}
-    for part in parts.parts:
-        for name, tensor in part.state_dict().items():
-            # full_tensor() is a collective over the stage's mesh: every rank of the stage calls it in order.
-            full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-            state[name] = full.detach().to("cpu", copy=True)
-    # One rank per pipeline stage (the one at data- and tensor-parallel position 0) sends it to rank 0.
-    if dims.layout.pp > 1 and dims.dp_rank == 0 and dims.tp_rank == 0:
-        gathered: list | None = [None] * dims.layout.pp if dist.get_rank() == 0 else None
-        dist.gather_object(state, gathered, dst=0, group=dims.pp_group)
-        if gathered is not None:
-            state = {k: v for stage_state in gathered for k, v in stage_state.items()}
-    return state if is_rank0() else {}
+def write_final_model(
+    trainer: Trainer, config: DeployConfig, model_cfg: ModelConfig, tokenizer: Tokenizer, model_dir: Path
+) -> None:
+    """Write the trained model in HF format from its shards: every rank saves its own, rank 0 streams them out.
+
+    The run's last checkpoint already holds the final weights when checkpoints are on; otherwise the
+    ranks save the model's shards once to a scratch directory. Either way the HF directory is written
+    by `write_hf_from_dcp`, as `jijian train export` writes it, and no rank gathers the whole model.
+    """
+    source: Path | None = None
+    scratch = config.train.output_dir / ".final-model-shards"
+    if trainer.checkpoints is not None and is_rank0():
+        newest, _ = newest_valid_checkpoint(checkpoint_dir(config))
+        source = newest if newest is not None and checkpoint_step(newest) == trainer.step else None
+    if dist.is_initialized():
+        shared = [str(source) if source is not None else None]
+        dist.broadcast_object_list(shared, src=0)
+        source = Path(shared[0]) if shared[0] is not None else None
+    if source is None:
+        state = {f"{MODEL_PREFIX}{k}": v for part in trainer.parts.parts for k, v in part.state_dict().items()}
+        if is_rank0():
+            shutil.rmtree(scratch, ignore_errors=True)
+        dcp.save(state, storage_writer=FileSystemWriter(scratch), no_dist=not dist.is_initialized())
+        source = scratch
+    if is_rank0():
+        write_hf_from_dcp(source, model_cfg, tokenizer, model_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def checkpoint_dir(config: DeployConfig) -> Path:
@@ -124,7 +142,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     tcfg = config.train
     world_size = env_world_size()
     layout = resolve_layout(config, world_size)
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, "train.device")
+    check_dtype(device, tcfg.dtype)
     if world_size > 1:
         device = init_distributed(device, tcfg.collective_timeout_s)
     if tcfg.cpu_offload and (device.type != "cuda" or layout.dp == 1):
@@ -135,7 +154,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     dims = build_parallel_dims(layout, device.type)
     seed_everything(tcfg.seed)
     tokenizer = load_tokenizer(config)
-    model_cfg, initial_state = _starting_point(config)
+    model_cfg = model_shape(config)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise TrainSetupError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}"
@@ -149,8 +168,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     def pipeline_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(logits, targets) / accum
 
-    # Multi-rank CUDA runs keep bf16 parameters under FSDP's policy; one GPU uses autocast instead.
-    bf16 = device.type == "cuda" and tcfg.dtype in ("auto", "bfloat16")
+    # Multi-rank accelerator runs keep bf16 parameters under FSDP's policy; one device uses autocast instead.
+    bf16 = device.type != "cpu" and tcfg.dtype in ("auto", "bfloat16")
     fsdp_bf16 = bf16 and dims.fsdp_mesh is not None
     parts = build_model_parts(
         model_cfg,
@@ -159,7 +178,7 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         device,
         pipeline_loss,
         param_dtype=torch.bfloat16 if fsdp_bf16 else None,
-        initial_state=initial_state,
+        initial_hf_dir=config.model.hf_path,
         parallel_cfg=config.parallel,
     )
     peak, peak_source = peak_flops(device, config.hardware.peak_tflops)
@@ -243,10 +262,9 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     if ledger is not None:
         ledger.record("end", step=trainer.step)
         ledger.close()
-    state = gather_full_state(parts, dims)
     model_dir = output_dir / "model"
+    write_final_model(trainer, config, model_cfg, tokenizer, model_dir)
     if is_rank0():
-        save_hf_state_dict(state, model_cfg, tokenizer, model_dir)
         summary = {k: v for k, v in asdict(result).items() if k != "losses"}
         summary["layout"] = layout.describe()
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -20,6 +20,7 @@ from torch import nn
 
 from jijian.config import TrainConfig, UserInputError
 from jijian.train.checkpoint import CheckpointManager, materialize_optimizer_state, optimizer_tensors
+from jijian.train.distributed import agree_any
 from jijian.train.flops import peak_memory_bytes
 from jijian.train.goodput import GoodputLedger
 from jijian.train.metrics import MetricsLogger
@@ -36,18 +37,9 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(0, 1), ignore_index=-100)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision compute dtype: bf16 on CUDA by default; fp32 on CPU (CPU bf16 is far slower here)."""
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+    """Mixed-precision compute dtype: bf16 on an accelerator by default; fp32 on CPU (CPU bf16 is far slower)."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type != "cpu"):
         return torch.bfloat16
     return None
 
@@ -275,11 +267,11 @@ class Trainer:
 
     def _check_stability(self, loss: torch.Tensor, grad_norm: torch.Tensor, batches: list[int]) -> None:
         reason = self.guard.check(float(loss), float(grad_norm))
-        flag = torch.tensor(float(reason is not None))
+        unstable = reason is not None
         if self.dims is not None and self.dims.distributed:
             # Loss and norm are global already; agreeing explicitly keeps every rank on the same path.
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
+            unstable = agree_any(unstable, self.device)
+        if unstable:
             self.optimizer.zero_grad(set_to_none=True)
             raise InstabilityDetected(self.step + 1, reason or "instability on another rank", batches)
 
@@ -457,11 +449,11 @@ class Trainer:
     def _out_of_time(self, start: float) -> bool:
         if self.cfg.max_minutes is None:
             return False
-        late = torch.tensor(float(time.perf_counter() - start > self.cfg.max_minutes * 60))
+        late = time.perf_counter() - start > self.cfg.max_minutes * 60
         if self.dims is not None and self.dims.distributed:
             # Every rank must stop at the same step, or the others wait forever in a collective.
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        return bool(late)
+            late = agree_any(late, self.device)
+        return late
 
     def _speed(self, tokens_per_s: float) -> dict[str, float]:
         if self.throughput is None:

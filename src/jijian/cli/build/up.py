@@ -87,7 +87,9 @@ def print_estimate(config: DeployConfig, console: Console) -> None:
     console.print(f"train estimate (jijian.plan): {escape(estimate.describe())}", soft_wrap=True)
     if config.up.train_minutes is not None:
         note = (
-            f"  (for [train] steps = {config.train.steps}; the train stage calibrates the steps to fit "
-            f"[up] train_minutes = {config.up.train_minutes:g} on this machine)"
+            f"  (the train stage sizes [train] steps to [up] train_minutes = {config.up.train_minutes:g} from a "
+            "step it measures; the estimate sizes them from the predicted step"
+            + ("" if estimate.accelerator.startswith("local") else "; `jijian plan calibrate` profiles this machine")
+            + ")"
         )
         console.print(escape(note), soft_wrap=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from jijian.model import CausalLM
 from jijian.train.layout import Layout
 from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
 from jijian.train.parallel.fsdp import apply_fsdp
-from jijian.train.parallel.init import init_parameters, load_full_state
+from jijian.train.parallel.init import init_parameters, load_hf_shards
 from jijian.train.parallel.mesh import ParallelDims
 from jijian.train.parallel.pipeline import build_schedule, prune_to_stage, stage_indices
 from jijian.train.parallel.tensor_parallel import apply_tensor_parallel
@@ -68,12 +69,12 @@ def build_model_parts(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     param_dtype: torch.dtype | None = None,
-    initial_state: dict[str, torch.Tensor] | None = None,
+    initial_hf_dir: Path | None = None,
     parallel_cfg: ParallelConfig | None = None,
 ) -> ModelParts:
     """Construct this rank's parts on the meta device, parallelise them, then materialise and initialise.
 
-    `initial_state` (a full state dict, e.g. from a Hugging Face checkpoint) replaces the random init.
+    `initial_hf_dir` (a Hugging Face model directory) replaces the random init; each rank reads only its slices.
     """
     layout = dims.layout
     parallel_cfg = parallel_cfg or ParallelConfig()
@@ -108,10 +109,10 @@ def build_model_parts(
             )
         model.to_empty(device="cpu" if train_cfg.cpu_offload else device)
         model.tie_weights()
-        if initial_state is None:
+        if initial_hf_dir is None:
             init_parameters(model, train_cfg.seed, device)
         else:
-            load_full_state(model, initial_state, device)
+            load_hf_shards(model, initial_hf_dir, device)
         parts.append(model)
     schedule = None
     if layout.pp > 1:

@@ -11,6 +11,19 @@ from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
 
 
+def _stdlib_recall(collection: Any, embedder: Any) -> dict[str, Any]:
+    """Hybrid recall@5 and MRR of the standard-library docs on the shipped English questions.
+
+    Every question counts: one whose module the budget left out is a miss, not skipped.
+    """
+    from jijian.eval.questions import load_questions, shipped_path
+    from jijian.eval.retrieval import evaluate_retrieval
+
+    questions = load_questions(shipped_path("stdlib-en"))
+    modes = evaluate_retrieval(collection, embedder, questions, modes=("hybrid",))["modes"]
+    return {"questions": len(questions), "recall@5": modes["hybrid"]["recall@5"], "mrr": modes["hybrid"]["mrr"]}
+
+
 class KnowledgeBaseStage:
     """(Re)build the collection from its sources, so edits and deletions in them are always reflected."""
 
@@ -59,7 +72,10 @@ class KnowledgeBaseStage:
         started = time.perf_counter()
         paths, stdlib = expand_sources(config.up.kb_sources, config_dir(ctx.config_path), PYTHON_STDLIB_DOCS)
         files = expand_paths([Path(p) for p in paths])
-        embedder = load_embedder(config.kb.embedding_model, config.kb.embed_batch_size)
+        kb_config = config.kb
+        embedder = load_embedder(
+            kb_config.embedding_model, kb_config.embed_batch_size, kb_config.embedding_multilingual
+        )
         # With [guard] encrypt_at_rest the collection is written encrypted, like every other kb writer.
         kb = open_knowledge_base(config.kb, key_from_config(config.guard))
         try:
@@ -80,6 +96,7 @@ class KnowledgeBaseStage:
             )
             collection.checkpoint()
             count = collection.count()
+            quality = _stdlib_recall(collection, embedder) if stdlib else None
         finally:
             kb.close()
         seconds = time.perf_counter() - started
@@ -87,7 +104,13 @@ class KnowledgeBaseStage:
             f"collection {name!r}: {count} entries ({docstrings} docstrings, {report.files} files in "
             f"{report.chunks} chunks) in {seconds:.0f} s -> {config.kb.path / name}"
         )
+        if quality is not None:
+            ctx.console.print(
+                f"retrieval: hybrid recall@5 {quality['recall@5']:.3f} on {quality['questions']} labelled English "
+                "questions (jijian eval retrieval)"
+            )
         return {
+            "retrieval": quality,
             "collection": name,
             "path": str(config.kb.path),
             "count": count,

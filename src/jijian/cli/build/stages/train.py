@@ -76,7 +76,9 @@ class TrainStage:
         else:
             from jijian.train import run_training
 
-            losses = run_training(config, console=ctx.console).result.losses
+            ran = run_training(config, console=ctx.console).result.losses
+            # A resumed run returns only the steps it ran itself: the log holds the steps before the resume too.
+            losses = {**_logged_losses(config.train.output_dir / "metrics.jsonl"), **ran}
         summary = json.loads((config.train.output_dir / "summary.json").read_text(encoding="utf-8"))
         return {**loss_summary(losses), **{k: summary.get(k) for k in ("steps", "tokens", "elapsed_s", "val_loss")}}
 

@@ -1,0 +1,163 @@
+"""Regular expressions that run in time linear in the text: RE2 (no backtracking) behind a small `re`-like API.
+
+Every pattern the guard runs on user text is a `LinearPattern`. Python's `re` backtracks, so one
+pattern such as `BEGIN .*? END` over 100 KB of `BEGIN` lines costs seconds and grows quadratically;
+RE2 compiles the pattern to an automaton that reads each byte a bounded number of times.
+
+RE2 has no look-around, so the two things the guard's patterns need from it are spelled out:
+`before` and `after` are RE2 patterns that must match right before and right after the match (for a
+negative look-around, the complement: `not_preceded_by("A-Za-z")` is `(?:\\A|[^A-Za-z])`). They are
+matched but not part of the reported span, and the next search restarts one character before the
+previous match's end, so the character that ended one match can start the next, as with look-around.
+
+The text is encoded to UTF-8 once per call and searched as bytes (RE2's own `str` path re-encodes the
+whole text on every `search(pos)`), and byte offsets are turned back into character offsets with a
+cursor that only moves forward. Character classes follow RE2: `\\d`, `\\w`, `\\s` and `\\b` are ASCII;
+write `\\p{L}`, `\\p{N}` or `\\p{Z}` where Unicode letters, digits or spaces are meant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import re2
+
+_UNANCHORED = re2._Anchor.UNANCHORED
+_OPTIONS = re2.Options()
+_OPTIONS.max_mem = 64 << 20  # the rule set is large; more DFA cache keeps RE2 on its fast path
+
+
+def not_preceded_by(char_class: str) -> str:
+    """A `before` pattern: start of text, or one character outside `char_class` (a `[...]` body)."""
+    return rf"(?:\A|[^{char_class}])"
+
+
+def not_followed_by(char_class: str) -> str:
+    """An `after` pattern: end of text, or one character outside `char_class` (a `[...]` body)."""
+    return rf"(?:\z|[^{char_class}])"
+
+
+class LinearMatch:
+    """One match: spans in character offsets of the searched text; group 0 is the match itself."""
+
+    __slots__ = ("_spans", "string")
+
+    def __init__(self, string: str, spans: list[tuple[int, int]]) -> None:
+        self.string = string
+        self._spans = spans
+
+    def span(self, group: int = 0) -> tuple[int, int]:
+        """(start, end) of a group; (-1, -1) if it did not take part in the match."""
+        return self._spans[group]
+
+    def start(self, group: int = 0) -> int:
+        """Start offset of a group."""
+        return self._spans[group][0]
+
+    def end(self, group: int = 0) -> int:
+        """End offset (exclusive) of a group."""
+        return self._spans[group][1]
+
+    def group(self, group: int = 0) -> str | None:
+        """Text of a group, or None if it did not take part in the match."""
+        start, end = self._spans[group]
+        return None if start < 0 else self.string[start:end]
+
+
+class _Offsets:
+    """Byte offset -> character offset in one UTF-8 text, for offsets asked in increasing order (amortised O(1))."""
+
+    def __init__(self, encoded: bytes, ascii_only: bool) -> None:
+        self.encoded = encoded
+        self.ascii_only = ascii_only
+        self.byte, self.char = 0, 0
+
+    def __call__(self, byte: int) -> int:
+        if self.ascii_only:
+            return byte
+        self.char += len(self.encoded[self.byte : byte].decode("utf-8", "surrogatepass"))
+        self.byte = byte
+        return self.char
+
+
+def _char_start(encoded: bytes, byte: int) -> int:
+    """The offset of the first byte of the UTF-8 character that contains `byte`."""
+    while 0 < byte < len(encoded) and encoded[byte] & 0xC0 == 0x80:
+        byte -= 1
+    return byte
+
+
+def _next_char(encoded: bytes, byte: int) -> int:
+    """The offset of the character after the one that starts at `byte`."""
+    byte += 1
+    while byte < len(encoded) and encoded[byte] & 0xC0 == 0x80:
+        byte += 1
+    return byte
+
+
+class LinearPattern:
+    """A compiled RE2 pattern with optional `before`/`after` context, searched in linear time."""
+
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        before: str = "",
+        after: str = "",
+        ignore_case: bool = False,
+        multiline: bool = False,
+        dot_all: bool = False,
+    ) -> None:
+        self.pattern = pattern
+        self.before, self.after = before, after
+        flags = "".join(f for f, on in (("i", ignore_case), ("m", multiline), ("s", dot_all)) if on)
+        full = (f"(?{flags})" if flags else "") + f"{before}({pattern}){after}"
+        try:
+            self._regex = re2.compile(full.encode("utf-8"), _OPTIONS)
+        except re2.error as e:
+            raise ValueError(f"pattern {pattern!r} is not valid RE2 syntax: {e}") from e
+        self.groups = self._regex.groups - 1
+
+    def finditer(self, text: str, pos: int = 0) -> Iterator[LinearMatch]:
+        """Non-overlapping matches, left to right, from character `pos` on (the text before it is not seen)."""
+        if pos:
+            for m in self.finditer(text[pos:]):
+                yield LinearMatch(text, [(s + pos, e + pos) if s >= 0 else (s, e) for s, e in m._spans])
+            return
+        encoded = text.encode("utf-8", "surrogatepass")
+        offsets = _Offsets(encoded, len(encoded) == len(text))
+        pos = 0
+        while pos <= len(encoded):
+            # The compiled RE2 object itself: `re2`'s Python wrapper adds a generator per call.
+            all_spans = self._regex._regexp.Match(_UNANCHORED, encoded, pos, len(encoded))
+            if all_spans[0] == (-1, -1):
+                return
+            # Group 1 is the pattern itself (without its before/after context); groups 2.. are its own.
+            byte_spans = list(all_spans[1:])
+            if offsets.ascii_only:
+                yield LinearMatch(text, byte_spans)
+            else:
+                chars = {b: offsets(b) for b in sorted({b for span in byte_spans for b in span if b >= 0})}
+                yield LinearMatch(text, [(chars[s], chars[e]) if s >= 0 else (-1, -1) for s, e in byte_spans])
+            end = byte_spans[0][1]
+            # Restart at the character before this match's end, so that it can be the next match's context.
+            restart = _char_start(encoded, end - 1) if self.before and end > 0 else end
+            pos = restart if restart > pos else _next_char(encoded, pos)
+
+    def search(self, text: str) -> LinearMatch | None:
+        """The leftmost match, or None."""
+        return next(self.finditer(text), None)
+
+    def findall(self, text: str) -> list[str]:
+        """The text of every match (group 0)."""
+        return [m.string[m.start() : m.end()] for m in self.finditer(text)]
+
+    def sub(self, repl: str | Callable[[LinearMatch], str], text: str) -> str:
+        """The text with every match replaced by `repl` (a literal string, or a function of the match)."""
+        out, last = [], 0
+        for m in self.finditer(text):
+            out.append(text[last : m.start()])
+            out.append(repl(m) if callable(repl) else repl)
+            last = m.end()
+        out.append(text[last:])
+        return "".join(out)

@@ -1,0 +1,113 @@
+"""The local hardware profile: what `jijian plan calibrate` measured on this machine, as a planner device.
+
+The probe itself needs torch and lives in jijian.train.hardware_probe; this module only reads and writes
+its JSON and turns it into an accelerator and a calibration, so the planner stays torch-free. A profile
+records the machine it was measured on; using it anywhere else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jijian.plan.errors import PlanError
+from jijian.plan.hardware import Accelerator, Calibration, calibration, get_accelerator
+
+PROFILE_ENV = "JIJIAN_HARDWARE_PROFILE"
+PROFILE_VERSION = 1
+LOCAL = "local"
+
+
+def default_profile_path() -> Path:
+    """$JIJIAN_HARDWARE_PROFILE, else ~/.cache/jijian/hardware-profile.json."""
+    given = os.environ.get(PROFILE_ENV)
+    return Path(given) if given else Path.home() / ".cache" / "jijian" / "hardware-profile.json"
+
+
+def machine_fingerprint() -> dict[str, str | int]:
+    """What identifies this machine's compute: host name, CPU model and logical CPU count."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": model, "logical_cpus": os.cpu_count() or 1}
+
+
+def save_profile(measured: dict, path: Path) -> dict:
+    """Write a probe's measurements with this machine's fingerprint (atomically); returns what was written."""
+    profile = {
+        "version": PROFILE_VERSION,
+        "machine": machine_fingerprint(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **measured,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return profile
+
+
+def load_profile(path: Path | None = None, *, require_this_machine: bool = True) -> dict:
+    """Read a profile; PlanError if it is missing, unreadable, or (by default) from another machine."""
+    path = path or default_profile_path()
+    if not path.exists():
+        raise PlanError(f"no local hardware profile at {path}; run `jijian plan calibrate` (about a minute) first")
+    try:
+        profile = json.loads(path.read_text(encoding="utf-8"))
+        matmul, memory = profile["matmul"], profile["memory"]
+        float(profile["op_overhead_us"])
+        if profile.get("version") != PROFILE_VERSION or not matmul or not memory:
+            raise ValueError("unknown version or empty measurements")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"{path}: not a hardware profile written by `jijian plan calibrate` ({exc})") from None
+    here = machine_fingerprint()
+    if require_this_machine and profile.get("machine") != here:
+        there = profile.get("machine", {})
+        raise PlanError(
+            f"{path} was measured on {there.get('host')!r} ({there.get('cpu')}, {there.get('logical_cpus')} CPUs), "
+            f"this is {here['host']!r} ({here['cpu']}, {here['logical_cpus']} CPUs); nearest feasible: run "
+            f"`jijian plan calibrate` here, or --gpu cpu for the catalogue's figures"
+        )
+    return profile
+
+
+def profile_matches_this_machine(path: Path | None = None) -> bool:
+    """Whether a profile of this machine exists (no error when it does not)."""
+    try:
+        load_profile(path)
+    except PlanError:
+        return False
+    return True
+
+
+def local_device(profile: dict) -> tuple[Accelerator, Calibration]:
+    """The profiled machine as one device: peak = its fastest matmul; measured curves for matmuls and memory."""
+    peak_tflops = max(row["tflops"] for row in profile["matmul"])
+    curve = sorted((2.0 * r["m"] * r["k"] * r["n"], r["tflops"] / peak_tflops) for r in profile["matmul"])
+    memory = sorted((float(r["bytes"]), float(r["gbs"])) for r in profile["memory"])
+    base = get_accelerator("cpu")
+    host = profile.get("machine", {}).get("host", "?")
+    device = replace(
+        base,
+        name=f"{LOCAL} ({host})",
+        bf16_tflops=peak_tflops,
+        memory_bandwidth_gbs=max(gbs for _, gbs in memory),
+        source=f"measured by `jijian plan calibrate` at {profile.get('measured_at')}",
+    )
+    calib = replace(
+        calibration("cpu"),
+        op_overhead_us=float(profile["op_overhead_us"]),
+        softmax_ns_per_logit=float(profile.get("softmax_ns_per_logit", 0.0)),
+        matmul_curve=tuple(curve),
+        memory_curve=tuple(memory),
+    )
+    return device, calib
