@@ -165,3 +165,17 @@ def test_prefix_cache_keys_are_collision_resistant_digests():
     assert chain_hash(digest, [4]) != chain_hash(None, [4]) and chain_hash(digest, [4]) == chain_hash(digest, [4])
     manager = KVCacheManager(num_blocks=8, block_size=2)
     assert all(isinstance(h, bytes) for h in manager.cached)
+
+
+def test_the_dashboard_checks_the_audit_hmac_with_the_configured_key(tmp_path, monkeypatch):
+    from jijian.config import DeployConfig
+    from jijian.serve.dashboard.guard_events import audit_view
+    from jijian.serve.dashboard.sources import DashboardSources
+
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path, KEY).append({"type": "request", "user": "alice"})
+    monkeypatch.setenv("JIJIAN_AUDIT_KEY", KEY.decode())
+    sources = DashboardSources.from_config(DeployConfig.model_validate({"guard": {"audit_log": str(path)}}))
+    assert sources.audit_key == KEY
+    assert audit_view(path, None, key=sources.audit_key)["verification"]["ok"]
+    assert not audit_view(path, None, key=b"another key, 32 bytes long......")["verification"]["ok"]

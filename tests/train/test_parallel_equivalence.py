@@ -44,6 +44,8 @@ LAYOUTS = {
     "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
     "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.05}, "single_lamb"),
     "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2, "fsdp_unit_params": 0}, {"ac": "selective"}, "single"),
+    # Qwen3 (per-head q/k norms, replicated over the TP ranks) against its own single-process run.
+    "qwen3_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2, "fsdp_unit_params": 0}, {}, "single_qwen3"),
     "dp_shard2_tp2_pp2": (
         8,
         {"dp_shard": 2, "tp": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2, "fsdp_unit_params": 0},
@@ -51,7 +53,13 @@ LAYOUTS = {
         "single",
     ),
 }
-REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}}
+REFERENCES = {"single": {}, "single_lamb": {"optimizer": "lamb", "lr": 0.05}, "single_qwen3": {}}
+QWEN3 = {"architecture": "qwen3", "qk_norm": True, "head_dim": 32}
+
+
+def model_extra(name: str) -> dict:
+    """[model] keys on top of the tiny Llama shape: the qwen3 runs change the architecture."""
+    return QWEN3 if "qwen3" in name else {}
 
 
 def write_config(
@@ -67,6 +75,7 @@ def write_config(
             "vocab_size": 512,
             "max_seq_len": 64,
             "tie_embeddings": False,
+            **model_extra(name),
         },
         "tokenizer": {"path": str(tokenizer_dir)},
         "data": {"sources": sources},

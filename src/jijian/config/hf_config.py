@@ -1,4 +1,4 @@
-"""Translation between a Hugging Face Llama `config.json` and jijian's ModelConfig fields (pure JSON)."""
+"""Translation between a Hugging Face `config.json` (Llama, Mistral, Qwen2, Qwen3) and ModelConfig fields."""
 
 from __future__ import annotations
 
@@ -35,18 +35,48 @@ def read_hf_config(directory: str | Path, read_bytes: ReadBytes | None = None) -
     return data
 
 
+# The `architectures` entry of each supported config.json, and the family it belongs to.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+def architecture_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> str:
+    """The jijian architecture of an HF config: from `architectures`, else `model_type`; unknown ones are errors."""
+    names = hf.get("architectures")
+    if names:
+        if not isinstance(names, list) or len(names) != 1 or names[0] not in SUPPORTED_ARCHITECTURES:
+            raise HFFormatError(
+                f"{source}: architectures {names!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        return SUPPORTED_ARCHITECTURES[names[0]]
+    model_type = hf.get("model_type", "llama")
+    if model_type not in SUPPORTED_ARCHITECTURES.values():
+        raise HFFormatError(
+            f"{source}: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES.values())}"
+        )
+    return model_type
+
+
 def model_fields_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
-    """ModelConfig fields for an HF Llama-family config (transformers v4 or v5 layout)."""
+    """ModelConfig fields for an HF Llama, Mistral, Qwen2 or Qwen3 config (transformers v4 or v5 layout)."""
 
     def fail(message: str) -> HFFormatError:
         return HFFormatError(f"{source}: {message}")
 
-    architectures = hf.get("architectures") or ["LlamaForCausalLM"]
-    if hf.get("model_type", "llama") not in ("llama", "mistral") and "LlamaForCausalLM" not in architectures:
-        raise fail(f"model_type {hf.get('model_type')!r} is not a Llama-family decoder")
-    for key in ("attention_bias", "mlp_bias"):
-        if hf.get(key):
-            raise fail(f"{key} = true is not supported (jijian's Llama has no biases)")
+    architecture = architecture_from_hf(hf, source)
+    if architecture in ("llama", "mistral"):
+        for key in ("attention_bias", "mlp_bias"):
+            if hf.get(key):
+                raise fail(f"{key} = true is not supported (jijian's {architecture} has no biases)")
+    if architecture == "qwen3" and hf.get("attention_bias"):
+        raise fail("attention_bias = true is not supported for qwen3 (published Qwen3 models have none)")
+    if architecture in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        raise fail("use_sliding_window = true is not supported (Qwen's per-layer windows); set it to false")
     if hf.get("hidden_act", "silu") != "silu":
         raise fail(f"hidden_act {hf.get('hidden_act')!r} is not supported (only 'silu')")
     # transformers v5 moved rope_theta/rope_scaling into one rope_parameters mapping.
@@ -78,5 +108,9 @@ def model_fields_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> 
         "rope_scaling": rope_scaling,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         "init_std": hf.get("initializer_range", 0.02),
+        "architecture": architecture,
+        "attention_bias": architecture == "qwen2",
+        "qk_norm": architecture == "qwen3",
+        "sliding_window": hf.get("sliding_window") if architecture == "mistral" else None,
     }
     return {k: v for k, v in fields.items() if v is not None}

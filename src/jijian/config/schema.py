@@ -56,10 +56,19 @@ class RopeScaling(Section):
     original_max_position_embeddings: int = Field(default=8192, ge=1)
 
 
+Architecture = Literal["llama", "qwen2", "qwen3", "mistral"]
+
+
 class ModelConfig(Section):
-    """Decoder-only transformer shape; `preset` fills every field not given explicitly."""
+    """Decoder-only transformer shape; `preset` fills every field not given explicitly.
+
+    Qwen2, Qwen3 and Mistral are the Llama decoder with a few switches: q/k/v biases, RMSNorm on each
+    query and key head, and sliding-window attention. `architecture` names the family, which decides
+    the `config.json` layout a saved model gets.
+    """
 
     preset: str | None = None
+    architecture: Architecture = "llama"
     hf_path: ExistingPath | None = None
     dim: int = Field(ge=1)
     n_layers: int = Field(ge=1)
@@ -74,6 +83,11 @@ class ModelConfig(Section):
     rope_scaling: RopeScaling | None = None
     tie_embeddings: bool = False
     init_std: float = Field(default=0.02, gt=0)
+    attention_bias: bool = Field(default=False, description="biases on the q, k and v projections (Qwen2)")
+    qk_norm: bool = Field(default=False, description="RMSNorm over each query and key head before RoPE (Qwen3)")
+    sliding_window: int | None = Field(
+        default=None, ge=1, description="a query sees only the last this-many positions, itself included (Mistral)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Full-width digits and Latin letters (U+FF10-FF5A) and the ideographic space, to their ASCII forms.
+_WIDE = re.compile(f"[{_CJK}\u3000\uff01-\uff5e]")
 _HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF10, 0xFF5B) if chr(code - 0xFEE0).isalnum()}
 _HALF_WIDTH[0x3000] = 0x20
 _FULL_PUNCTUATION = dict(zip(",;:?!()", "，；：？！（）", strict=True))
@@ -27,6 +28,8 @@ _PUNCTUATION_AFTER_LATIN = re.compile(rf"(?<=[A-Za-z0-9])[，；：？！（）�
 
 def normalize_chinese(text: str) -> str:
     """Full-width letters and digits to ASCII; punctuation full-width next to Chinese, ASCII between Latin text."""
+    if not _WIDE.search(text):
+        return text  # no CJK and no full-width form: most code and English text, skipped at C speed
     text = text.translate(_HALF_WIDTH)
     text = _PUNCTUATION_AFTER_CJK.sub(lambda m: "。" if m.group() == "." else _FULL_PUNCTUATION[m.group()], text)
     return _PUNCTUATION_AFTER_LATIN.sub(lambda m: _HALF_PUNCTUATION[m.group()], text)

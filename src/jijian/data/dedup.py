@@ -21,6 +21,8 @@ MINHASH_SEED = 1
 MINHASH_SCHEME = "affine32"
 # Hiragana, katakana and CJK ideographs (Hangul is left out: Korean puts spaces between words).
 _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_ANY = re.compile(f"[{_CJK_CHARS}]")
+_WORD = re.compile(r"\w+")
 _TOKEN = re.compile(rf"[{_CJK_CHARS}]|(?:(?![{_CJK_CHARS}])\w)+")
 # An odd 64-bit multiplier (from splitmix64) that spreads word hashes across the window.
 _MIX = 0x9E3779B97F4A7C15
@@ -33,7 +35,9 @@ def content_hash(text: str) -> str:
 
 def shingle_hashes(text: str) -> np.ndarray:
     """Distinct 32-bit hashes of the document's lower-cased token 5-grams (of all its tokens when shorter)."""
-    words = _TOKEN.findall(text.lower())
+    lowered = text.lower()
+    # Word regex first (C speed); only text holding CJK pays for the per-character tokenizer.
+    words = _TOKEN.findall(lowered) if _CJK_ANY.search(lowered) else _WORD.findall(lowered)
     # Hash each word once (C speed), then combine windows of words with numpy: no Python string per shingle.
     word_hashes = np.array([zlib.crc32(w.encode("utf-8")) for w in words] or [0], dtype=np.uint64)
     width = min(SHINGLE_WORDS, len(word_hashes))

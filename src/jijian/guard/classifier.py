@@ -78,13 +78,17 @@ def featurize(text: str) -> np.ndarray:
     codes = np.frombuffer((" " + text.lower() + " ").encode("utf-32-le"), dtype="<u4").astype(np.uint64)
     buckets = []
     with np.errstate(over="ignore"):  # the hash wraps around 2**64 on purpose
-        for n in NGRAM_SIZES:
+        # h_n = n * P^n + sum_k c_k P^(n-1-k): the polynomial part of size n extends that of size n - 1 by one
+        # multiply-add, so all sizes cost one pass each (the same values as hashing each window from scratch).
+        polynomial = codes
+        for n in range(1, max(NGRAM_SIZES) + 1):
             if len(codes) < n:
                 break
-            h = np.full(len(codes) - n + 1, np.uint64(n), dtype=np.uint64)
-            for k in range(n):
-                h = h * _PRIME + codes[k : len(codes) - n + 1 + k]
-            buckets.append((h * _MIX) >> np.uint64(64 - HASH_BITS))
+            if n > 1:
+                polynomial = polynomial[:-1] * _PRIME + codes[n - 1 :]
+            if n in NGRAM_SIZES:
+                h = polynomial + np.uint64(n) * _PRIME ** np.uint64(n)
+                buckets.append((h * _MIX) >> np.uint64(64 - HASH_BITS))
         buckets.append((_word_hashes(codes) * _MIX) >> np.uint64(64 - HASH_BITS))
     # A presence mask instead of np.unique: linear in the text, no sort of millions of ids on a long prompt.
     present = np.zeros(1 << HASH_BITS, dtype=bool)

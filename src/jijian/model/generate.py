@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from jijian.model.llama import CausalLM
+from jijian.model.llama import CausalLM, sliding_window_mask
 
 
 class ContiguousKVCache:
@@ -24,6 +24,7 @@ class ContiguousKVCache:
         self.keys = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.values = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.max_len = max_len
+        self.sliding_window = cfg.sliding_window
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Write k/v at start_pos.., then attend q over positions 0..start_pos+len-1."""
@@ -35,11 +36,12 @@ class ContiguousKVCache:
         self.values[layer_idx, :, :, start_pos:end] = v
         keys, values = self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
         gqa = q.shape[1] != keys.shape[1]
-        if seq == 1:  # a single new token may attend to every cached position
+        window = self.sliding_window
+        if seq == 1 and (window is None or end <= window):  # a single new token may attend to every cached position
             return F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
-        # Query i sits at absolute position start_pos + i and sees keys up to that position.
-        rows = torch.arange(start_pos, end, device=q.device)[:, None]
-        mask = torch.arange(end, device=q.device)[None, :] <= rows
+        # Query i sits at absolute position start_pos + i and sees keys up to that position (and within the window).
+        positions = torch.arange(end, device=q.device)
+        mask = sliding_window_mask(positions[start_pos:], positions, window)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
 
 

@@ -1,9 +1,10 @@
-"""Import llama.cpp's GGUF files: dequantise the weights and write an HF-format Llama directory.
+"""Import llama.cpp's GGUF files: dequantise the weights and write an HF-format model directory.
 
-The `gguf` package reads and dequantises the tensors; this module maps names, undoes the row
-permutation llama.cpp applies to the query and key projections (its RoPE pairs adjacent elements,
-HF's pairs the two halves of each head), and rebuilds the byte-level BPE tokenizer and chat
-template from the file's metadata.
+Llama (Mistral's GGUF files are 'llama' too), Qwen2 and Qwen3 architectures. The `gguf` package reads
+and dequantises the tensors; this module maps names, undoes the row permutation llama.cpp applies to
+a Llama's query and key projections (its RoPE pairs adjacent elements, HF's pairs the two halves of
+each head; Qwen files keep HF's order), and rebuilds the byte-level BPE tokenizer and chat template
+from the file's metadata.
 """
 
 from __future__ import annotations
@@ -32,14 +33,22 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# GGUF `general.architecture` -> jijian architecture; Mistral 7B's GGUF files say 'llama'.
+SUPPORTED_GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# llama.cpp's pre-tokeniser regexes that differ from GPT-2's: Qwen2's (also Qwen3's) splits digits one by one.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
 class GGUFFormatError(UserInputError):
-    """A GGUF file that cannot be read or is not a Llama-family model."""
+    """A GGUF file that cannot be read or holds an architecture jijian does not support."""
 
 
 def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -49,7 +58,7 @@ def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
-    """Config, fp32 HF-named state dict and tokenizer of a Llama GGUF file."""
+    """Config, fp32 HF-named state dict and tokenizer of a Llama, Qwen2 or Qwen3 GGUF file."""
     import gguf
 
     path = Path(path)
@@ -63,13 +72,15 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.")
     }
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise GGUFFormatError(f"{path}: general.architecture is {arch!r}; only 'llama' models can be imported")
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise GGUFFormatError(
+            f"{path}: general.architecture is {arch!r}; supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
+        )
 
     def key(name: str, default: Any = None) -> Any:
-        value = meta.get(f"llama.{name}", default)
+        value = meta.get(f"{arch}.{name}", default)
         if value is None:
-            raise GGUFFormatError(f"{path}: metadata key llama.{name} is missing")
+            raise GGUFFormatError(f"{path}: metadata key {arch}.{name} is missing")
         return value
 
     n_heads = int(key("attention.head_count"))
@@ -80,33 +91,38 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         if name is None:
             raise GGUFFormatError(f"{path}: unexpected tensor {tensor.name!r}")
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
-        if tensor.name.endswith("attn_q.weight"):
+        if arch == "llama" and tensor.name.endswith("attn_q.weight"):
             values = unpermute_rope_rows(values, n_heads)
-        elif tensor.name.endswith("attn_k.weight"):
+        elif arch == "llama" and tensor.name.endswith("attn_k.weight"):
             values = unpermute_rope_rows(values, n_kv_heads)
         state[name] = torch.from_numpy(np.ascontiguousarray(values))
     embed = state.get("model.embed_tokens.weight")
     if embed is None:
         raise GGUFFormatError(f"{path}: no token_embd.weight tensor")
     dim = int(key("embedding_length"))
+    window = meta.get(f"{arch}.attention.sliding_window")
     cfg = ModelConfig(
+        architecture=SUPPORTED_GGUF_ARCHITECTURES[arch],
+        attention_bias="model.layers.0.self_attn.q_proj.bias" in state,
+        qk_norm="model.layers.0.self_attn.q_norm.weight" in state,
+        sliding_window=int(window) if window else None,
         dim=dim,
         n_layers=int(key("block_count")),
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        head_dim=int(meta.get("llama.attention.key_length", dim // n_heads)),
+        head_dim=int(meta.get(f"{arch}.attention.key_length", dim // n_heads)),
         ffn_dim=int(key("feed_forward_length")),
         vocab_size=int(embed.shape[0]),
         max_seq_len=int(key("context_length")),
         norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         tie_embeddings="lm_head.weight" not in state,
     )
-    return cfg, state, _tokenizer(reader, meta)
+    return cfg, state, _tokenizer(reader, meta, arch)
 
 
 def import_gguf(path: str | Path, directory: str | Path) -> Path:
-    """Convert a Llama GGUF file into an HF-format model directory (fp32 weights) and return it."""
+    """Convert a Llama, Qwen2 or Qwen3 GGUF file into an HF-format model directory (fp32 weights) and return it."""
     cfg, state, tokenizer = read_gguf(path)
     return save_hf_state_dict(state, cfg, tokenizer, directory)
 
@@ -146,8 +162,8 @@ def _field_value(field: Any) -> Any:
         return None
 
 
-def _tokenizer(reader: Any, meta: dict[str, Any]) -> Tokenizer | None:
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+def _tokenizer(reader: Any, meta: dict[str, Any], arch: str) -> Tokenizer | None:
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as Backend
 
     fields = reader.fields
@@ -161,9 +177,15 @@ def _tokenizer(reader: Any, meta: dict[str, Any]) -> Tokenizer | None:
     token_types = fields["tokenizer.ggml.token_type"].contents() if "tokenizer.ggml.token_type" in fields else []
     backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
     # llama.cpp's 'smollm' (and 'gpt2') pre-tokenisers: the GPT-2 split, and digits one at a time for SmolLM.
+    pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None
     steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    if fields.get("tokenizer.ggml.pre") is not None and fields["tokenizer.ggml.pre"].contents() == "smollm":
+    if pre == "smollm":
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    elif pre in ("qwen2", "qwen3"):
+        steps = [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     backend.pre_tokenizer = pre_tokenizers.Sequence(steps)
     backend.decoder = decoders.ByteLevel()
     special = [t for t, kind in zip(tokens, token_types, strict=False) if kind == _TOKEN_TYPE_CONTROL]
@@ -184,5 +206,5 @@ def _tokenizer(reader: Any, meta: dict[str, Any]) -> Tokenizer | None:
         eos_token=token_of("tokenizer.ggml.eos_token_id"),
         pad_token=token_of("tokenizer.ggml.padding_token_id"),
         chat_template=template,
-        model_max_length=int(meta.get("llama.context_length") or 0) or None,
+        model_max_length=int(meta.get(f"{arch}.context_length") or 0) or None,
     )

@@ -26,7 +26,14 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from jijian.config import ModelConfig
-from jijian.config.hf_config import HFFormatError, ReadBytes, WriteBytes, model_fields_from_hf, read_hf_config
+from jijian.config.hf_config import (
+    SUPPORTED_ARCHITECTURES,
+    HFFormatError,
+    ReadBytes,
+    WriteBytes,
+    model_fields_from_hf,
+    read_hf_config,
+)
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 
 if TYPE_CHECKING:
@@ -35,21 +42,22 @@ if TYPE_CHECKING:
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+_HF_ARCHITECTURES = {family: name for name, family in SUPPORTED_ARCHITECTURES.items()}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # Buffers that old transformers versions saved with the weights; recomputed from the config here.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """The `config.json` of a `LlamaForCausalLM` with this shape (readable by transformers v4 and v5)."""
+    """The `config.json` of this model's family and shape (readable by transformers v4 and v5)."""
     rope_scaling = None
     if cfg.rope_scaling is not None:
         rope_scaling = cfg.rope_scaling.model_dump()
         if cfg.rope_scaling.rope_type == "linear":
             rope_scaling = {"rope_type": "linear", "factor": cfg.rope_scaling.factor}
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    config = {
+        "architectures": [_HF_ARCHITECTURES[cfg.architecture]],
+        "model_type": cfg.architecture,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
         "num_hidden_layers": cfg.n_layers,
@@ -73,16 +81,27 @@ def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: 
         "torch_dtype": _DTYPE_NAMES.get(dtype, "float32"),
         "use_cache": True,
     }
+    # Each family's own keys: Qwen2's biases are implied by its model type, Qwen3 and Mistral name theirs.
+    if cfg.architecture in ("qwen2", "qwen3"):
+        del config["mlp_bias"]
+        config["use_sliding_window"] = False
+        config["max_window_layers"] = cfg.n_layers
+        if cfg.architecture == "qwen2":
+            del config["attention_bias"]
+    elif cfg.architecture == "mistral":
+        del config["mlp_bias"], config["attention_bias"]
+        config["sliding_window"] = cfg.sliding_window
+    return config
 
 
 def model_config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-    """Translate an HF Llama-family `config.json` into a ModelConfig; refuse what the model lacks."""
+    """Translate an HF Llama/Mistral/Qwen2/Qwen3 `config.json` into a ModelConfig; refuse what the model lacks."""
     fields = model_fields_from_hf(hf, source)
     try:
         return ModelConfig.model_validate(fields, strict=False)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise HFFormatError(f"{source}: not a valid Llama config: {problems}") from None
+        raise HFFormatError(f"{source}: not a valid model config: {problems}") from None
 
 
 def save_hf(

@@ -4,6 +4,11 @@ RMSNorm, rotary position embeddings (with Llama 3.1 frequency scaling), SwiGLU M
 attention through `F.scaled_dot_product_attention`. Every parameter name and tensor layout equals
 the one in `transformers.LlamaForCausalLM`, so a state dict moves between the two unchanged.
 
+Qwen2, Qwen3 and Mistral are the same model with switches from `ModelConfig`: `attention_bias`
+(Qwen2's q/k/v biases), `qk_norm` (Qwen3's RMSNorm over each query and key head, before RoPE) and
+`sliding_window` (Mistral: a query sees only the last `sliding_window` positions, itself included);
+their parameter names are those of `Qwen2ForCausalLM`, `Qwen3ForCausalLM` and `MistralForCausalLM`.
+
 The model knows nothing about parallelism: `jijian.train.parallel` shards it from outside (which is
 why head counts are never baked into `view` calls, and why layers live in a ModuleDict keyed by
 index: a pipeline stage deletes the layers it does not own and keeps the names of the rest).
@@ -79,6 +84,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
 
 
+def sliding_window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(queries, keys) True where a query may attend: causal, and within `window` positions when set."""
+    allowed = key_positions[None, :] <= query_positions[:, None]
+    if window is not None:
+        allowed &= key_positions[None, :] > query_positions[:, None] - window
+    return allowed
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings."""
 
@@ -86,10 +99,14 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = cfg.head_size
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=False)
+        self.sliding_window = cfg.sliding_window
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+        self.q_norm: RMSNorm | None = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm: RMSNorm | None = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -101,12 +118,21 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         # -1 heads: under tensor parallelism each rank holds only its share of the heads.
-        q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(batch, seq, -1, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, -1, self.head_dim)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+            gqa = q.shape[1] != k.shape[1]
+            if self.sliding_window is not None and seq > self.sliding_window:
+                positions = torch.arange(seq, device=x.device)
+                mask = sliding_window_mask(positions, positions, self.sliding_window)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            else:  # within one window, plain causal attention is exact and lets SDPA skip the upper triangle
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             out = cache.attend(self.layer_idx, q, k, v, start_pos)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
@@ -210,13 +236,15 @@ class CausalLM(nn.Module):
         return self.lm_head(h) if self.lm_head is not None else h
 
     def init_std(self, name: str) -> float | None:
-        """How parameter `name` starts: normal(0, std) for this std, or None for ones (norm weights).
+        """How parameter `name` starts: normal(0, std) for this std (0 for biases), or None for ones (norms).
 
         One rule per name, so an initialiser that fills a parameter shard by shard (`jijian.train`)
         and `init_weights` below produce the same model.
         """
-        if name.endswith("layernorm.weight") or name == "model.norm.weight":
+        if name.endswith(("layernorm.weight", "_norm.weight")) or name == "model.norm.weight":
             return None
+        if name.endswith(".bias"):
+            return 0.0  # normal(0, 0): biases start at zero
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             # Residual-branch outputs shrink with depth so the residual stream's variance stays put.
             return self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
@@ -230,6 +258,8 @@ class CausalLM(nn.Module):
             std = self.init_std(name)
             if std is None:
                 nn.init.ones_(param)
+            elif std == 0:
+                nn.init.zeros_(param)
             else:
                 nn.init.normal_(param, std=std)
 

@@ -111,6 +111,7 @@ class ModelRunner:
         self.model = with_packed_linears(model) if self.device.type == "cpu" else model
         self.cache = PagedKVCache(model, num_blocks, block_size)
         self.block_size = block_size
+        self.sliding_window = model.cfg.sliding_window
 
     @torch.inference_mode()
     def execute(
@@ -171,14 +172,18 @@ class ModelRunner:
         # Long chunks that start a prompt see only their own keys, so plain causal attention (no
         # mask, which lets SDPA skip the upper triangle) is exact for them.
         short = lengths <= SHORT_QUERY
-        fresh = starts == 0
+        window = self.sliding_window
+        # Under a sliding window a fresh chunk longer than the window needs the banded mask too.
+        fresh = (starts == 0) & (lengths <= window) if window is not None else starts == 0
         context_blocks = (starts + lengths + size - 1) // size
         parts = [
             *_split_by_context(torch.nonzero(lengths == 1).flatten(), context_blocks),
             *_split_by_context(torch.nonzero(short & (lengths > 1)).flatten(), context_blocks),
         ]
         groups = [
-            _attention_group(members, lengths, starts, offsets, context_blocks, tables, size, device, causal=causal)
+            _attention_group(
+                members, lengths, starts, offsets, context_blocks, tables, size, device, causal=causal, window=window
+            )
             for members, causal in (
                 *((members, False) for members in parts),
                 (torch.nonzero(~short & ~fresh).flatten(), False),
@@ -241,6 +246,7 @@ def _attention_group(
     device: torch.device,
     *,
     causal: bool = False,
+    window: int | None = None,
 ) -> AttentionGroup:
     """The padded query grid and key mask of the requests `members`, sized to their own longest query/context.
 
@@ -255,7 +261,12 @@ def _attention_group(
     # Padded query rows get position 0 so they still see one key (an all-masked row would be NaN).
     query_pos = torch.where(valid, starts[:, None] + grid, 0)
     key_pos = torch.arange(num_blocks * block_size)
-    mask = None if causal else (key_pos[None, None, :] <= query_pos[:, :, None])[:, None].to(device)
+    mask = None
+    if not causal:
+        allowed = key_pos[None, None, :] <= query_pos[:, :, None]
+        if window is not None:  # keys older than the window are masked out (their blocks are still gathered)
+            allowed &= key_pos[None, None, :] > query_pos[:, :, None] - window
+        mask = allowed[:, None].to(device)
     flat_valid = valid.flatten()
     return AttentionGroup(
         context_blocks=tables[members, :num_blocks].flatten().to(device),

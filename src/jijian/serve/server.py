@@ -176,7 +176,7 @@ def run_server(config: DeployConfig) -> None:
     """Serve until interrupted (uvicorn on `[serve] host:port`)."""
     import uvicorn
 
-    # Restored on the way out: a caller in the same process (a test, `jijian up --serve`) keeps autograd.
+    # Grad mode is per thread and restored on the way out (a caller in the same process keeps its own).
     with torch.no_grad():
         server = build_server(config)
         print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)

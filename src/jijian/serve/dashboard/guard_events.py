@@ -13,23 +13,23 @@ from jijian.guard.principals import Principal
 
 RECENT = 100
 # Verifying re-reads the whole chain: remember the verdict until the log or its tip file changes.
-_verdicts: dict[Path, tuple[tuple[int, ...], AuditVerdict]] = {}
+_verdicts: dict[tuple[Path, bytes | None], tuple[tuple[int, ...], AuditVerdict]] = {}
 _verdicts_lock = threading.Lock()
 
 
-def cached_verdict(path: Path) -> AuditVerdict:
-    """`verify_audit(path)`, recomputed only when the log's or its tip's size or modification time changed."""
+def cached_verdict(path: Path, key: bytes | None = None) -> AuditVerdict:
+    """`verify_audit(path, key)`, recomputed only when the log's or its tip's size or modification time changed."""
     tip = path.with_name(path.name + ".tip")
     stamp = tuple(
         value for p in (path, tip) for value in ((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (-1, -1))
     )
     with _verdicts_lock:
-        known = _verdicts.get(path)
+        known = _verdicts.get((path, key))
         if known is not None and known[0] == stamp:
             return known[1]
-    verdict = verify_audit(path)
+    verdict = verify_audit(path, key)
     with _verdicts_lock:
-        _verdicts[path] = (stamp, verdict)
+        _verdicts[(path, key)] = (stamp, verdict)
     return verdict
 
 
@@ -48,7 +48,9 @@ def _visible(event: dict[str, Any], principal: Principal | None) -> bool:
     return principal is None or principal.is_admin or event.get("user") == principal.user
 
 
-def audit_view(path: Path | None, principal: Principal | None, limit: int = RECENT) -> dict[str, Any]:
+def audit_view(
+    path: Path | None, principal: Principal | None, limit: int = RECENT, key: bytes | None = None
+) -> dict[str, Any]:
     """Verification status of the audit log and its latest events the viewer may see, newest first."""
     if path is None:
         return {"configured": False, "exists": False, "verification": None, "events": [], "blocked": []}
@@ -61,7 +63,7 @@ def audit_view(path: Path | None, principal: Principal | None, limit: int = RECE
             "events": [],
             "blocked": [],
         }
-    verdict = cached_verdict(path)
+    verdict = cached_verdict(path, key)
     recent: deque[dict[str, Any]] = deque(maxlen=limit)
     blocked: deque[dict[str, Any]] = deque(maxlen=limit)
     totals = {"events": 0, "blocked": 0}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jijian.config import DeployConfig
+from jijian.guard.audit import load_audit_key
 
 if TYPE_CHECKING:
     from jijian.kb import KnowledgeBase
@@ -21,6 +22,7 @@ class DashboardSources:
     checkpoint_dir: Path | None = None  # `[checkpoint] dir` when set (else each run's checkpoints/)
     kb: KnowledgeBase | None = None
     audit_log: Path | None = None  # `[guard] audit_log`
+    audit_key: bytes | None = field(default=None, repr=False)  # `[guard] audit_key_env` / `audit_key_file`
     currency: str = "CNY"
 
     @classmethod
@@ -32,5 +34,6 @@ class DashboardSources:
             checkpoint_dir=config.checkpoint.dir,
             kb=kb,
             audit_log=config.guard.audit_log,
+            audit_key=load_audit_key(config.guard.audit_key_file, config.guard.audit_key_env),
             currency=config.hardware.currency,
         )

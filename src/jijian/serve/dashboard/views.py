@@ -138,6 +138,6 @@ def serving_view(
 
 def guard_view(sources: DashboardSources, viewer: Viewer) -> dict[str, Any]:
     """The audit log's verification status and the recent events the viewer may see."""
-    view = audit_view(sources.audit_log, None if viewer.is_admin else viewer.principal)
+    view = audit_view(sources.audit_log, None if viewer.is_admin else viewer.principal, key=sources.audit_key)
     view["scope"] = "all users" if viewer.is_admin else "your own requests"
     return view

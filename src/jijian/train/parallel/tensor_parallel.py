@@ -68,6 +68,10 @@ def apply_tensor_parallel(
             "mlp.up_proj": ColwiseParallel(),
             "mlp.down_proj": RowwiseParallel(output_layouts=stream, use_local_output=not sp),
         }
+        if layer.self_attn.q_norm is not None:
+            # Qwen3's per-head norms see (batch, seq, local heads, head_dim): replicated weights, heads sharded.
+            plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+            plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         if sp:
             plan["input_layernorm"] = SequenceParallel()
             plan["post_attention_layernorm"] = SequenceParallel()

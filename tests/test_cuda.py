@@ -1,0 +1,52 @@
+"""Paths that only a CUDA machine runs (`scripts/gpu-check` runs them; skipped elsewhere)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomli_w
+import torch
+
+from jijian.config import DeployConfig, load_config
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu-check runs these)"),
+]
+
+
+def test_training_on_the_gpu_in_bf16_learns(tmp_path, tokenizer, stdlib_paths):
+    from jijian.train.run import run_training
+
+    tokenizer.save(tmp_path / "tokenizer")
+    config = {
+        "model": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 160, "vocab_size": 512},
+        "tokenizer": {"path": str(tmp_path / "tokenizer")},
+        "data": {"sources": [str(p) for p in stdlib_paths[:10]], "output_dir": str(tmp_path / "data")},
+        "train": {"output_dir": str(tmp_path / "run"), "steps": 30, "warmup_steps": 2, "batch_size": 8,
+                  "seq_len": 64, "lr": 3e-3, "log_every": 1, "device": "auto", "dtype": "bfloat16"},
+    }  # fmt: skip
+    path = tmp_path / "deploy.toml"
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    run = run_training(load_config(path))
+    records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert records[0]["device"].startswith("cuda")
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_engine_serves_on_the_gpu_in_bf16():
+    from jijian.config import ModelConfig
+    from jijian.model import build_model
+    from jijian.serve.engine import EngineConfig, LLMEngine
+    from jijian.serve.request import SamplingParams
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=512, max_seq_len=256)
+    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    engine = LLMEngine(model, None, EngineConfig(num_blocks=64, block_size=16))
+    assert engine.runner.cache.keys.device.type == "cuda" and engine.runner.cache.keys.dtype == torch.bfloat16
+    outs = engine.generate([[1, 2, 3, 4], [5, 6, 7]], SamplingParams(max_tokens=8, ignore_eos=True))
+    assert [len(o) for o in outs] == [8, 8]
+    assert DeployConfig.model_validate({"serve": {"device": "cuda", "dtype": "bf16"}}).serve.device == "cuda"
