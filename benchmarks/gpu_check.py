@@ -1,8 +1,10 @@
 """The GPU figures of `scripts/gpu-check`: training throughput and MFU, and serving throughput vs transformers.
 
-- train: the `llama-1b` preset (1.2B parameters) built by the trainer's own `build_model_parts`, bf16
-  autocast, `torch.compile` per block, AdamW, on random tokens of `--seq-len`; tokens/s over the timed
-  steps after warm-up, and MFU = tokens/s x FLOPs per token / the device's dense bf16 peak.
+- train: the `llama-1b` preset (1.2B parameters) built by the trainer's own `build_model_parts`,
+  `torch.compile` per block, AdamW, on random tokens; tokens/s over the timed steps after warm-up, and
+  MFU = tokens/s x FLOPs per token / the device's dense bf16 peak. Measured twice: the one-device path
+  (bf16 autocast, no process group) and the multi-GPU path on a one-rank process group (FSDP2 with
+  bf16 parameters and fp32 reduction over `cpu:gloo,cuda:nccl`); the RESULT line is the FSDP2 one.
 - serve: the same shape with random weights (no 1B model ships offline; throughput does not depend on
   the weights' values) served by jijian's engine (continuous batching, paged KV cache) with
   `--concurrency` requests of `--output-tokens` each (EOS ignored), against `transformers` `generate`
@@ -17,6 +19,7 @@ Ends with `RESULT gpu_train_mfu <x> target >= 0.4` and `RESULT gpu_serve_vs_hf_g
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -26,9 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from jijian.config import ModelConfig, TrainConfig
-from jijian.model.device import resolve_device
+from jijian.model.device import process_group_backend, resolve_device
 from jijian.train.flops import flops_per_token, peak_flops
 from jijian.train.layout import Layout
 from jijian.train.optim import build_optimizer
@@ -43,14 +48,41 @@ def synchronize(device: torch.device) -> None:
         torch.accelerator.synchronize(device)
 
 
-def train_figures(cfg: ModelConfig, device: torch.device, seq_len: int, batch: int, steps: int) -> tuple[float, float]:
-    """(tokens/s, MFU) of real training steps of `cfg` on one device."""
+def release(device: torch.device) -> None:
+    """Hand the caching allocator's free blocks back, so the next measurement starts with the memory free."""
+    gc.collect()
+    if device.type != "cpu":
+        torch.accelerator.empty_cache()
+
+
+class OneRankFsdpDims(ParallelDims):
+    """A one-rank mesh that still shards with FSDP2, so one device runs the multi-GPU code path."""
+
+    @property
+    def fsdp_mesh(self) -> DeviceMesh | None:
+        return self.mesh
+
+
+def one_rank_fsdp_dims(device: torch.device) -> ParallelDims:
+    """Join a one-rank process group with the trainer's backends and build a `dp_shard` mesh of size 1."""
+    if not dist.is_initialized():
+        dist.init_process_group(process_group_backend(device), store=dist.HashStore(), rank=0, world_size=1)
+    return OneRankFsdpDims(Layout(), init_device_mesh(device.type, (1,), mesh_dim_names=("dp_shard",)))
+
+
+def train_figures(
+    cfg: ModelConfig, device: torch.device, seq_len: int, batch: int, steps: int, *, fsdp: bool
+) -> tuple[float, float]:
+    """(tokens/s, MFU) of real training steps of `cfg` on one device, with or without FSDP2."""
     train_cfg = TrainConfig(seq_len=seq_len, batch_size=batch, compile=device.type != "cpu", device=device.type)
-    dims = ParallelDims(Layout(), None)
-    parts = build_model_parts(cfg, train_cfg, dims, device, lambda a, b: a)
+    accelerator = device.type != "cpu"
+    dims = one_rank_fsdp_dims(device) if fsdp else ParallelDims(Layout(), None)
+    # As the trainer does: FSDP2 keeps bf16 parameters on an accelerator; one device without it autocasts.
+    param_dtype = torch.bfloat16 if fsdp and accelerator else None
+    parts = build_model_parts(cfg, train_cfg, dims, device, lambda a, b: a, param_dtype=param_dtype)
     model = parts.parts[0]
     optimizer = build_optimizer(model, train_cfg)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type != "cpu")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=accelerator and not fsdp)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), device=device)
 
     def step() -> None:
@@ -71,7 +103,10 @@ def train_figures(cfg: ModelConfig, device: torch.device, seq_len: int, batch: i
     tokens_per_s = steps * batch * seq_len / (time.perf_counter() - start)
     peak, source = peak_flops(device, None)
     mfu = tokens_per_s * flops_per_token(cfg, seq_len) / peak
-    print(f"train: {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%} (peak {peak / 1e12:.0f} TFLOP/s: {source})", flush=True)
+    precision = "bf16 parameters" if param_dtype else "bf16 autocast" if accelerator else "fp32"
+    path = f"{'FSDP2 on a one-rank group' if fsdp else 'one device'}, {precision}"
+    print(f"train ({path}): {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%} "
+          f"(peak {peak / 1e12:.1f} TFLOP/s: {source})", flush=True)  # fmt: skip
     return tokens_per_s, mfu
 
 
@@ -134,14 +169,17 @@ def main() -> None:
     device = resolve_device(args.device, "--device")
     cfg = ModelConfig(preset=args.preset, max_seq_len=2048)
     seq_len, batch, steps = (64, 2, 3) if args.quick else (2048, 4, 20)
-    _, mfu = train_figures(cfg, device, seq_len, batch, steps)
-    if device.type != "cpu":
-        torch.accelerator.empty_cache()
+    train_figures(cfg, device, seq_len, batch, steps, fsdp=False)
+    release(device)  # the first model and optimizer state are unreachable now
+    _, mfu = train_figures(cfg, device, seq_len, batch, steps, fsdp=True)
+    release(device)
     concurrency, prompt_len, output = (4, 16, 8) if args.quick else (32, 256, 128)
     ratio = serve_figures(cfg, device, concurrency, prompt_len, output)
     print(f"RESULT gpu_train_mfu {mfu:.3f} target >= {MFU_TARGET} {'PASS' if mfu >= MFU_TARGET else 'FAIL'}")
     verdict = "PASS" if ratio >= SERVE_TARGET else "FAIL"
     print(f"RESULT gpu_serve_vs_hf_generate {ratio:.2f} target >= {SERVE_TARGET} {verdict}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

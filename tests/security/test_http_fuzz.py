@@ -104,4 +104,3 @@ def test_openai_api_never_answers_5xx_and_stays_healthy(openai_app):
 def test_kb_api_never_answers_5xx(kb_app):
     ran = fuzz(kb_app, WRITER, point_at_the_collection)
     assert "POST /collections/{name}/search positive" in ran
-

@@ -48,7 +48,11 @@ def make_app(model, tokenizer, **settings):
     auth = HttpAuth.with_keys({KEY: Principal("alice")}, rate_limit_per_minute=limit)
     defaults = {"model_name": MODEL, "price_per_hour": 2.0}
     return create_app(
-        engine, tokenizer, ApiSettings(**{**defaults, **settings}), auth=auth, retriever=retriever,
+        engine,
+        tokenizer,
+        ApiSettings(**{**defaults, **settings}),
+        auth=auth,
+        retriever=retriever,
         embedder=FakeEmbedder(),
     )
 

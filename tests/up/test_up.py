@@ -100,6 +100,8 @@ def built(tmp_path_factory, stdlib_paths):
     (root / "docs" / "zip.md").write_text("# Zip\n\nThe zipfile module reads and writes ZIP archives.\n")
     (root / "deploy.toml").write_text(CONFIG)
     code, output = up(str(root / "deploy.toml"))
+    # The first run's records, kept apart: tests that share this deployment change (and corrupt) its state.
+    shutil.copytree(root / "out" / "up", root / "first-run-state")
     return root, code, output
 
 
@@ -119,7 +121,7 @@ def test_first_run_builds_every_stage_and_records_outputs(built):
     root, code, output = built
     assert code == 0, output
     assert plan_of(output) == dict.fromkeys(STAGES, "will run")
-    state = root / "out" / "up"
+    state = root / "first-run-state"  # as the first run left it, whichever tests ran since
     for stage in STAGES:
         manifest = json.loads((state / f"{stage}.json").read_text())
         assert manifest["stage"] == stage and manifest["outputs"] and manifest["config"]

@@ -385,7 +385,7 @@ class ServeConfig(Section):
             raise ValueError(
                 "[serve] api_keys (plaintext keys) was removed: API keys live in the guard key ring only. "
                 "Migrate each key with `jijian guard add-key keys.toml --user NAME [--role ROLE]`, set "
-                "[guard] api_keys = \"keys.toml\", give the new keys to their users and delete [serve.api_keys]"
+                '[guard] api_keys = "keys.toml", give the new keys to their users and delete [serve.api_keys]'
             )
         return data
 

@@ -44,7 +44,7 @@ def keyring_from_config(config: GuardConfig) -> KeyRing:
             return KeyRing()
         raise AuthSetupError(
             "[guard] api_keys is not set, so no caller could be authenticated. "
-            f"Create a key file ({add_key_hint.format(path='keys.toml')}) and set [guard] api_keys = \"keys.toml\", "
+            f'Create a key file ({add_key_hint.format(path="keys.toml")}) and set [guard] api_keys = "keys.toml", '
             "or set [guard] allow_anonymous = true to serve callers without a key (public documents only)"
         )
     if not Path(path).is_file():

@@ -85,9 +85,7 @@ def _writer(principal: Principal) -> None:
                         "permission_denied")  # fmt: skip
 
 
-def create_kb_router(
-    kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], Embedder] | None = None
-) -> APIRouter:
+def create_kb_router(kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], Embedder] | None = None) -> APIRouter:
     """Routes under /collections, callers authenticated by `auth`; `embedder` (loaded on first use) embeds texts
     sent without vectors."""
     router = APIRouter(tags=["knowledge base"])

@@ -254,5 +254,3 @@ def start_tensor_parallel(config: DeployConfig, model: CausalLM, num_blocks: int
         raise
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
     return TensorParallelRunner(shard_model(model, 0, world).to(device), num_blocks, config.serve.block_size, team)
-
-
