@@ -13,11 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jijian.kb.embed import Embedder, hybrid_vector_weight
-from jijian.kb.store import Hit, KnowledgeBase, Record
+from jijian.kb.embed import Embedder
+from jijian.kb.store import KnowledgeBase, Record
 
 COLLECTION = "stdlib-docs"
-SAMPLE_QUERY = "read and write compressed archive files"
 TEXT_CHARS = 1000
 
 
@@ -190,9 +189,3 @@ def build_stdlib_docs(
     )
     target.checkpoint()
     return len(docs), time.perf_counter() - started
-
-
-def sample_search(kb: KnowledgeBase, embedder: Embedder, query: str = SAMPLE_QUERY, k: int = 3) -> list[Hit]:
-    """Hybrid search of the stdlib docs for `query`."""
-    vector, weight = embedder.embed([query])[0], hybrid_vector_weight(embedder, query)
-    return kb.collection(COLLECTION).search(vector, k, mode="hybrid", text=query, vector_weight=weight)

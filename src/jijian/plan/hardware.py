@@ -196,11 +196,6 @@ def make_cluster(
     return Cluster(device, per_node, prices, calib or measured or calibration(device.device_class))
 
 
-def with_calibration(cluster: Cluster, **changes: float) -> Cluster:
-    """The same cluster with some calibration constants changed (used when fitting them)."""
-    return replace(cluster, calibration=replace(cluster.calibration, **changes))
-
-
 HOURS_PER_YEAR = 24 * 365
 
 

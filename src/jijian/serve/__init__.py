@@ -1,1 +1,1 @@
-"""The inference server (engine, paged KV cache, OpenAI API). Built by the serving issue; nothing here yet."""
+"""The inference server: engine (scheduler, paged KV cache, runner), OpenAI-compatible API, RAG and adapters."""

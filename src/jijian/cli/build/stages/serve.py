@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from pathlib import Path
@@ -131,9 +130,3 @@ def ask(url: str, model: str, question: str, config: DeployConfig, api_key: str)
         "citations": answer.get("citations", []),
         "rag_collection": body.get("rag", {}).get("collection"),
     }
-
-
-def read_answer(config: DeployConfig) -> dict[str, Any] | None:
-    """The serve stage's last record, if any."""
-    path = answer_path(config)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
