@@ -38,7 +38,7 @@ from jijian.eval.questions import Question, load_questions, shipped_path
 from jijian.eval.retrieval import evaluate_retrieval, rankings
 from jijian.kb.embed import load_embedder
 from jijian.kb.stdlib_docs import _module_name, build_stdlib_docs, docstrings
-from jijian.kb.store import KnowledgeBase, Record
+from jijian.kb.store import EmbeddedKnowledgeBase, Record
 
 
 def answerable(questions: list[Question], ids: list[str]) -> list[Question]:
@@ -47,7 +47,7 @@ def answerable(questions: list[Question], ids: list[str]) -> list[Question]:
     return [q for q in questions if any(r in known for r in q.relevant)]
 
 
-def old_collection(kb: KnowledgeBase, embedder, files: list[Path]) -> None:
+def old_collection(kb: EmbeddedKnowledgeBase, embedder, files: list[Path]) -> None:
     """The stdlib collection as jijian built it before: the first 800 docstrings in directory order."""
     docs: dict = {}
     for path in files:
@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     embedder = load_embedder()
     root = Path(tempfile.mkdtemp(prefix="jijian-retrieval-"))
-    kb = KnowledgeBase(root)
+    kb = EmbeddedKnowledgeBase(root)
 
     # English: the standard-library docs.
     files = python_stdlib_files()

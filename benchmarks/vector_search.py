@@ -47,7 +47,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from jijian.kb import IndexParams, KnowledgeBase, Record, SearchOptions
+from jijian.kb import EmbeddedKnowledgeBase, IndexParams, Record, SearchOptions
 
 DIM, K, M, EF_CONSTRUCTION = 384, 10, 16, 200
 EF_VALUES = (16, 32, 64, 128, 256)
@@ -141,9 +141,9 @@ def measure(searchers: list[Searcher], queries, truth, efs=EF_VALUES, repeats: i
                   f"single={row.qps_single:8.0f}/s batched={row.qps_batched:8.0f}/s", flush=True)  # fmt: skip
 
 
-def build_jijian(data, workdir: Path) -> tuple[System, KnowledgeBase, float]:
+def build_jijian(data, workdir: Path) -> tuple[System, EmbeddedKnowledgeBase, float]:
     """jijian's store with an HNSW collection `bench` holding `data` (inserted in durable batches)."""
-    kb = KnowledgeBase(
+    kb = EmbeddedKnowledgeBase(
         workdir / "jijian", SearchOptions(), IndexParams(kind="hnsw", hnsw_m=M, ef_construction=EF_CONSTRUCTION)
     )
     col = kb.create_collection("bench", DIM)
@@ -161,7 +161,7 @@ def build_jijian(data, workdir: Path) -> tuple[System, KnowledgeBase, float]:
     return System("jijian", build, rss_mib() - before), kb, len(data) / build
 
 
-def jijian_searcher(system: System, kb: KnowledgeBase, output_fields: list[str] | None) -> Searcher:
+def jijian_searcher(system: System, kb: EmbeddedKnowledgeBase, output_fields: list[str] | None) -> Searcher:
     """Search the `bench` collection asking for `output_fields` ([]: ids and scores only)."""
     col = kb.collection("bench")
     return Searcher(

@@ -10,7 +10,7 @@ import pytest
 
 from jijian.kb.embed import HashingEmbedder, hybrid_vector_weight
 from jijian.kb.lexical import LEXICAL_SCHEME, cjk_share, fts_query, index_terms, index_text
-from jijian.kb.store import KnowledgeBase, Record
+from jijian.kb.store import EmbeddedKnowledgeBase, Record
 
 KEY = bytes(range(32))
 DOCS = {
@@ -25,7 +25,7 @@ DOCS = {
 
 def build(tmp_path, key: bytes | None = None):
     embedder = HashingEmbedder(64)
-    kb = KnowledgeBase(tmp_path, key=key)
+    kb = EmbeddedKnowledgeBase(tmp_path, key=key)
     collection = kb.create_collection("zh", embedder.dim, index="flat")
     ids, texts = list(DOCS), list(DOCS.values())
     collection.insert([Record(i, v, t) for i, v, t in zip(ids, embedder.embed(texts), texts, strict=True)])
@@ -118,7 +118,7 @@ def test_a_collection_made_before_chinese_terms_is_reindexed_when_opened(tmp_pat
         db.execute("INSERT INTO fts (rowid, text) SELECT rowid, text FROM rows")
     db.commit()
     db.close()
-    reopened = KnowledgeBase(tmp_path, key=key).collection("zh")
+    reopened = EmbeddedKnowledgeBase(tmp_path, key=key).collection("zh")
     assert lexical_ids(reopened, "学习")[0] == "ml"
     assert lexical_ids(reopened, "decompress files")[0] == "english"
     assert json.loads(spec_path.read_text())["lexical"] == LEXICAL_SCHEME

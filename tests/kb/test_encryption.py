@@ -15,7 +15,7 @@ from jijian.config import UserInputError
 from jijian.guard.crypto import generate_key, parse_key
 from jijian.guard.principals import Principal
 from jijian.kb.sealing import CollectionKeyError
-from jijian.kb.store import KnowledgeBase, Record, SearchOptions
+from jijian.kb.store import EmbeddedKnowledgeBase, Record, SearchOptions
 from jijian.kb.vector_index import prepare
 
 DIM = 16
@@ -48,7 +48,7 @@ def disk_bytes(directory) -> bytes:
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
 def test_no_text_metadata_or_vector_is_on_disk_in_clear(tmp_path, index):
     rows = corpus()
-    kb = KnowledgeBase(tmp_path, key=KEY)
+    kb = EmbeddedKnowledgeBase(tmp_path, key=KEY)
     collection = kb.create_collection("notes", DIM, index=index)
     collection.replace_source("private/board-minutes.md", "0" * 64, rows)
     collection.search(rows[-1].vector, k=3, mode="hybrid", text="heron marsh")
@@ -61,7 +61,7 @@ def test_no_text_metadata_or_vector_is_on_disk_in_clear(tmp_path, index):
         assert memo_vector[:16] not in raw and memo_vector[-16:] not in raw, moment
         kb.close()
     # The same data without a key IS on disk in clear: the grep above can see it.
-    clear = KnowledgeBase(tmp_path / "clear").create_collection("notes", DIM, index=index)
+    clear = EmbeddedKnowledgeBase(tmp_path / "clear").create_collection("notes", DIM, index=index)
     clear.insert(rows)
     clear.close()
     assert b"heron" in disk_bytes(tmp_path / "clear") and CODENAME.encode() in disk_bytes(tmp_path / "clear")
@@ -69,11 +69,11 @@ def test_no_text_metadata_or_vector_is_on_disk_in_clear(tmp_path, index):
 
 def test_round_trip_search_filters_and_acls_work_with_the_key(tmp_path):
     rows = corpus()
-    kb = KnowledgeBase(tmp_path, SearchOptions(exact_below=10), key=KEY)
+    kb = EmbeddedKnowledgeBase(tmp_path, SearchOptions(exact_below=10), key=KEY)
     kb.create_collection("notes", DIM, index="hnsw").replace_source("private/minutes.md", "ab" * 32, rows)
     kb.close()
 
-    collection = KnowledgeBase(tmp_path, SearchOptions(exact_below=10), key=KEY).collection("notes")
+    collection = EmbeddedKnowledgeBase(tmp_path, SearchOptions(exact_below=10), key=KEY).collection("notes")
     memo = collection.get("memo")
     assert memo.text == SENTENCE and memo.metadata == {"codename": CODENAME} and memo.readers == ["role:board"]
     expected = prepare(np.asarray(rows[-1].vector, dtype=np.float32).reshape(1, -1), "cosine")[0]
@@ -99,8 +99,8 @@ def test_round_trip_search_filters_and_acls_work_with_the_key(tmp_path):
 
 def test_blinded_lexical_index_ranks_exactly_like_the_clear_one(tmp_path):
     rows = corpus()
-    sealed = KnowledgeBase(tmp_path / "sealed", key=KEY).create_collection("c", DIM, index="flat")
-    clear = KnowledgeBase(tmp_path / "clear").create_collection("c", DIM, index="flat")
+    sealed = EmbeddedKnowledgeBase(tmp_path / "sealed", key=KEY).create_collection("c", DIM, index="flat")
+    clear = EmbeddedKnowledgeBase(tmp_path / "clear").create_collection("c", DIM, index="flat")
     sealed.insert(rows)
     clear.insert(rows)
     for query in ("otter burrow", "badger seen near the vole", "field note 17", "heron"):
@@ -111,19 +111,19 @@ def test_blinded_lexical_index_ranks_exactly_like_the_clear_one(tmp_path):
 
 
 def test_a_wrong_or_missing_key_is_a_clear_error_on_open(tmp_path):
-    KnowledgeBase(tmp_path, key=KEY).create_collection("notes", DIM).insert(corpus(3))
+    EmbeddedKnowledgeBase(tmp_path, key=KEY).create_collection("notes", DIM).insert(corpus(3))
     wrong = parse_key(generate_key(), "other key")
     with pytest.raises(CollectionKeyError, match=r"collection\.json: wrong encryption key for collection 'notes'"):
-        KnowledgeBase(tmp_path, key=wrong).collection("notes")
+        EmbeddedKnowledgeBase(tmp_path, key=wrong).collection("notes")
     with pytest.raises(UserInputError, match=r"collection 'notes' is encrypted: set \[guard\] encrypt_at_rest"):
-        KnowledgeBase(tmp_path).collection("notes")
-    assert KnowledgeBase(tmp_path, key=KEY).collection("notes").count() == 4  # nothing was damaged
+        EmbeddedKnowledgeBase(tmp_path).collection("notes")
+    assert EmbeddedKnowledgeBase(tmp_path, key=KEY).collection("notes").count() == 4  # nothing was damaged
 
 
 WRITER = """
 import sys, numpy as np
-from jijian.kb.store import KnowledgeBase, Record, SearchOptions
-kb = KnowledgeBase(sys.argv[1], SearchOptions(checkpoint_rows=5), key=bytes.fromhex(sys.argv[2]))
+from jijian.kb.store import EmbeddedKnowledgeBase, Record, SearchOptions
+kb = EmbeddedKnowledgeBase(sys.argv[1], SearchOptions(checkpoint_rows=5), key=bytes.fromhex(sys.argv[2]))
 collection = kb.collection("c")
 rng = np.random.default_rng(1)
 for i in range(10**6):
@@ -136,7 +136,7 @@ for i in range(10**6):
 
 
 def test_kill_9_loses_no_acknowledged_insert_of_an_encrypted_collection(tmp_path):
-    KnowledgeBase(tmp_path, key=KEY).create_collection("c", DIM, index="hnsw")
+    EmbeddedKnowledgeBase(tmp_path, key=KEY).create_collection("c", DIM, index="hnsw")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), KEY.hex()], stdout=subprocess.PIPE, text=True)
     acked, deleted = [], set()
     deadline = time.monotonic() + 60
@@ -146,7 +146,7 @@ def test_kill_9_loses_no_acknowledged_insert_of_an_encrypted_collection(tmp_path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(acked) == 40
-    collection = KnowledgeBase(tmp_path, key=KEY).collection("c")
+    collection = EmbeddedKnowledgeBase(tmp_path, key=KEY).collection("c")
     for rid in acked:
         record = collection.get(rid)
         if rid in deleted:

@@ -17,7 +17,7 @@ from jijian.kb.api import create_kb_app
 from jijian.kb.chunking import chunk_text
 from jijian.kb.embed import HashingEmbedder, load_embedder
 from jijian.kb.ingest import IngestError, html_to_text, ingest_files
-from jijian.kb.store import KnowledgeBase
+from jijian.kb.store import EmbeddedKnowledgeBase
 
 count = HashingEmbedder().count_tokens
 
@@ -47,7 +47,7 @@ def test_ingest_skips_unchanged_and_replaces_changed(tmp_path):
     (docs / "a.md").write_text("# A\n\nalpha beta gamma\n\nsecond paragraph about delta")
     (docs / "b.py").write_text('def f():\n    """Return one."""\n    return 1\n')
     (docs / "c.jsonl").write_text(json.dumps({"text": "epsilon zeta", "lang": "en"}) + "\n")
-    kb = KnowledgeBase(tmp_path / "kb")
+    kb = EmbeddedKnowledgeBase(tmp_path / "kb")
     col = kb.create_collection("docs", 384)
     embedder = HashingEmbedder()
     files = sorted(docs.iterdir())
@@ -85,7 +85,7 @@ def test_cli_ingest_and_search(tmp_path):
 
 
 def test_http_api(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     auth = HttpAuth.with_keys({"sk-writer": Principal("wendy", frozenset({"writer"})), "sk-eve": Principal("eve")})
     app = create_kb_app(kb, auth, embedder=HashingEmbedder)
     client = TestClient(app, headers={"Authorization": "Bearer sk-writer"})
@@ -122,7 +122,7 @@ def test_minilm_ranks_by_meaning(tmp_path):
     embedder = load_embedder("all-MiniLM-L6-v2")
     assert embedder.dim == 384
     texts = ["The cat sleeps on the sofa.", "Interest rates rose again this quarter.", "A tutorial on Python lists."]
-    col = KnowledgeBase(tmp_path).create_collection("c", embedder.dim)
+    col = EmbeddedKnowledgeBase(tmp_path).create_collection("c", embedder.dim)
     from jijian.kb.store import Record
 
     col.insert([Record(str(i), v, t) for i, (v, t) in enumerate(zip(embedder.embed(texts), texts, strict=True))])

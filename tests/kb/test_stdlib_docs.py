@@ -7,7 +7,7 @@ import pytest
 from jijian.data import python_stdlib_files
 from jijian.kb.embed import HashingEmbedder
 from jijian.kb.stdlib_docs import build_stdlib_docs, select_docstrings
-from jijian.kb.store import KnowledgeBase
+from jijian.kb.store import EmbeddedKnowledgeBase
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_the_quick_start_question_retrieves_gzip(tmp_path):
     # Lexical search: the hashing embedder stands in for MiniLM (fast), so only BM25 ranks by meaning here;
     # benchmarks/retrieval_quality.py measures the hybrid search with the real model.
     embedder = HashingEmbedder()
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     count, _ = build_stdlib_docs(kb, python_stdlib_files(), embedder, max_docs=1000)
     assert count == 1000
     query = "How do I read a file compressed with gzip in Python?"

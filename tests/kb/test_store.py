@@ -14,7 +14,7 @@ import pytest
 
 from jijian.config import UserInputError
 from jijian.guard.principals import Principal
-from jijian.kb.store import CollectionNotFound, Hit, KBError, KnowledgeBase, Record, SearchOptions
+from jijian.kb.store import CollectionNotFound, EmbeddedKnowledgeBase, Hit, KBError, Record, SearchOptions
 
 DIM = 16
 WORDS = ["cat", "dog", "fish", "bird", "lion", "wolf", "bear", "frog"]
@@ -42,7 +42,7 @@ def brute_force(rows: list[Record], query: np.ndarray, k: int, keep=lambda r: Tr
 
 @pytest.fixture(params=["flat", "hnsw", "ivf_flat"])
 def kb_and_index(request, tmp_path):
-    kb = KnowledgeBase(tmp_path / "kb", SearchOptions(exact_below=20))
+    kb = EmbeddedKnowledgeBase(tmp_path / "kb", SearchOptions(exact_below=20))
     yield kb, request.param
     kb.close()
 
@@ -72,7 +72,7 @@ def test_crud_round_trip(kb_and_index):
 
 
 def test_search_ranks_like_brute_force(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     col = kb.create_collection("c", DIM, index="flat")
     rows = records(200)
     col.insert(rows)
@@ -81,7 +81,7 @@ def test_search_ranks_like_brute_force(tmp_path):
 
 
 def test_bad_input_names_the_problem(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     col = kb.create_collection("c", DIM)
     with pytest.raises(KBError, match="dimension 3, collection 'c' expects 16"):
         col.insert([Record("x", [1.0, 2.0, 3.0])])
@@ -98,7 +98,7 @@ def test_bad_input_names_the_problem(tmp_path):
 
 @pytest.mark.parametrize("exact_below", [0, 10_000])
 def test_selective_filter_returns_k_when_k_match(tmp_path, exact_below):
-    kb = KnowledgeBase(tmp_path, SearchOptions(exact_below=exact_below))
+    kb = EmbeddedKnowledgeBase(tmp_path, SearchOptions(exact_below=exact_below))
     col = kb.create_collection("c", DIM, index="hnsw")
     rows = records(600)
     col.insert(rows)
@@ -134,7 +134,7 @@ def test_acl_is_applied_inside_retrieval(kb_and_index):
 
 
 def test_lexical_and_hybrid_modes(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     col = kb.create_collection("c", DIM, index="flat")
     rows = records(80)
     col.insert(rows)
@@ -149,7 +149,7 @@ def test_lexical_and_hybrid_modes(tmp_path):
 
 
 def test_ivf_trains_once_enough_rows_and_compaction_drops_tombstones(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     from jijian.kb.vector_index import IndexParams
 
     kb.defaults = IndexParams(kind="ivf_flat", nlist=4, nprobe=4)
@@ -164,14 +164,14 @@ def test_ivf_trains_once_enough_rows_and_compaction_drops_tombstones(tmp_path):
     col.delete([f"doc{i}" for i in range(10, 80)])  # > 25% tombstones: compacts
     assert col.index.size == 220 and not col.tombstones
     kb.close()
-    reopened = KnowledgeBase(tmp_path).collection("c")
+    reopened = EmbeddedKnowledgeBase(tmp_path).collection("c")
     assert reopened.count() == 220 and reopened.index.size == 220 and not reopened.index.needs_training
 
 
 WRITER = """
 import sys, numpy as np
-from jijian.kb.store import KnowledgeBase, Record, SearchOptions
-kb = KnowledgeBase(sys.argv[1], SearchOptions(checkpoint_rows=7))
+from jijian.kb.store import EmbeddedKnowledgeBase, Record, SearchOptions
+kb = EmbeddedKnowledgeBase(sys.argv[1], SearchOptions(checkpoint_rows=7))
 col = kb.collection("c")
 rng = np.random.default_rng(0)
 i = 0
@@ -186,7 +186,7 @@ while True:
 
 
 def test_kill_9_loses_no_acknowledged_insert(tmp_path):
-    KnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
+    EmbeddedKnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     acked, deleted = [], set()
     deadline = time.monotonic() + 60
@@ -196,7 +196,7 @@ def test_kill_9_loses_no_acknowledged_insert(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(acked) == 60
-    col = KnowledgeBase(tmp_path).collection("c")
+    col = EmbeddedKnowledgeBase(tmp_path).collection("c")
     alive = [rid for rid in acked if rid not in deleted]
     assert col.count() >= len(alive)  # the insert in flight may have committed before the kill
     for rid in alive:
@@ -208,7 +208,7 @@ def test_kill_9_loses_no_acknowledged_insert(tmp_path):
 
 
 def test_directory_layout(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     kb.create_collection("c", DIM).insert(records(5))
     kb.close()
     assert {p.name for p in (tmp_path / "c").iterdir()} >= {"collection.json", "rows.sqlite", "index.faiss"}
@@ -216,7 +216,7 @@ def test_directory_layout(tmp_path):
 
 
 def test_batch_search_equals_single_searches(tmp_path):
-    col = KnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
+    col = EmbeddedKnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
     rows = records(120)
     col.insert(rows)
     col.delete(["doc3"])
@@ -229,7 +229,7 @@ def test_batch_search_equals_single_searches(tmp_path):
 
 
 def test_filtered_results_follow_writes(tmp_path):
-    col = KnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
+    col = EmbeddedKnowledgeBase(tmp_path).create_collection("c", DIM, index="hnsw")
     rows = records(50)
     col.insert(rows)
     assert len(col.search(rows[0].vector, k=50, filter="group == 'cat'")) == 13
@@ -241,7 +241,7 @@ def test_filtered_results_follow_writes(tmp_path):
 
 def test_ids_only_search_follows_every_write(tmp_path):
     """The in-memory rowid -> id map answers exactly what SQLite would, through writes, rollbacks and reopening."""
-    kb = KnowledgeBase(tmp_path, SearchOptions(exact_below=5))
+    kb = EmbeddedKnowledgeBase(tmp_path, SearchOptions(exact_below=5))
     col = kb.create_collection("c", DIM, index="hnsw")
     rows = records(80)
     col.insert(rows[:60])
@@ -269,11 +269,11 @@ def test_ids_only_search_follows_every_write(tmp_path):
     col.insert(rows[60:])
     agree(col)
     kb.close()
-    agree(KnowledgeBase(tmp_path).collection("c"))
+    agree(EmbeddedKnowledgeBase(tmp_path).collection("c"))
 
 
 def test_output_fields_on_lexical_and_hybrid_search(tmp_path):
-    col = KnowledgeBase(tmp_path).create_collection("c", DIM)
+    col = EmbeddedKnowledgeBase(tmp_path).create_collection("c", DIM)
     rows = records(30)
     col.insert(rows)
     lexical = col.search(text="wolf", k=5, mode="lexical", output_fields=["text"])
@@ -285,7 +285,7 @@ def test_output_fields_on_lexical_and_hybrid_search(tmp_path):
 
 
 def test_ids_only_hits_read_like_a_list_of_hits(tmp_path):
-    kb = KnowledgeBase(tmp_path)
+    kb = EmbeddedKnowledgeBase(tmp_path)
     col = kb.create_collection("c", DIM, index="hnsw")
     rows = records(5)
     col.insert(rows)

@@ -12,7 +12,7 @@ from jijian.cli.main import app
 from jijian.config import load_config
 from jijian.guard.crypto import generate_key
 from jijian.kb.sealing import CollectionKeyError
-from jijian.kb.store import KnowledgeBase, Record
+from jijian.kb.store import EmbeddedKnowledgeBase, Record
 
 SECRET_LINE = "The Heron budget is 310 million."
 CONFIG = """
@@ -57,7 +57,7 @@ def test_the_server_refuses_a_plaintext_collection_when_encryption_is_on(deploym
     from jijian.guard.policy import GuardPolicy
     from jijian.serve.server import knowledge_base_services
 
-    plain = KnowledgeBase(deployment / "kb").create_collection("notes", 4)
+    plain = EmbeddedKnowledgeBase(deployment / "kb").create_collection("notes", 4)
     plain.insert([Record("heron", [1.0, 0, 0, 0], SECRET_LINE)])
     plain.checkpoint()
     config = load_config(deployment / "deploy.toml")

@@ -13,7 +13,7 @@ from schemathesis import GenerationMode
 
 from jijian.guard.http_auth import HttpAuth
 from jijian.kb.api import create_kb_app
-from jijian.kb.store import KnowledgeBase, Record
+from jijian.kb.store import EmbeddedKnowledgeBase, Record
 
 FUZZ = settings(
     max_examples=20,
@@ -37,7 +37,7 @@ def openai_app(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kb_app(tmp_path_factory):
-    kb = KnowledgeBase(tmp_path_factory.mktemp("fuzz-kb"))
+    kb = EmbeddedKnowledgeBase(tmp_path_factory.mktemp("fuzz-kb"))
     records = [Record("a", [1.0, 0, 0, 0], "public"), Record("b", [0, 1.0, 0, 0], "secret", readers=["role:finance"])]
     kb.create_collection("wiki", 4).insert(records)
     yield create_kb_app(kb, HttpAuth(keyring(), allow_anonymous=True))

@@ -8,7 +8,7 @@ from http_helpers import ALICE, BOB, SECRET, WRITER, bearer, keyring
 
 from jijian.guard.http_auth import HttpAuth
 from jijian.kb.api import create_kb_app
-from jijian.kb.store import KnowledgeBase
+from jijian.kb.store import EmbeddedKnowledgeBase
 
 DIM = 4
 
@@ -16,7 +16,7 @@ DIM = 4
 @pytest.fixture
 def kb_client(tmp_path):
     """A knowledge base with one public and one finance-only record, served with the deployment's key ring."""
-    kb = KnowledgeBase(tmp_path / "kb")
+    kb = EmbeddedKnowledgeBase(tmp_path / "kb")
     app = create_kb_app(kb, HttpAuth(keyring(), allow_anonymous=True), allowed_hosts=["localhost"])
     client = TestClient(app, base_url="http://localhost")
     client.post("/collections", json={"name": "wiki", "dim": DIM}, headers=bearer(WRITER)).raise_for_status()
@@ -81,7 +81,7 @@ def test_a_writer_may_write(kb_client):
 
 
 def test_without_allow_anonymous_a_keyless_request_is_refused(tmp_path):
-    app = create_kb_app(KnowledgeBase(tmp_path / "kb"), HttpAuth(keyring()))
+    app = create_kb_app(EmbeddedKnowledgeBase(tmp_path / "kb"), HttpAuth(keyring()))
     client = TestClient(app)
     assert client.get("/collections").status_code == 401
     assert client.get("/collections", headers=bearer(BOB)).status_code == 200

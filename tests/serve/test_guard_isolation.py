@@ -20,7 +20,7 @@ from jijian.guard.http_auth import HttpAuth
 from jijian.guard.leakage import ngrams
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
-from jijian.kb import KnowledgeBase
+from jijian.kb import EmbeddedKnowledgeBase
 from jijian.kb.embed import HashingEmbedder
 from jijian.kb.store import Record
 from jijian.serve.api import ApiSettings, create_app
@@ -64,7 +64,7 @@ class ScriptedEngine(AsyncEngine):
 def service(small_model, tmp_path_factory):
     model, tokenizer = small_model
     embedder = HashingEmbedder()
-    kb = KnowledgeBase(tmp_path_factory.mktemp("kb"))
+    kb = EmbeddedKnowledgeBase(tmp_path_factory.mktemp("kb"))
     docs = kb.create_collection("wiki", embedder.dim)
     vectors = embedder.embed([SECRET, PUBLIC])
     docs.insert(
@@ -199,7 +199,7 @@ def test_the_same_queries_do_put_it_in_a_readers_prompt(service):
 
 def test_the_server_registers_the_knowledge_bases_restricted_records_for_the_leak_check(tmp_path):
     embedder = HashingEmbedder()
-    kb = KnowledgeBase(tmp_path / "kb")
+    kb = EmbeddedKnowledgeBase(tmp_path / "kb")
     vectors = embedder.embed([SECRET, PUBLIC])
     kb.create_collection("wiki", embedder.dim).insert(
         [Record("heron-memo", vectors[0], SECRET, readers=["role:finance"]), Record("cafeteria", vectors[1], PUBLIC)]

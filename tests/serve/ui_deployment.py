@@ -14,7 +14,7 @@ from pathlib import Path
 import tomli_w
 
 from jijian.guard.apikeys import add_key
-from jijian.kb import KnowledgeBase, Record
+from jijian.kb import EmbeddedKnowledgeBase, Record
 from jijian.kb.embed import HashingEmbedder
 
 SALARIES = "Quarterly salaries: the finance team budget for salaries is 4.2 million yuan in Q3."
@@ -88,7 +88,7 @@ def build_deployment(root: Path, tokenizer, corpus_texts: list[str]) -> Deployme
     run = run_training(load_config(config_path))
 
     embedder = HashingEmbedder()
-    kb = KnowledgeBase(root / "kb")
+    kb = EmbeddedKnowledgeBase(root / "kb")
     handbook = kb.create_collection("handbook", embedder.dim, index="flat")
     texts = [SALARIES, CAFETERIA, BACKUPS]
     vectors = embedder.embed(texts)

@@ -58,8 +58,8 @@ def retrieval(
     """recall@1/5/10, MRR and nDCG@10 of vector, lexical and hybrid search over labelled questions."""
     from jijian.eval.questions import check_ids, load_questions, resolve
     from jijian.eval.retrieval import evaluate_retrieval
+    from jijian.kb.backend import open_knowledge_base
     from jijian.kb.embed import load_embedder
-    from jijian.kb.store import open_knowledge_base
 
     questions_path = resolve(questions)
     labelled = load_questions(questions_path)

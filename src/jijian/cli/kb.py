@@ -51,9 +51,9 @@ def ingest(
     """Chunk, embed and store documents; files unchanged since the last ingest are skipped."""
     from rich.progress import Progress
 
+    from jijian.kb.backend import CollectionNotFound, open_knowledge_base
     from jijian.kb.embed import load_embedder
     from jijian.kb.ingest import expand_paths, ingest_files
-    from jijian.kb.store import CollectionNotFound, open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
     files = expand_paths(paths)
@@ -101,8 +101,8 @@ def search(
 ) -> None:
     """Print the ranked hits for a query, with their sources."""
     from jijian.guard.principals import Principal
+    from jijian.kb.backend import open_knowledge_base
     from jijian.kb.embed import hybrid_vector_weight, load_embedder
-    from jijian.kb.store import open_knowledge_base
 
     cfg = _kb_config(config, path, embedding_model)
     kb = open_knowledge_base(cfg, _kb_key(config))
@@ -130,7 +130,7 @@ def search(
 @reports_errors
 def list_collections(config: ConfigOption = None, path: PathOption = None) -> None:
     """List collections with their dimension, index and size."""
-    from jijian.kb.store import open_knowledge_base
+    from jijian.kb.backend import open_knowledge_base
 
     kb = open_knowledge_base(_kb_config(config, path, None), _kb_key(config))
     try:
@@ -158,8 +158,8 @@ def serve(
     from jijian.guard.http_auth import HttpAuth
     from jijian.guard.http_limits import allowed_hosts
     from jijian.kb.api import create_kb_app
+    from jijian.kb.backend import open_knowledge_base
     from jijian.kb.embed import load_embedder
-    from jijian.kb.store import open_knowledge_base
 
     if config is None:
         raise UserInputError(

@@ -8,8 +8,8 @@ from typing import Any
 
 from jijian.eval.metrics import CUTOFFS, mean_metrics, question_metrics
 from jijian.eval.questions import Question
+from jijian.kb.backend import SEARCH_MODES, Collection
 from jijian.kb.embed import Embedder, hybrid_vector_weight
-from jijian.kb.store import SEARCH_MODES, Collection
 
 DEPTH = max(CUTOFFS)
 

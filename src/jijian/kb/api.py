@@ -20,8 +20,8 @@ from jijian.config.errors import UserInputError
 from jijian.guard.http_auth import AuthError, HttpAuth
 from jijian.guard.http_limits import BodySizeLimit, HostAndOriginCheck
 from jijian.guard.principals import Principal, can_read
+from jijian.kb.backend import CollectionNotFound, KnowledgeBase, Record
 from jijian.kb.embed import Embedder
-from jijian.kb.store import CollectionNotFound, KnowledgeBase, Record
 
 
 class CollectionIn(BaseModel):

@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from jijian.config.errors import UserInputError
+from jijian.kb.backend import Collection, Record
 from jijian.kb.chunking import chunk_text
 from jijian.kb.embed import Embedder
-from jijian.kb.store import Collection, Record
 
 SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
             ".py": "python", ".jsonl": "jsonl"}  # fmt: skip

@@ -7,25 +7,33 @@ JSON `metadata` field; each comparison is guarded with `exists`, so a missing fi
 comparison between values of different kinds (`a > "x"` where `a` is a number) as unknown rather
 than false, so `not` over such a comparison excludes the row. ACLs become a condition on a `public`
 flag and a `readers` array. Lexical and hybrid search need FTS5 and exist only in the embedded store.
+
+Ingestion bookkeeping (`source_hash`, `replace_source`) lives in one extra collection,
+`_jijian_sources`, which user collections cannot be named like (their names start with a letter or
+digit). Every operation holds the database's lock: a `MilvusKnowledgeBase` may be shared by threads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from jijian.config import KBConfig
 from jijian.guard.principals import Principal, validate_readers
+from jijian.kb.backend import COLLECTION_NAME, CollectionNotFound, Hit, KBError, Record, output_columns
 from jijian.kb.filters import BoolOp, Compare, Expr, In, Not, parse_filter
-from jijian.kb.store import _NAME, CollectionNotFound, Hit, KBError, Record, output_columns
 
 _METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 _INDEXES = {"flat": "FLAT", "hnsw": "HNSW", "ivf_flat": "IVF_FLAT", "ivf_pq": "IVF_PQ"}
 _MAX_READERS = 256
+SOURCES = "_jijian_sources"  # the bookkeeping collection: (collection, source path) -> sha256 and record ids
+_PAGE = 1000
 
 
 def _literal(value: Any) -> str:
@@ -48,17 +56,23 @@ def to_milvus(expr: Expr) -> str:
     return f"(exists {path} and {path} {expr.op} {_literal(expr.value)})"
 
 
+def _source_key(collection: str, path: str) -> str:
+    # A fixed-length primary key whatever the path's length.
+    return hashlib.sha256(f"{collection}\0{path}".encode()).hexdigest()
+
+
 class MilvusCollection:
     """One Milvus collection with the embedded `Collection`'s operations."""
 
-    def __init__(self, client: Any, name: str) -> None:
-        self.client, self.name = client, name
-        described = client.describe_collection(name)
-        vector_field = next(f for f in described["fields"] if f["name"] == "vector")
-        self.dim = int(vector_field["params"]["dim"])
-        index = client.describe_index(name, "vector")
-        self.metric = {v: k for k, v in _METRICS.items()}[index["metric_type"]]
-        client.load_collection(name)
+    def __init__(self, client: Any, name: str, lock: threading.RLock, sources: _Sources) -> None:
+        self.client, self.name, self.lock, self.sources = client, name, lock, sources
+        with lock:
+            described = client.describe_collection(name)
+            vector_field = next(f for f in described["fields"] if f["name"] == "vector")
+            self.dim = int(vector_field["params"]["dim"])
+            index = client.describe_index(name, "vector")
+            self.metric = {v: k for k, v in _METRICS.items()}[index["metric_type"]]
+            client.load_collection(name)
 
     def _rows(self, records: Sequence[Record]) -> list[dict[str, Any]]:
         rows = []
@@ -71,6 +85,8 @@ class MilvusCollection:
                 )
             if not np.all(np.isfinite(vector)):
                 raise KBError(f"record {i} ({record.id!r}): vector contains NaN or infinity")
+            if record.id is not None and (not isinstance(record.id, str) or not record.id):
+                raise KBError(f"record {i}: id must be a non-empty string")
             if not isinstance(record.metadata, dict):
                 raise KBError(f"record {i} ({record.id!r}): metadata must be a JSON object")
             readers = validate_readers(record.readers, where=f"record {i} ({record.id!r}) readers")
@@ -86,36 +102,61 @@ class MilvusCollection:
         return rows
 
     def insert(self, records: Sequence[Record]) -> list[str]:
-        """Add new records (ids must be new)."""
+        """Add new records (ids must be new); returns their ids."""
         rows = self._rows(records)
-        taken = self.client.get(self.name, ids=[row["id"] for row in rows], output_fields=["id"])
-        if taken:
-            raise KBError(f"id {taken[0]['id']!r} already exists in {self.name!r} (use upsert to replace it)")
-        self.client.insert(self.name, rows)
+        with self.lock:
+            taken = self.client.get(self.name, ids=[row["id"] for row in rows], output_fields=["id"])
+            if taken:
+                raise KBError(f"id {taken[0]['id']!r} already exists in {self.name!r} (use upsert to replace it)")
+            if rows:
+                self.client.insert(self.name, rows)
         return [row["id"] for row in rows]
 
     def upsert(self, records: Sequence[Record]) -> list[str]:
-        """Add or replace records by id."""
+        """Add or replace records by id; returns their ids."""
         rows = self._rows(records)
-        self.client.upsert(self.name, rows)
+        if rows:
+            with self.lock:
+                self.client.upsert(self.name, rows)
         return [row["id"] for row in rows]
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete records by id; returns how many existed."""
-        existing = self.client.get(self.name, ids=list(ids), output_fields=["id"])
-        if existing:
-            self.client.delete(self.name, ids=[row["id"] for row in existing])
+        if not ids:
+            return 0
+        with self.lock:
+            existing = self.client.get(self.name, ids=list(ids), output_fields=["id"])
+            if existing:
+                self.client.delete(self.name, ids=[row["id"] for row in existing])
         return len(existing)
 
     def count(self) -> int:
         """Live records."""
-        return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        with self.lock:
+            return int(self.client.query(self.name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def _scan(self, filter: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching `filter`, read page by page (a query's limit is bounded)."""
+        with self.lock:
+            iterator = self.client.query_iterator(self.name, batch_size=_PAGE, filter=filter, output_fields=fields)
+            found: list[dict[str, Any]] = []
+            try:
+                while page := iterator.next():
+                    found.extend(page)
+            finally:
+                iterator.close()
+        return found
+
+    def ids(self) -> list[str]:
+        """The id of every live record."""
+        return [row["id"] for row in self._scan("", ["id"])]
 
     def get(self, record_id: str) -> Record | None:
         """The record with this id, or None."""
-        found = self.client.get(
-            self.name, ids=[record_id], output_fields=["id", "vector", "text", "metadata", "public", "readers"]
-        )
+        with self.lock:
+            found = self.client.get(
+                self.name, ids=[record_id], output_fields=["id", "vector", "text", "metadata", "public", "readers"]
+            )
         if not found:
             return None
         row = found[0]
@@ -123,6 +164,11 @@ class MilvusCollection:
         return Record(
             row["id"], np.asarray(row["vector"], dtype=np.float32), row["text"], dict(row["metadata"]), readers
         )
+
+    def restricted_records(self) -> Iterator[tuple[str, str, list[str]]]:
+        """(id, text, readers) of every record with an ACL: what the guard's output leak check must know."""
+        rows = self._scan("not public", ["id", "text", "readers"])
+        return iter([(row["id"], row["text"], list(row["readers"])) for row in rows])
 
     def search(
         self,
@@ -134,8 +180,12 @@ class MilvusCollection:
         mode: str = "vector",
         text: str | None = None,
         output_fields: Sequence[str] | None = None,
+        vector_weight: float = 1.0,
     ) -> list[Hit]:
-        """Top-k by vector within the filter and the principal's ACL (Milvus filters during the search)."""
+        """Top-k by vector within the filter and the principal's ACL (Milvus filters during the search).
+
+        `text` and `vector_weight` concern lexical and hybrid search, which this backend refuses.
+        """
         columns = output_columns(output_fields)
         if mode != "vector":
             raise KBError(
@@ -145,10 +195,13 @@ class MilvusCollection:
             raise KBError(f"k must be at least 1, got {k}")
         if vector is None:
             raise KBError("mode 'vector' needs a query vector")
-        query = np.asarray(vector, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.dim,):
             got = query.shape[-1] if query.ndim else 0
             raise KBError(f"query vector has dimension {got}, collection {self.name!r} expects {self.dim}")
+        if not np.all(np.isfinite(query)):
+            raise KBError("query vector contains NaN or infinity (or values beyond float32)")
         clauses = []
         if filter:
             clauses.append(to_milvus(parse_filter(filter)))
@@ -160,9 +213,10 @@ class MilvusCollection:
             *(c for c in columns if c != "readers"),
             *(["public", "readers"] if "readers" in columns else []),
         ]
-        found = self.client.search(
-            self.name, [query.tolist()], limit=k, filter=" and ".join(clauses), output_fields=fields
-        )[0]
+        with self.lock:
+            found = self.client.search(
+                self.name, [query.tolist()], limit=k, filter=" and ".join(clauses), output_fields=fields
+            )[0]
         hits = []
         for hit in found:
             entity = hit["entity"]
@@ -178,8 +232,80 @@ class MilvusCollection:
             hits.append(result)
         return hits
 
+    def source_hash(self, path: str) -> str | None:
+        """The content hash recorded when `path` was last ingested."""
+        found = self.sources.get(self.name, path)
+        return found[0] if found else None
+
+    def replace_source(self, path: str, sha256: str, records: Sequence[Record]) -> list[str]:
+        """Replace every record of one source file by `records` and remember its content hash.
+
+        Milvus has no transactions: the hash is recorded last, so a replacement cut short is redone by
+        the next ingest.
+        """
+        with self.lock:
+            found = self.sources.get(self.name, path)
+            if found:
+                self.delete(found[1])
+            ids = self.upsert(records)
+            self.sources.put(self.name, path, sha256, ids)
+        return ids
+
+    def checkpoint(self) -> None:
+        """Flush the collection's growing segments to storage."""
+        with self.lock:
+            self.client.flush(self.name)
+
     def close(self) -> None:
-        """Nothing to flush: Milvus persists on its own."""
+        """Nothing to release: the client belongs to the knowledge base."""
+
+
+class _Sources:
+    """The `_jijian_sources` collection: per (collection, source path), its sha256 and record ids."""
+
+    def __init__(self, client: Any, lock: threading.RLock) -> None:
+        self.client, self.lock = client, lock
+        self._ready = False
+
+    def _ensure(self) -> None:
+        if self._ready:
+            return
+        if not self.client.has_collection(SOURCES):
+            from pymilvus import DataType
+
+            schema = self.client.create_schema(auto_id=False)
+            schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("collection", DataType.VARCHAR, max_length=64)
+            schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+            schema.add_field("ids", DataType.JSON)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires a vector field; unused
+            index_params = self.client.prepare_index_params()
+            index_params.add_index("vector", index_type="FLAT", metric_type="L2")
+            self.client.create_collection(SOURCES, schema=schema, index_params=index_params, consistency_level="Strong")
+        self.client.load_collection(SOURCES)
+        self._ready = True
+
+    def get(self, collection: str, path: str) -> tuple[str, list[str]] | None:
+        """(sha256, ids) recorded for a source of a collection."""
+        with self.lock:
+            self._ensure()
+            found = self.client.get(SOURCES, ids=[_source_key(collection, path)], output_fields=["sha256", "ids"])
+        return (found[0]["sha256"], list(found[0]["ids"])) if found else None
+
+    def put(self, collection: str, path: str, sha256: str, ids: Sequence[str]) -> None:
+        """Record a source's hash and record ids."""
+        row = {"key": _source_key(collection, path), "collection": collection, "sha256": sha256, "ids": list(ids),
+               "vector": [0.0, 0.0]}  # fmt: skip
+        with self.lock:
+            self._ensure()
+            self.client.upsert(SOURCES, [row])
+
+    def forget(self, collection: str) -> None:
+        """Forget every source of a dropped collection."""
+        with self.lock:
+            if self.client.has_collection(SOURCES):
+                self._ensure()
+                self.client.delete(SOURCES, filter=f"collection == {json.dumps(collection)}")
 
 
 class MilvusKnowledgeBase:
@@ -192,9 +318,11 @@ class MilvusKnowledgeBase:
             raise KBError("[kb] uri: required when backend = 'milvus' (a server URL or a milvus-lite .db file)")
         self.config = config
         self.client = MilvusClient(config.uri)
+        self.lock = threading.RLock()  # one client, shared by every collection and thread
+        self.sources = _Sources(self.client, self.lock)
 
     def _check(self, name: str) -> None:
-        if not _NAME.match(name or "") or "-" in name or "." in name:
+        if not COLLECTION_NAME.match(name or "") or "-" in name or "." in name:
             raise KBError(f"collection name {name!r}: on milvus use 1-64 letters, digits or '_'")
 
     def create_collection(
@@ -204,8 +332,6 @@ class MilvusKnowledgeBase:
         from pymilvus import DataType
 
         self._check(name)
-        if self.client.has_collection(name):
-            raise KBError(f"collection {name!r} already exists")
         if not isinstance(dim, int) or dim < 1:
             raise KBError(f"dim must be a positive integer, got {dim!r}")
         metric, index = metric or self.config.metric, index or self.config.index
@@ -227,29 +353,38 @@ class MilvusKnowledgeBase:
         }.get(index, {})
         index_params = self.client.prepare_index_params()
         index_params.add_index("vector", index_type=_INDEXES[index], metric_type=_METRICS[metric], params=params)
-        self.client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
-        return MilvusCollection(self.client, name)
+        with self.lock:
+            if self.client.has_collection(name):
+                raise KBError(f"collection {name!r} already exists")
+            self.client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
+            return MilvusCollection(self.client, name, self.lock, self.sources)
 
     def collection(self, name: str) -> MilvusCollection:
         """An existing collection."""
         self._check(name)
-        if not self.client.has_collection(name):
-            raise CollectionNotFound(f"collection {name!r} does not exist at {self.config.uri}")
-        return MilvusCollection(self.client, name)
+        with self.lock:
+            if not self.client.has_collection(name):
+                raise CollectionNotFound(f"collection {name!r} does not exist at {self.config.uri}")
+            return MilvusCollection(self.client, name, self.lock, self.sources)
 
     def list_collections(self) -> list[dict[str, Any]]:
         """Name, dimension, metric and row count of every collection."""
         out = []
-        for name in sorted(self.client.list_collections()):
-            c = self.collection(name)
-            out.append({"name": name, "dim": c.dim, "metric": c.metric, "index": "milvus", "count": c.count()})
+        with self.lock:
+            names = sorted(name for name in self.client.list_collections() if name != SOURCES)
+            for name in names:
+                c = self.collection(name)
+                out.append({"name": name, "dim": c.dim, "metric": c.metric, "index": "milvus", "count": c.count()})
         return out
 
     def drop_collection(self, name: str) -> None:
-        """Delete a collection."""
-        self.collection(name)
-        self.client.drop_collection(name)
+        """Delete a collection and its ingestion bookkeeping."""
+        with self.lock:
+            self.collection(name)
+            self.client.drop_collection(name)
+            self.sources.forget(name)
 
     def close(self) -> None:
         """Close the client."""
-        self.client.close()
+        with self.lock:
+            self.client.close()

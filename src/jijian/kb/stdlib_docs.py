@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jijian.kb.backend import KnowledgeBase, Record
 from jijian.kb.embed import Embedder
-from jijian.kb.store import KnowledgeBase, Record
 
 COLLECTION = "stdlib-docs"
 TEXT_CHARS = 1000

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
 from jijian.kb import KnowledgeBase
+from jijian.kb.backend import CollectionNotFound
 from jijian.kb.embed import Embedder as KBEmbedder
 from jijian.kb.embed import hybrid_vector_weight
-from jijian.kb.store import CollectionNotFound
 from jijian.serve.rag import Passage
 
 

@@ -92,8 +92,8 @@ def knowledge_base_services(
     kb_config = config.kb
     if kb_config.backend != "milvus" and not kb_config.path.is_dir():
         return None, None, None
+    from jijian.kb.backend import open_knowledge_base
     from jijian.kb.embed import load_embedder
-    from jijian.kb.store import open_knowledge_base
     from jijian.serve.knowledge import KnowledgeBaseEmbedder, KnowledgeBaseRetriever, protect_restricted_documents
 
     kb = open_knowledge_base(kb_config, key_from_config(config.guard))

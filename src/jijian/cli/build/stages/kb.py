@@ -58,10 +58,10 @@ class KnowledgeBaseStage:
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Drop and rebuild the collection; run one sample search."""
         from jijian.guard.crypto import key_from_config
+        from jijian.kb.backend import open_knowledge_base
         from jijian.kb.embed import load_embedder
         from jijian.kb.ingest import expand_paths, ingest_files
         from jijian.kb.stdlib_docs import build_stdlib_docs
-        from jijian.kb.store import open_knowledge_base
 
         config = ctx.config
         if config.kb.backend != "embedded":

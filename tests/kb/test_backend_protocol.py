@@ -9,7 +9,7 @@ import pytest
 
 from jijian.config import KBConfig, UserInputError
 from jijian.guard.principals import Principal
-from jijian.kb.store import CollectionNotFound, KBError, Record, open_knowledge_base
+from jijian.kb.backend import CollectionNotFound, KBError, Record, open_knowledge_base
 
 DIM = 8
 _names = (f"c{i}" for i in itertools.count())
