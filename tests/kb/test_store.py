@@ -296,3 +296,18 @@ def test_ids_only_hits_read_like_a_list_of_hits(tmp_path):
     assert bare == [Hit(h.id, h.score) for h in full] and bare != [Hit("x", 0.0)] and bare != "doc2"
     assert bare[1:3] == list(bare)[1:3] and isinstance(bare[0], Hit)
     assert [h.to_dict()["id"] for h in bare] == [h.id for h in full]
+
+
+def test_a_collection_dropped_or_closed_elsewhere_refuses_clearly(tmp_path):
+    kb = EmbeddedKnowledgeBase(tmp_path)
+    held = kb.create_collection("c", DIM)
+    held.insert(records(3))
+    kb.drop_collection("c")  # e.g. by an admin over HTTP while a search request holds the object
+    with pytest.raises(CollectionNotFound, match="closed or dropped"):
+        held.search(records(1)[0].vector, k=1)
+    other = kb.create_collection("d", DIM)
+    kb.close()
+    kb.close()  # twice is harmless
+    with pytest.raises(CollectionNotFound, match="closed or dropped"):
+        other.count()
+    assert EmbeddedKnowledgeBase(tmp_path).collection("d").count() == 0

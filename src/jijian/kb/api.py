@@ -90,20 +90,22 @@ def create_kb_router(kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], E
     sent without vectors."""
     router = APIRouter(tags=["knowledge base"])
     caller = Depends(auth)
-    lock = threading.Lock()  # one SQLite connection per collection: serialise requests
+    # The knowledge base locks each collection itself. This lock loads the embedder once and runs one
+    # embedding at a time: each already uses every core (torch's intra-op threads).
+    embed_lock = threading.Lock()
     loaded: dict[str, Embedder] = {}
 
     def embed(texts: list[str]) -> list[list[float]]:
         if embedder is None:
             raise UserInputError("this server has no embedder: send vectors")
-        if "model" not in loaded:
-            loaded["model"] = embedder()
-        return loaded["model"].embed(texts).tolist()
+        with embed_lock:
+            if "model" not in loaded:
+                loaded["model"] = embedder()
+            return loaded["model"].embed(texts).tolist()
 
     def guarded(work: Callable[[], Any]) -> Any:
         try:
-            with lock:
-                return work()
+            return work()
         except UserInputError as exc:
             return _error(exc)
 

@@ -17,6 +17,7 @@ index file encrypted and its lexical index blinded (`jijian.kb.sealing`); openin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -74,6 +75,7 @@ class EmbeddedCollection:
         self.options = options or SearchOptions()
         # One lock for the connection, the index and the caches: held by every public method.
         self.lock = threading.RLock()
+        self.closed = False
         spec = json.loads((directory / "collection.json").read_text(encoding="utf-8"))
         # A missing or wrong key fails here, before any read.
         codec = open_codec(spec, key, directory / "collection.json")
@@ -106,24 +108,34 @@ class EmbeddedCollection:
 
     def set_ef_search(self, ef_search: int) -> None:
         """Change the HNSW search breadth of this open collection (recall/speed trade-off)."""
-        with self.lock:
+        with self._locked():
             self.durable.index.params = replace(self.durable.index.params, ef_search=ef_search)
 
     def checkpoint(self) -> None:
         """Write the index file atomically with its watermark, so reopening replays nothing."""
-        with self.lock:
+        with self._locked():
             self.durable.checkpoint()
 
     def compact(self) -> int:
         """Rebuild the index from live rows (drops tombstones); returns how many were dropped."""
-        with self.lock:
+        with self._locked():
             return self.durable.compact()
 
     def close(self) -> None:
-        """Checkpoint the index and close SQLite."""
+        """Checkpoint the index and close SQLite; later calls on this object fail with `CollectionNotFound`."""
         with self.lock:
-            self.durable.close()
-            self.rows.close()
+            if not self.closed:
+                self.closed = True
+                self.durable.close()
+                self.rows.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the collection's lock, refusing a collection closed (or dropped) meanwhile."""
+        with self.lock:
+            if self.closed:
+                raise CollectionNotFound(f"collection {self.name!r} was closed or dropped")
+            yield
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -157,7 +169,7 @@ class EmbeddedCollection:
 
     def _write(self, records: Sequence[Record], replace: bool) -> list[str]:
         rows, vectors = self._stored_rows(records)
-        with self.lock:
+        with self._locked():
             self.searcher.forget_filters()
             new_rowids, replaced = self.rows.write(rows, replace, self.name)
             self.durable.written(np.array(new_rowids, dtype=np.int64), vectors, replaced)
@@ -173,7 +185,7 @@ class EmbeddedCollection:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete records by id; returns how many existed."""
-        with self.lock:
+        with self._locked():
             self.searcher.forget_filters()
             deleted = self.rows.delete(ids)
             self.durable.deleted(deleted)
@@ -183,22 +195,22 @@ class EmbeddedCollection:
 
     def count(self) -> int:
         """Live records."""
-        with self.lock:
+        with self._locked():
             return self.rows.count()
 
     def ids(self) -> list[str]:
         """The id of every live record (from memory: no read)."""
-        with self.lock:
+        with self._locked():
             return list(self.rows.ids.values())
 
     def get(self, record_id: str) -> Record | None:
         """The record with this id, or None."""
-        with self.lock:
+        with self._locked():
             return self.rows.get(record_id)
 
     def restricted_records(self) -> Iterator[tuple[str, str, list[str]]]:
         """(id, text, readers) of every record with an ACL: what the guard's output leak check must know."""
-        with self.lock:
+        with self._locked():
             found = self.rows.restricted()
         return iter(found)
 
@@ -222,7 +234,7 @@ class EmbeddedCollection:
         Chinese query embedded by an English-only model (`jijian.kb.embed.hybrid_vector_weight`).
         """
         columns = output_columns(output_fields)
-        with self.lock:
+        with self._locked():
             return self.searcher.search(
                 self.name, vector, k, filter=filter, principal=principal, mode=mode, text=text, columns=columns,
                 vector_weight=vector_weight,
@@ -238,14 +250,14 @@ class EmbeddedCollection:
             raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
         if k < 1:
             raise KBError(f"k must be at least 1, got {k}")
-        with self.lock:
+        with self._locked():
             return self.searcher.nearest(queries, k, columns)
 
     # -- ingestion bookkeeping --------------------------------------------------------------------
 
     def source_hash(self, path: str) -> str | None:
         """The content hash recorded when `path` was last ingested."""
-        with self.lock:
+        with self._locked():
             found = self.rows.source(path)
         return found[0] if found else None
 
@@ -254,7 +266,7 @@ class EmbeddedCollection:
 
         The hash is recorded last: a replacement cut short is redone by the next ingest.
         """
-        with self.lock:
+        with self._locked():
             found = self.rows.source(path)
             if found:
                 self.delete(found[1])
@@ -350,6 +362,7 @@ class EmbeddedKnowledgeBase:
             if name in self._open:
                 dropped = self._open.pop(name)
                 with dropped.lock:  # waits for an operation in flight; no checkpoint: the files go
+                    dropped.closed = True
                     dropped.rows.close()
             shutil.rmtree(directory)
 
