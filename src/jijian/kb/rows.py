@@ -86,11 +86,13 @@ class RowStore:
 
     def text_of(self, record_id: str, stored: Any) -> str:
         """A stored text in clear."""
-        return self.codec.load(record_id, "text", stored)
+        text: str = self.codec.load(record_id, "text", stored)
+        return text
 
     def metadata_of(self, record_id: str, stored: Any) -> dict[str, Any]:
         """A stored metadata object, decoded."""
-        return json.loads(self.codec.load(record_id, "metadata", stored))
+        metadata: dict[str, Any] = json.loads(self.codec.load(record_id, "metadata", stored))
+        return metadata
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -194,7 +196,8 @@ class RowStore:
 
     def count(self) -> int:
         """Live rows."""
-        return self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+        count: int = self.db.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+        return count
 
     def vectors(self, after: int = 0, rowids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(rowids, vectors) of the live rows after a rowid, or of the given rowids, in rowid order."""

@@ -194,7 +194,8 @@ class Searcher:
             expr = parse_filter(filter_expr)
             found = [rowid for rowid, metadata in self.rows.metadata_rows() if matches(expr, metadata)]
             self._cache(key, (np.array(found, dtype=np.int64), None))
-        return self._filter_cache[key][0].tolist()
+        rowids: list[int] = self._filter_cache[key][0].tolist()
+        return rowids
 
     def _allowed(self, condition: Condition) -> np.ndarray:
         # Evaluating a JSON filter scans every row; the same filter (or principal) usually repeats,
