@@ -9,6 +9,7 @@ blinded terms (`jijian.kb.sealing` says what stays visible).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,10 @@ class RowCodec(Protocol):
 
     def load(self, record_id: str, field: str, stored: Any) -> Any:
         """The field in clear: bytes for a vector, str for text and metadata; None stays None."""
+        ...
+
+    def load_hit_rows(self, found: Iterable[tuple[Any, ...]], ids: dict[int, str]) -> dict[int, tuple[Any, ...]]:
+        """rowid -> (text, metadata, readers) in clear, from rows read as (rowid, text, metadata, readers)."""
         ...
 
     def lexical(self, text: str) -> str:
@@ -63,6 +68,10 @@ class PlainCodec:
     def load(self, record_id: str, field: str, stored: Any) -> Any:
         """As stored."""
         return stored
+
+    def load_hit_rows(self, found: Iterable[tuple[Any, ...]], ids: dict[int, str]) -> dict[int, tuple[Any, ...]]:
+        """As stored (a search's hot path: no call per field)."""
+        return {row[0]: row[1:] for row in found}
 
     def lexical(self, text: str) -> str:
         """The indexed terms (`jijian.kb.lexical`)."""
@@ -108,6 +117,14 @@ class SealedCodec:
             return None
         opened = self.cipher.open(record_id, field, stored)
         return opened if field == "vector" else opened.decode("utf-8")
+
+    def load_hit_rows(self, found: Iterable[tuple[Any, ...]], ids: dict[int, str]) -> dict[int, tuple[Any, ...]]:
+        """Text and metadata opened (readers are stored in clear)."""
+        load = self.load
+        return {
+            rowid: (load(ids[rowid], "text", text), load(ids[rowid], "metadata", metadata), readers)
+            for rowid, text, metadata, readers in found
+        }
 
     def lexical(self, text: str) -> str:
         """Blinded terms."""

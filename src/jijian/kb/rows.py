@@ -245,11 +245,7 @@ class RowStore:
         # Always select all three columns (NULL for those not asked for): one row shape, decoded positionally.
         picked = ", ".join(column if column in columns else "NULL" for column in OUTPUT_FIELDS)
         found = self.db.execute(f"SELECT rowid, {picked} FROM rows WHERE rowid {where}", params)
-        load, ids = self.codec.load, self.ids
-        return {
-            rowid: (load(ids[rowid], "text", text), load(ids[rowid], "metadata", metadata), readers)
-            for rowid, text, metadata, readers in found
-        }
+        return self.codec.load_hit_rows(found, self.ids)
 
     # -- ingestion bookkeeping ------------------------------------------------------------------
 

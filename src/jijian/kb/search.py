@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class Searcher:
             if None in ids:
                 kept = [i for i, found_id in enumerate(ids) if found_id is not None]
                 ids, row_scores = [ids[i] for i in kept], [row_scores[i] for i in kept]
-            found.append(Hits(ids, row_scores))  # type: ignore[arg-type]  # the Nones were just dropped
+            found.append(Hits(cast("list[str]", ids), row_scores))  # the Nones were just dropped
         return found
 
     def _vector_ranking(self, query: np.ndarray, k: int, condition: Condition | None) -> Ranking:

@@ -17,7 +17,6 @@ index file encrypted and its lexical index blinded (`jijian.kb.sealing`); openin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -108,17 +107,20 @@ class EmbeddedCollection:
 
     def set_ef_search(self, ef_search: int) -> None:
         """Change the HNSW search breadth of this open collection (recall/speed trade-off)."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             self.durable.index.params = replace(self.durable.index.params, ef_search=ef_search)
 
     def checkpoint(self) -> None:
         """Write the index file atomically with its watermark, so reopening replays nothing."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             self.durable.checkpoint()
 
     def compact(self) -> int:
         """Rebuild the index from live rows (drops tombstones); returns how many were dropped."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return self.durable.compact()
 
     def close(self) -> None:
@@ -129,13 +131,10 @@ class EmbeddedCollection:
                 self.durable.close()
                 self.rows.close()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the collection's lock, refusing a collection closed (or dropped) meanwhile."""
-        with self.lock:
-            if self.closed:
-                raise CollectionNotFound(f"collection {self.name!r} was closed or dropped")
-            yield
+    def _refuse_if_closed(self) -> None:
+        """Called with the lock held: a collection closed (or dropped) meanwhile answers nothing."""
+        if self.closed:
+            raise CollectionNotFound(f"collection {self.name!r} was closed or dropped")
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -169,7 +168,8 @@ class EmbeddedCollection:
 
     def _write(self, records: Sequence[Record], replace: bool) -> list[str]:
         rows, vectors = self._stored_rows(records)
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             self.searcher.forget_filters()
             new_rowids, replaced = self.rows.write(rows, replace, self.name)
             self.durable.written(np.array(new_rowids, dtype=np.int64), vectors, replaced)
@@ -185,7 +185,8 @@ class EmbeddedCollection:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete records by id; returns how many existed."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             self.searcher.forget_filters()
             deleted = self.rows.delete(ids)
             self.durable.deleted(deleted)
@@ -195,22 +196,26 @@ class EmbeddedCollection:
 
     def count(self) -> int:
         """Live records."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return self.rows.count()
 
     def ids(self) -> list[str]:
         """The id of every live record (from memory: no read)."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return list(self.rows.ids.values())
 
     def get(self, record_id: str) -> Record | None:
         """The record with this id, or None."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return self.rows.get(record_id)
 
     def restricted_records(self) -> Iterator[tuple[str, str, list[str]]]:
         """(id, text, readers) of every record with an ACL: what the guard's output leak check must know."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             found = self.rows.restricted()
         return iter(found)
 
@@ -234,7 +239,8 @@ class EmbeddedCollection:
         Chinese query embedded by an English-only model (`jijian.kb.embed.hybrid_vector_weight`).
         """
         columns = output_columns(output_fields)
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return self.searcher.search(
                 self.name, vector, k, filter=filter, principal=principal, mode=mode, text=text, columns=columns,
                 vector_weight=vector_weight,
@@ -250,14 +256,16 @@ class EmbeddedCollection:
             raise KBError(f"query vectors have shape {queries.shape}, collection {self.name!r} expects (n, {self.dim})")
         if k < 1:
             raise KBError(f"k must be at least 1, got {k}")
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             return self.searcher.nearest(queries, k, columns)
 
     # -- ingestion bookkeeping --------------------------------------------------------------------
 
     def source_hash(self, path: str) -> str | None:
         """The content hash recorded when `path` was last ingested."""
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             found = self.rows.source(path)
         return found[0] if found else None
 
@@ -266,7 +274,8 @@ class EmbeddedCollection:
 
         The hash is recorded last: a replacement cut short is redone by the next ingest.
         """
-        with self._locked():
+        with self.lock:
+            self._refuse_if_closed()
             found = self.rows.source(path)
             if found:
                 self.delete(found[1])
