@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jijian.cli.common import DefaultCommandGroup, err_console, out_console, reports_errors
+from jijian.files import write_text_atomic
 
 if TYPE_CHECKING:
     from jijian.config import DeployConfig
@@ -210,7 +211,6 @@ def _results_table(results: list[Estimate], title: str) -> Table:
 
 def _write_parallel(path: Path, best: Estimate, summary: str, force: bool) -> None:
     """Write the [parallel] section for `jijian train` (atomically; an existing file needs --force)."""
-    import os
 
     import tomli_w
 
@@ -227,10 +227,7 @@ def _write_parallel(path: Path, best: Estimate, summary: str, force: bool) -> No
         f'grad_accum_steps = {train["grad_accum_steps"]}, ac = "{train["ac"]}"\n'
     )
     text = header + tomli_w.dumps({"parallel": parallel_section(best)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, text)
 
 
 @plan_app.command("train")

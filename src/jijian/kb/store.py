@@ -17,7 +17,6 @@ index file encrypted and its lexical index blinded (`jijian.kb.sealing`); openin
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -32,6 +31,7 @@ import numpy as np
 
 from jijian.config import KBConfig
 from jijian.config.errors import UserInputError
+from jijian.files import write_atomic, write_json_atomic
 from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.filters import matches, parse_filter, to_sql
@@ -140,22 +140,8 @@ def output_columns(output_fields: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def write_spec(directory: Path, spec: dict[str, Any]) -> None:
-    """Replace a collection's collection.json atomically (temporary file, fsync, rename)."""
-    tmp = directory / "collection.json.tmp"
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(spec, indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / "collection.json")
-    _fsync_dir(directory)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace a collection's collection.json durably (temporary file, fsync, rename, fsync of the directory)."""
+    write_json_atomic(directory / "collection.json", spec)
 
 
 class Collection:
@@ -293,16 +279,10 @@ class Collection:
         watermark = watermark[0] if watermark else 0
         self.index.optimize_layout()  # amortised: only after the index has grown by a quarter
         payload = _INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes()
-        if self.cipher is not None:  # sealed, and written atomically (temporary file, fsync, rename) too
+        if self.cipher is not None:  # sealed, through the same durable write
             encrypt_bytes_to_file(payload, self.directory / "index.faiss", self.cipher.file_key)
         else:
-            tmp = self.directory / "index.faiss.tmp"
-            with tmp.open("wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.directory / "index.faiss")
-        _fsync_dir(self.directory)
+            write_atomic(self.directory / "index.faiss", payload)
         self.watermark, self.rows_since_checkpoint = watermark, 0
 
     def tombstones_clear(self) -> None:

@@ -54,7 +54,7 @@ class ServeStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Build the server (loading the model), ask the question over HTTP, write the record."""
-        from jijian.data.shards import write_json_atomic
+        from jijian.files import write_json_atomic
         from jijian.serve.server import build_server, serve_in_thread
 
         config = served_config(ctx.config)

@@ -161,9 +161,6 @@ def loss_summary(losses: dict[int, float]) -> dict[str, float | None]:
 
 
 def _logged_losses(metrics: Path) -> dict[int, float]:
-    losses = {}
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "loss" in record and "step" in record:
-            losses[int(record["step"])] = float(record["loss"])
-    return losses
+    from jijian.files import read_json_lines
+
+    return {int(r["step"]): float(r["loss"]) for r in read_json_lines(metrics) if "loss" in r and "step" in r}
