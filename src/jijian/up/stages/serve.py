@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jijian.cli.build.paths import answer_path, export_dir
-from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
+from jijian.up.paths import answer_path, export_dir
+from jijian.up.stage import StageContext, StageError, section
 
 if TYPE_CHECKING:
     from jijian.guard.http_auth import HttpAuth

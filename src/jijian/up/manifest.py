@@ -27,7 +27,7 @@ class StageManifest:
     @property
     def outputs_hash(self) -> str:
         """One hash of every output, which downstream stages record as their upstream input."""
-        from jijian.cli.build.hashing import json_hash
+        from jijian.up.hashing import json_hash
 
         return json_hash(self.outputs)
 
