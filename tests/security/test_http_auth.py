@@ -101,7 +101,7 @@ def test_a_request_without_a_key_is_anonymous_and_gets_public_documents_only(ano
 
 
 def test_up_serve_stage_authenticates_through_the_key_ring(tmp_path, model_dir):
-    from jijian.cli.build.stages.serve import stage_auth
+    from jijian.up.stages.serve import stage_auth
 
     key = add_key(tmp_path / "keys.toml", "alice", ["finance"])
     config = load_config(write_config(tmp_path, model_dir, guard='api_keys = "keys.toml"'))

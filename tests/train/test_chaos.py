@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 from torchrun_env import start_torchrun, stop
 
-from jijian.train.goodput import read_ledger, summarize
+from jijian.files import read_json_lines
+from jijian.files.rundir import summarize_goodput
 
 STEPS = 60
 KILLS = 3
@@ -113,7 +114,7 @@ def wait_for_step(ledger: Path, attempt: int, step: int, proc: subprocess.Popen,
         assert proc.poll() is None, "the job ended before the kill"
         if ledger.exists():
             seen, reached = 0, 0
-            for event in read_ledger(ledger):
+            for event in read_json_lines(ledger):
                 if event["event"] == "attempt":
                     seen += 1
                 elif event["event"] == "step" and seen == attempt:
@@ -193,10 +194,10 @@ def test_killed_ranks_restart_and_end_bitwise_identical(root, reference_run, nam
     assert proc.returncode == 0, (root / f"{chaos.stem}.log").read_text()[-3000:]
     assert_bitwise_equal(final_weights(root / chaos.stem), final_weights(reference))
 
-    ledger = summarize(read_ledger(root / chaos.stem / "goodput.jsonl"))
+    ledger = summarize_goodput(read_json_lines(root / chaos.stem / "goodput.jsonl"))
     assert ledger["attempts"] == KILLS + 1
     assert ledger["restart_lost_s"] > 0
-    clean = summarize(read_ledger(reference / "goodput.jsonl"))
+    clean = summarize_goodput(read_json_lines(reference / "goodput.jsonl"))
     assert clean["attempts"] == 1 and clean["restart_lost_s"] == 0 and clean["recomputed_s"] == 0
     accounted = ledger["productive_s"] + ledger["recomputed_s"] + ledger["restart_lost_s"]
     assert accounted <= ledger["wall_s"] + 1e-6

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from jijian.cli.main import app
 from jijian.config import load_config
+from jijian.files import drop_torn_tail, read_json_lines
+from jijian.files.rundir import summarize_goodput
 from jijian.train import trainer as trainer_module
 from jijian.train.checkpoint import (
     LATEST,
@@ -24,8 +26,6 @@ from jijian.train.checkpoint import (
     validate_checkpoint,
 )
 from jijian.train.export import export_checkpoint
-from jijian.train.goodput import read_ledger, summarize
-from jijian.train.metrics import drop_torn_tail
 from jijian.train.run import run_training
 from jijian.train.trainer import TrainingUnstable
 
@@ -106,7 +106,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(root):
     assert [p.name for p in ckpts] == ["step_000008", "step_000006", "step_000004"]  # keep_last = 3
     assert (root / "split" / "checkpoints" / LATEST).read_text().strip() == "step_000008"
     assert all(validate_checkpoint(p) is None for p in ckpts)
-    ledger = summarize(read_ledger(root / "split" / "goodput.jsonl"))
+    ledger = summarize_goodput(read_json_lines(root / "split" / "goodput.jsonl"))
     assert ledger["attempts"] == 2 and 0 < ledger["goodput"] <= 1
     assert ledger["checkpoint_blocking_s"] > 0
 
@@ -194,7 +194,7 @@ def test_a_nan_rolls_back_skips_the_batch_and_finishes(root, monkeypatch):
     restarted = run_training(load_config(write_config(root, "nan_restart", 8)))
     a, b = load_file(run.model_dir / "model.safetensors"), load_file(restarted.model_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert summarize(read_ledger(root / "nan" / "goodput.jsonl"))["rollbacks"] == 1
+    assert summarize_goodput(read_json_lines(root / "nan" / "goodput.jsonl"))["rollbacks"] == 1
 
 
 def test_instability_past_the_limit_stops_with_a_clear_error(root, monkeypatch):

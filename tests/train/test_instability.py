@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from jijian.train.goodput import summarize
+from jijian.files.rundir import summarize_goodput
 from jijian.train.trainer import InstabilityGuard
 
 
@@ -47,7 +47,7 @@ def test_the_ledger_separates_productive_recomputed_restart_and_checkpoint_time(
         {"time": 13.0, "event": "step", "step": 4, "duration_s": 1.0},
         {"time": 13.0, "event": "end"},
     ]
-    s = summarize(events)
+    s = summarize_goodput(events)
     assert s["wall_s"] == 13.0
     assert s["productive_s"] == 4.0  # steps 1-4 of the final trajectory
     assert s["recomputed_s"] == 1.0  # the first run of step 3

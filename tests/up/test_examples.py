@@ -51,8 +51,8 @@ def test_example_passes_config_check_and_dry_run_writes_nothing(examples_copy, n
 
 
 def test_multinode_example_uses_the_layout_the_planner_picks(examples_copy):
-    from jijian.cli.build.estimate import estimate_training
     from jijian.config import load_config
+    from jijian.up.estimate import estimate_training
 
     config = load_config(examples_copy / "examples" / "multinode-gpu.toml")
     best = estimate_training(config)

@@ -270,7 +270,7 @@ def test_quickstart_command_summarises_a_built_deployment(deployment):
 
 
 def test_step_calibration_measures_a_positive_time():
-    from jijian.cli.build.stages.train import seconds_per_step
+    from jijian.up.stages.train import seconds_per_step
 
     assert seconds_per_step({"preset": "llama-tiny", "n_layers": 1, "vocab_size": 512}, 2, 16, 1, 1) > 0
 

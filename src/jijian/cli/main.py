@@ -134,8 +134,8 @@ def quickstart(
     steps: Annotated[int | None, typer.Option(help="a fixed number of training steps instead of --minutes")] = None,
 ) -> None:
     """`jijian up examples/quickstart.toml`: data, llama-tiny, export, docstring KB, RAG answer; then a summary."""
-    from jijian.cli.build.runner import StageFailed
     from jijian.cli.quickstart import bundled_example, run_quickstart
+    from jijian.up.runner import StageFailed
 
     path = config or bundled_example()
     overrides: dict = {}

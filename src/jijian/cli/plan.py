@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,10 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from jijian.cli.common import DefaultCommandGroup, err_console, out_console, reports_errors
+from jijian.files import write_text_atomic
+from jijian.plan.deploy import cluster_for, device_count, shape_for, workload_for
 
 if TYPE_CHECKING:
     from jijian.config import DeployConfig
-    from jijian.plan import Cluster, Estimate, ModelShape, Workload
+    from jijian.plan import Estimate
 
 
 class _TrainByDefault(DefaultCommandGroup):
@@ -53,88 +55,11 @@ BatchOpt = Annotated[int | None, typer.Option("--global-batch", help="sequences 
 TokensOpt = Annotated[str | None, typer.Option("--tokens", help="training tokens, e.g. 2T or 300B")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the results as JSON instead of a table")]
 
-DEFAULT_ACCELERATOR = "H100-SXM"  # when neither --gpu nor a deploy.toml names one
-DEFAULT_GLOBAL_BATCH = 1024
-DEFAULT_SEQ = 4096
-CHINCHILLA_TOKENS_PER_PARAM = 20
-
 
 def _load(config: Path | None) -> DeployConfig | None:
     from jijian.config import load_config
 
     return load_config(config) if config else None
-
-
-def _shape(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, int | None]) -> ModelShape:
-    """The model from --model / shape flags, on top of the config's [model] when there is one."""
-    from pydantic import ValidationError
-
-    from jijian.config import MODEL_PRESETS, ModelConfig
-    from jijian.plan import ModelShape, PlanError
-
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if preset is not None:
-        if preset not in MODEL_PRESETS:
-            raise PlanError(f"--model: unknown preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}")
-        fields: dict[str, Any] = {"preset": preset}
-    elif cfg is not None:
-        fields = cfg.model.model_dump(exclude={"hf_path"}, exclude_none=True)
-        if given.keys() & {"dim", "n_heads"}:  # a new width or head count re-derives head_dim
-            fields.pop("head_dim", None)
-    else:
-        needed = {"n_layers": "--layers", "dim": "--hidden", "n_heads": "--heads", "ffn_dim": "--ffn"}
-        missing = [flag for key, flag in needed.items() if key not in given]
-        if missing:
-            raise PlanError(f"give a deploy.toml, --model PRESET, or the whole shape (missing {', '.join(missing)})")
-        fields = {"vocab_size": 128256}
-    try:
-        return ModelShape.from_config(ModelConfig(**{**fields, **given}))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg']}" for e in exc.errors())
-        raise PlanError(f"model shape: {problems}") from None
-
-
-def _cluster(cfg: DeployConfig | None, gpu: str | None, per_node: int | None) -> Cluster:
-    from jijian.plan import make_cluster
-
-    hardware = cfg.hardware if cfg else None
-    if per_node is None and hardware is not None and "devices_per_node" in hardware.model_fields_set:
-        per_node = hardware.devices_per_node
-    accelerator = gpu or (hardware.accelerator if hardware else DEFAULT_ACCELERATOR)
-    return make_cluster(accelerator, hardware, per_node)
-
-
-def _gpus(cfg: DeployConfig | None, gpus: int | None, cluster: Cluster) -> int:
-    if gpus is not None:
-        return gpus
-    if cfg is not None and cfg.hardware.model_fields_set & {"nodes", "devices_per_node"}:
-        return cfg.hardware.nodes * cluster.devices_per_node
-    return cluster.devices_per_node
-
-
-def _workload(
-    cfg: DeployConfig | None, shape: ModelShape, gpus: int, seq: int | None, batch: int | None, tokens: str | None
-) -> tuple[Workload, str]:
-    """The workload and a note on where the token count came from."""
-    from jijian.plan import Workload, parse_count
-
-    seq = seq or (cfg.train.seq_len if cfg else DEFAULT_SEQ)
-    if batch is None and cfg is not None:
-        # The run's own global batch: [train] batch_size counts all data-parallel ranks, times accumulation.
-        batch = cfg.train.batch_size * cfg.train.grad_accum_steps
-    batch = batch or DEFAULT_GLOBAL_BATCH
-    if tokens is not None:
-        total, note = parse_count(tokens), "--tokens"
-    elif cfg is not None:
-        total, note = float(cfg.train.steps * batch * seq), "[train] steps x global batch x seq_len"
-    else:
-        total = float(CHINCHILLA_TOKENS_PER_PARAM * shape.params)
-        note = f"{CHINCHILLA_TOKENS_PER_PARAM} tokens per parameter (Chinchilla); set --tokens"
-    if seq < 1 or batch < 1:
-        from jijian.plan import PlanError
-
-        raise PlanError("--seq and --global-batch must be at least 1")
-    return Workload(shape, seq, batch, total), note
 
 
 def _show(table: Table) -> None:
@@ -210,7 +135,6 @@ def _results_table(results: list[Estimate], title: str) -> Table:
 
 def _write_parallel(path: Path, best: Estimate, summary: str, force: bool) -> None:
     """Write the [parallel] section for `jijian train` (atomically; an existing file needs --force)."""
-    import os
 
     import tomli_w
 
@@ -227,10 +151,7 @@ def _write_parallel(path: Path, best: Estimate, summary: str, force: bool) -> No
         f'grad_accum_steps = {train["grad_accum_steps"]}, ac = "{train["ac"]}"\n'
     )
     text = header + tomli_w.dumps({"parallel": parallel_section(best)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_text_atomic(path, text)
 
 
 @plan_app.command("train")
@@ -269,15 +190,15 @@ def plan_train(
         raise PlanError(f"--recompute must be none, selective or full (got {recompute!r})")
     cfg = _load(config)
     shape_flags = {"n_layers": layers, "dim": hidden, "n_heads": heads, "n_kv_heads": kv_heads}
-    shape = _shape(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
-    cluster = _cluster(cfg, gpu, devices_per_node)
+    shape = shape_for(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    cluster = cluster_for(cfg, gpu, devices_per_node)
     degrees = parse_layout(layout) if layout else None
     if degrees and gpus is None:
         gpus = layout_gpus(degrees)
-    count = _gpus(cfg, gpus, cluster)
+    count = device_count(cfg, gpus, cluster)
     if degrees and layout_gpus(degrees) != count:
         raise PlanError(_layout_mismatch(layout or "", degrees, count))
-    work, tokens_note = _workload(cfg, shape, count, seq, global_batch, tokens)
+    work, tokens_note = workload_for(cfg, shape, count, seq, global_batch, tokens)
 
     start = time.perf_counter()
     if degrees:
@@ -350,8 +271,8 @@ def plan_serve(
 
     cfg = _load(config)
     shape_flags = {"n_layers": layers, "dim": hidden, "n_heads": heads, "n_kv_heads": kv_heads}
-    shape = _shape(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
-    cluster = _cluster(cfg, gpu, devices_per_node)
+    shape = shape_for(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    cluster = cluster_for(cfg, gpu, devices_per_node)
     traffic = Traffic(rps, prompt_tokens, output_tokens)
     plans = [plan_serving(shape, cluster, traffic, bits) for bits in (16, 8)]
     if as_json:
@@ -406,9 +327,9 @@ def plan_scaling(
 
     cfg = _load(config)
     shape_flags = {"n_layers": layers, "dim": hidden, "n_heads": heads, "n_kv_heads": kv_heads}
-    shape = _shape(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
-    cluster = _cluster(cfg, gpu, devices_per_node)
-    work, _ = _workload(cfg, shape, gpus, seq, global_batch, "1T")
+    shape = shape_for(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    cluster = cluster_for(cfg, gpu, devices_per_node)
+    work, _ = workload_for(cfg, shape, gpus, seq, global_batch, "1T")
     points = scaling_report(work, cluster, gpus)
     title = f"{shape.params / 1e9:.1f}B parameters on {cluster.accelerator.name}, global batch {work.global_batch}"
     if png:

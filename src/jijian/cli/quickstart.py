@@ -16,9 +16,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jijian.cli.build.paths import export_dir
-from jijian.cli.build.up import UpOptions, up
 from jijian.config import UserInputError
+from jijian.up.paths import export_dir
+from jijian.up.up import UpOptions, up
 
 SUMMARY = "quickstart.json"
 

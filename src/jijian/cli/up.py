@@ -38,8 +38,8 @@ def up_run(
     ] = False,
 ) -> None:
     """Run the stages whose outputs are missing or whose inputs or config changed; then exit (or --serve)."""
-    from jijian.cli.build.runner import StageFailed
-    from jijian.cli.build.up import UpOptions, up
+    from jijian.up.runner import StageFailed
+    from jijian.up.up import UpOptions, up
 
     options = UpOptions(only=only, start=start, force=force, dry_run=dry_run, node_rank=node_rank)
     try:
@@ -51,8 +51,8 @@ def up_run(
             code=2 if exc.user_error else 1,
         ) from None
     if serve and not dry_run:
-        from jijian.cli.build.stages.serve import served_config
         from jijian.serve.server import run_server
+        from jijian.up.stages.serve import served_config
 
         served = served_config(outcome.config)
         err_console.print(f"serving on http://{served.serve.host}:{served.serve.port} (Ctrl-C stops)")

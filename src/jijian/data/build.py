@@ -45,10 +45,9 @@ from jijian.data.shards import (
     ShardWriter,
     read_manifest,
     token_dtype,
-    write_atomic,
-    write_json_atomic,
 )
 from jijian.data.sources import BadRecord, Record, SourceError, iter_records, resolve_inputs, source_size
+from jijian.files import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:  # at run time workers never import jijian.model, which would pull in torch (seconds)
     from tokenizers import Tokenizer as Backend

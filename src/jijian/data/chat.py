@@ -10,7 +10,6 @@ dialogues would compute one by one.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from jijian.data.shards import DatasetError
+from jijian.files import iter_json_lines
 from jijian.model.tokenizer import Tokenizer
 
 IGNORE = -100  # target id the loss skips (cross_entropy's ignore_index)
@@ -39,16 +39,8 @@ class Dialogue:
 def read_dialogues(paths: Sequence[str | Path], field: str = "messages") -> Iterator[tuple[str, list[dict[str, str]]]]:
     """(`file:line`, messages) of every JSONL row; a malformed row is an error naming its file and line."""
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{where}: not valid JSON: {exc}") from None
-                yield where, _check_messages(row, field, where)
+        for where, _, row in iter_json_lines(path, error=DatasetError):
+            yield where, _check_messages(row, field, where)
 
 
 def _check_messages(row: Any, field: str, where: str) -> list[dict[str, str]]:

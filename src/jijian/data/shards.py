@@ -11,8 +11,8 @@ Every file is written under a temporary name and renamed, so a reader never sees
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jijian.config.errors import UserInputError
+from jijian.files import write_atomic
 
 FORMAT = "jijian-shards/1"
 MANIFEST = "manifest.json"
@@ -33,21 +34,6 @@ class DatasetError(UserInputError):
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits in it, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` via a temporary file, fsync and rename: readers see all of it or nothing."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """JSON version of `write_atomic`."""
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 @dataclass
@@ -107,9 +93,9 @@ class ShardWriter:
         name = f"{self.split}_{len(self.shards):05d}.bin"
         data = np.ascontiguousarray(head).astype(self.dtype.newbyteorder("<"), copy=False)
         info = ShardInfo(name, count, len(starts), hashlib.sha256(memoryview(data)).hexdigest())
-        index_tmp = self.directory / (info.index_file + ".tmp.npy")
-        np.save(index_tmp, starts)
-        os.replace(index_tmp, self.directory / info.index_file)
+        index = io.BytesIO()
+        np.save(index, starts)
+        write_atomic(self.directory / info.index_file, index.getbuffer())
         write_atomic(self.directory / name, memoryview(data))
         self.shards.append(info)
         self.pending = [tail] if len(tail) else []

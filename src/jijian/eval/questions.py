@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 from jijian.config.errors import UserInputError
+from jijian.files import iter_json_lines
 
 MAX_QUERY_CHARS = 4096
 MAX_QUESTIONS = 100_000
@@ -50,27 +50,19 @@ def load_questions(path: Path) -> list[Question]:
     if not path.is_file():
         raise QuestionsError(f"{path}: no such questions file (or a shipped set: {', '.join(SHIPPED)})")
     questions = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QuestionsError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise QuestionsError(f"{where}: expected an object with 'query' and 'relevant'")
-            query, relevant = row.get("query"), row.get("relevant")
-            if not isinstance(query, str) or not query.strip():
-                raise QuestionsError(f"{where}: 'query' must be a non-empty string")
-            if len(query) > MAX_QUERY_CHARS:
-                raise QuestionsError(f"{where}: 'query' is longer than {MAX_QUERY_CHARS} characters")
-            if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) and r for r in relevant):
-                raise QuestionsError(f"{where}: 'relevant' must be a non-empty list of id strings")
-            questions.append(Question(query, tuple(relevant), number))
-            if len(questions) > MAX_QUESTIONS:
-                raise QuestionsError(f"{where}: more than {MAX_QUESTIONS} questions")
+    for where, number, row in iter_json_lines(path, error=QuestionsError):
+        if not isinstance(row, dict):
+            raise QuestionsError(f"{where}: expected an object with 'query' and 'relevant'")
+        query, relevant = row.get("query"), row.get("relevant")
+        if not isinstance(query, str) or not query.strip():
+            raise QuestionsError(f"{where}: 'query' must be a non-empty string")
+        if len(query) > MAX_QUERY_CHARS:
+            raise QuestionsError(f"{where}: 'query' is longer than {MAX_QUERY_CHARS} characters")
+        if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) and r for r in relevant):
+            raise QuestionsError(f"{where}: 'relevant' must be a non-empty list of id strings")
+        questions.append(Question(query, tuple(relevant), number))
+        if len(questions) > MAX_QUESTIONS:
+            raise QuestionsError(f"{where}: more than {MAX_QUESTIONS} questions")
     if not questions:
         raise QuestionsError(f"{path}: holds no questions")
     return questions

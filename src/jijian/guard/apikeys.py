@@ -23,6 +23,7 @@ from pathlib import Path
 import tomli_w
 
 from jijian.config.errors import UserInputError
+from jijian.files import write_text_atomic
 from jijian.guard.principals import ACLError, Principal
 
 KEY_PREFIX = "jj-"
@@ -99,17 +100,9 @@ class KeyRing:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file atomically (temporary file, fsync, rename), readable by the owner only."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"key": [{"user": e.principal.user, "roles": sorted(e.principal.roles), "sha256": e.sha256}
                        for e in self.entries]}  # fmt: skip
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            tomli_w.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, tomli_w.dumps(doc), mode=0o600)
 
 
 def add_key(path: str | os.PathLike[str], user: str, roles: list[str] | tuple[str, ...] = ()) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from jijian.config.errors import UserInputError
+from jijian.files import write_json_atomic
 
 GENESIS = "0" * 64
 MIN_KEY_BYTES = 16
@@ -72,12 +73,6 @@ def _tip_path(path: Path) -> Path:
     return path.with_name(path.name + ".tip")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _last_line(path: Path) -> bytes | None:
@@ -147,14 +142,7 @@ class AuditLog:
         return entry
 
     def _write_tip(self, seq: int, digest: str) -> None:
-        tip = _tip_path(self.path)
-        tmp = tip.with_name(tip.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(json.dumps({"seq": seq, "hash": digest}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, tip)
-        _fsync_dir(tip.parent)
+        write_json_atomic(_tip_path(self.path), {"seq": seq, "hash": digest}, indent=None)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jijian.config.errors import UserInputError
 from jijian.config.schema import GuardConfig
+from jijian.files import write_atomic
 
 MAGIC = b"JJENC1"
 VERSION = 1
@@ -115,20 +116,6 @@ def _read_chunks(f, size: int) -> Iterator[tuple[bytes, bool]]:  # type: ignore[
         current = following
 
 
-def _atomic_write(target: Path, chunks: Iterator[bytes]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
     """True if the file starts with the jijian encryption header."""
     with Path(path).open("rb") as f:
@@ -153,12 +140,12 @@ def encrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: 
         with src.open("rb") as f:
             yield from _read_chunks(f, CHUNK_SIZE)
 
-    _atomic_write(dst, _seal(plaintext(), key))
+    write_atomic(dst, _seal(plaintext(), key))
 
 
 def encrypt_bytes_to_file(data: bytes, dst: str | os.PathLike[str], key: bytes) -> None:
     """Write `data` encrypted into `dst` atomically; the plaintext never touches the disk."""
-    _atomic_write(Path(dst), _seal(_read_chunks(io.BytesIO(data), CHUNK_SIZE), key))
+    write_atomic(Path(dst), _seal(_read_chunks(io.BytesIO(data), CHUNK_SIZE), key))
 
 
 def decrypt_chunks(src: str | os.PathLike[str], key: bytes) -> Iterator[bytes]:
@@ -185,7 +172,7 @@ def decrypt_chunks(src: str | os.PathLike[str], key: bytes) -> Iterator[bytes]:
 
 def decrypt_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes) -> None:
     """Decrypt `src` into `dst` atomically; on a wrong key or damage `dst` is left untouched."""
-    _atomic_write(Path(dst), decrypt_chunks(src, key))
+    write_atomic(Path(dst), decrypt_chunks(src, key))
 
 
 def decrypt_bytes(src: str | os.PathLike[str], key: bytes) -> bytes:

@@ -8,11 +8,11 @@ blinded terms (`jijian.kb.sealing` says what stays visible).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from jijian.files import write_atomic
 from jijian.guard.crypto import decrypt_bytes, encrypt_bytes_to_file
 from jijian.kb.lexical import fts_query, index_text
 from jijian.kb.sealing import CollectionKeyError, RowCipher
@@ -52,7 +52,7 @@ class RowCodec(Protocol):
         ...
 
     def write_file(self, path: Path, payload: bytes) -> None:
-        """Replace `path` atomically (temporary file, fsync, rename) with `payload`."""
+        """Replace `path` durably (temporary file, fsync, rename, fsync of the directory) with `payload`."""
         ...
 
 
@@ -90,13 +90,8 @@ class PlainCodec:
         return path.read_bytes()
 
     def write_file(self, path: Path, payload: bytes) -> None:
-        """Write a temporary file, fsync it, rename it over `path` (the caller fsyncs the directory)."""
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        """The payload, written durably (`jijian.files.write_atomic`)."""
+        write_atomic(path, payload)
 
 
 class SealedCodec:
@@ -143,7 +138,7 @@ class SealedCodec:
         return decrypt_bytes(path, self.cipher.file_key)
 
     def write_file(self, path: Path, payload: bytes) -> None:
-        """Encrypted and written atomically (temporary file, fsync, rename)."""
+        """Encrypted, through the same durable write (`jijian.guard.crypto`)."""
         encrypt_bytes_to_file(payload, path, self.cipher.file_key)
 
 

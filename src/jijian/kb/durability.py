@@ -12,7 +12,6 @@ Not thread-safe on its own: the owning collection holds its lock around every ca
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -24,15 +23,6 @@ from jijian.kb.rows import RowStore
 from jijian.kb.vector_index import IndexParams, VectorIndex
 
 INDEX_MAGIC = b"JJKBIDX1"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DurableIndex:
@@ -104,8 +94,7 @@ class DurableIndex:
         watermark = self.rows.last_rowid()
         self.index.optimize_layout()  # amortised: only after the index has grown by a quarter
         payload = INDEX_MAGIC + struct.pack("<q", watermark) + self.index.to_bytes()
-        self.codec.write_file(self.path, payload)  # atomic: temporary file, fsync, rename
-        fsync_dir(self.path.parent)
+        self.codec.write_file(self.path, payload)  # durable: temporary file, fsync, rename, fsync of the directory
         self.watermark, self.rows_since_checkpoint = watermark, 0
 
     def forget_tombstones(self) -> None:

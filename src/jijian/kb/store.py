@@ -18,7 +18,6 @@ index file encrypted and its lexical index blinded (`jijian.kb.sealing`); openin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import uuid
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from jijian.files import write_json_atomic
 from jijian.guard.principals import Principal, validate_readers
 from jijian.kb.backend import (
     COLLECTION_NAME,
@@ -39,7 +39,7 @@ from jijian.kb.backend import (
     output_columns,
 )
 from jijian.kb.codec import open_codec
-from jijian.kb.durability import DurableIndex, fsync_dir
+from jijian.kb.durability import DurableIndex
 from jijian.kb.lexical import LEXICAL_SCHEME
 from jijian.kb.rows import RowStore, StoredRow
 from jijian.kb.sealing import RowCipher
@@ -56,14 +56,8 @@ class SearchOptions:
 
 
 def write_spec(directory: Path, spec: dict[str, Any]) -> None:
-    """Replace a collection's collection.json atomically (temporary file, fsync, rename)."""
-    tmp = directory / "collection.json.tmp"
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(spec, indent=2))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / "collection.json")
-    fsync_dir(directory)
+    """Replace a collection's collection.json durably (temporary file, fsync, rename, fsync of the directory)."""
+    write_json_atomic(directory / "collection.json", spec)
 
 
 class EmbeddedCollection:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jijian.files import write_json_atomic
 from jijian.plan.errors import PlanError
 from jijian.plan.hardware import Accelerator, Calibration, calibration, get_accelerator
 
@@ -49,10 +50,7 @@ def save_profile(measured: dict, path: Path) -> dict:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **measured,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_json_atomic(path, profile)
     return profile
 
 

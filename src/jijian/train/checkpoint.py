@@ -40,11 +40,12 @@ from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from jijian.config import UserInputError
+from jijian.files import fsync_dir, write_text_atomic
+from jijian.files.rundir import CHECKPOINT_MANIFEST as MANIFEST
+from jijian.files.rundir import CHECKPOINT_PREFIX as _PREFIX
+from jijian.files.rundir import LATEST, checkpoint_step
 
-MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer.json"
-LATEST = "latest"
-_PREFIX = "step_"
 _TMP = ".tmp"
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,6 @@ def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:06d}"
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step a committed checkpoint directory holds, or None for anything else."""
-    name = path.name
-    if not name.startswith(_PREFIX) or name.endswith(_TMP):
-        return None
-    digits = name[len(_PREFIX) :]
-    return int(digits) if digits.isdigit() else None
-
-
 def committed_checkpoints(root: Path) -> list[Path]:
     """Committed checkpoint directories under `root`, newest first."""
     if not root.is_dir():
@@ -92,14 +84,6 @@ def _crc32(path: Path) -> int:
     return crc
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(directory: Path) -> None:
     """Record size and CRC-32 of every file in `directory` (fsynced), so a resume can prove it is whole."""
     files = {}
@@ -111,7 +95,7 @@ def write_manifest(directory: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     for sub in {directory, *(p.parent for p in directory.rglob("*") if p.is_file())}:
-        _fsync_path(sub)
+        fsync_dir(sub)
 
 
 def validate_checkpoint(directory: Path) -> str | None:
@@ -182,16 +166,6 @@ def retained(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
     """Steps to keep: the newest `keep_last`, and every multiple of `keep_every` (0 = none)."""
     newest = sorted(steps, reverse=True)[:keep_last]
     return set(newest) | {s for s in steps if keep_every and s % keep_every == 0}
-
-
-def _replace_file_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + _TMP)
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 # -- the state of one rank --------------------------------------------------------------------------
@@ -363,8 +337,8 @@ class CheckpointManager:
         if final.exists():  # a step saved again after a rollback replaces the older copy
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_path(self.root)
-        _replace_file_atomically(self.root / LATEST, final.name + "\n")
+        fsync_dir(self.root)
+        write_text_atomic(self.root / LATEST, final.name + "\n")
         self.log({"event": "checkpoint_committed", "step": step, "path": str(final)})
         self._prune()
 

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from jijian.files import drop_torn_tail
+
 
 class MetricsLogger:
     """Appends one JSON object per record to `path`, and shows progress to a person or a log collector."""
@@ -85,28 +87,6 @@ class MetricsLogger:
         """Move the progress bar without writing a record."""
         if self._progress is not None:
             self._progress.update(self._task, completed=step)
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cut a JSON-lines file back to its last complete line (a rank killed mid-write leaves half a record)."""
-    if not path.is_file():
-        return
-    with path.open("r+b") as f:
-        end = f.seek(0, 2)
-        pos = end
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            pos = start
-        else:
-            keep = 0
-        if keep != end:
-            f.truncate(keep)
 
 
 _SHOWN = {

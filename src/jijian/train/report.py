@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jijian.config import UserInputError
-from jijian.train.goodput import LEDGER, read_ledger, summarize
+from jijian.files import JsonLinesError, read_json_lines
+from jijian.files.rundir import LEDGER, METRICS, read_goodput
 
 
 class ReportError(UserInputError):
@@ -25,18 +25,13 @@ class RunReport:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every record of a metrics.jsonl file; a malformed line is an error naming its number."""
+    """Every record of a metrics.jsonl file; a malformed line is an error naming it (a torn last line is not)."""
     if not path.is_file():
         raise ReportError(f"{path}: no such file (is this a run directory?)")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}: line {number}: not JSON ({exc.msg})") from None
-    return records
+    try:
+        return read_json_lines(path, strict=True)
+    except JsonLinesError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -68,11 +63,11 @@ def _plot(path: Path, title: str, ylabel: str, lines: dict[str, tuple[list[int],
 
 def build_report(run_dir: Path, out_dir: Path) -> RunReport:
     """Write loss.png, throughput.png and mfu.png into `out_dir` and summarise the run."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / METRICS)
     start = next((r for r in records if r.get("event") == "start"), {})
     steps, losses = _series(records, "loss")
     if not steps:
-        raise ReportError(f"{run_dir / 'metrics.jsonl'}: no training steps recorded yet")
+        raise ReportError(f"{run_dir / METRICS}: no training steps recorded yet")
     report = RunReport()
     out_dir.mkdir(parents=True, exist_ok=True)
     report.plots.append(
@@ -114,13 +109,12 @@ def build_report(run_dir: Path, out_dir: Path) -> RunReport:
     last = max((r for r in records if "elapsed_s" in r), key=lambda r: r["elapsed_s"], default=None)
     if last:
         s["wall time"] = f"{last['elapsed_s']:.1f} s"
-    ledger_path = run_dir / LEDGER
-    if ledger_path.is_file() and (ledger := summarize(read_ledger(ledger_path))):
+    if (run_dir / LEDGER).is_file() and (ledger := read_goodput(run_dir)):
         s.update(goodput_rows(ledger))
     return report
 
 
-def goodput_rows(ledger: dict[str, float | int]) -> dict[str, str]:
+def goodput_rows(ledger: dict[str, Any]) -> dict[str, str]:
     """The goodput ledger's summary as report rows."""
     wall = float(ledger["wall_s"]) or 1.0
 

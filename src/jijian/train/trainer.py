@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jijian.config import TrainConfig, UserInputError
+from jijian.files import write_json_atomic
 from jijian.train.checkpoint import CheckpointManager, materialize_optimizer_state, optimizer_tensors
 from jijian.train.distributed import agree_any
 from jijian.train.flops import peak_memory_bytes
@@ -91,9 +91,7 @@ class TrainingUnstable(UserInputError, FloatingPointError):
 
 def record_instability(path: Path, skip_batches: list[int], rollbacks: int) -> None:
     """Write the run's skipped batches and rollback count atomically (a JSON file beside the metrics)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"skip_batches": skip_batches, "rollbacks": rollbacks}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, {"skip_batches": skip_batches, "rollbacks": rollbacks})
 
 
 def read_instability(path: Path) -> tuple[set[int], int]:

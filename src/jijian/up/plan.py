@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jijian.cli.build.hashing import MISSING, HashCache, json_hash
-from jijian.cli.build.manifest import StageManifest, read_manifest
-from jijian.cli.build.stage import STAGE_ORDER, Stage
 from jijian.config import DeployConfig, UserInputError
+from jijian.up.hashing import MISSING, HashCache, json_hash
+from jijian.up.manifest import StageManifest, read_manifest
+from jijian.up.stage import STAGE_ORDER, Stage
 
 RUN, UP_TO_DATE, NOT_SELECTED = "will run", "up to date", "not selected"
 

@@ -63,7 +63,7 @@ class HashCache:
         """Write the cache atomically (only when something new was hashed)."""
         if self.path is None or not self.dirty:
             return
-        from jijian.data.shards import write_atomic
+        from jijian.files import write_atomic
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(self.entries).encode("utf-8"))

@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jijian.cli.build.plan import RUN, UP_TO_DATE, Decision, StageSelectionError, plan_build
-from jijian.cli.build.runner import BuildReport, hash_cache, run_build
-from jijian.cli.build.stages import STAGES
 from jijian.config import DeployConfig, load_config
+from jijian.up.plan import RUN, UP_TO_DATE, Decision, StageSelectionError, plan_build
+from jijian.up.runner import BuildReport, hash_cache, run_build
+from jijian.up.stages import STAGES
 
 
 @dataclass
@@ -76,8 +76,8 @@ def print_plan(config_path: Path, decisions: list[Decision], console: Console) -
 
 def print_estimate(config: DeployConfig, console: Console) -> None:
     """The planner's estimate for the train stage (a config the planner cannot place is reported, not fatal)."""
-    from jijian.cli.build.estimate import estimate_training
     from jijian.plan import PlanError
+    from jijian.up.estimate import estimate_training
 
     try:
         estimate = estimate_training(config)

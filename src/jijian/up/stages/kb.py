@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jijian.cli.build.paths import PYTHON_STDLIB_DOCS, config_dir, expand_sources
-from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
+from jijian.up.paths import PYTHON_STDLIB_DOCS, config_dir, expand_sources
+from jijian.up.stage import StageContext, StageError, section
 
 
 def _stdlib_recall(collection: Any, embedder: Any) -> dict[str, Any]:

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jijian.cli.build.paths import answer_path, export_dir
-from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
+from jijian.up.paths import answer_path, export_dir
+from jijian.up.stage import StageContext, StageError, section
 
 if TYPE_CHECKING:
     from jijian.guard.http_auth import HttpAuth
@@ -54,7 +54,7 @@ class ServeStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Build the server (loading the model), ask the question over HTTP, write the record."""
-        from jijian.data.shards import write_json_atomic
+        from jijian.files import write_json_atomic
         from jijian.serve.server import build_server, serve_in_thread
 
         config = served_config(ctx.config)

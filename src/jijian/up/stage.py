@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from jijian.cli.build.manifest import StageManifest
     from jijian.config import DeployConfig
+    from jijian.up.manifest import StageManifest
 
 STAGE_ORDER = ("data", "train", "export", "kb", "serve")
 

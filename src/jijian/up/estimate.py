@@ -53,13 +53,13 @@ def estimate_training(config: DeployConfig) -> TrainEstimate:
     With [up] train_minutes the train stage sizes its schedule to that wall time from a measured step; the
     estimate sizes it the same way from the predicted step, so it says what the stage will run.
     """
-    from jijian.cli.plan import _cluster, _gpus, _shape, _workload
     from jijian.plan import search
+    from jijian.plan.deploy import cluster_for, device_count, shape_for, workload_for
 
-    shape = _shape(config, None, {})
-    cluster = _cluster(config, None, None)
-    count = _gpus(config, None, cluster)
-    work, _ = _workload(config, shape, count, None, None, None)
+    shape = shape_for(config, None, {})
+    cluster = cluster_for(config, None, None)
+    count = device_count(config, None, cluster)
+    work, _ = workload_for(config, shape, count, None, None, None)
     best = _as_configured(config, search(work, cluster, count, None, top=ALL, jijian_only=True).best)
     tokens_per_step = work.global_batch * work.seq
     steps = config.train.steps

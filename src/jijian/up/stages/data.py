@@ -6,15 +6,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jijian.cli.build.paths import PYTHON_STDLIB, config_dir, given_tokenizer, trained_tokenizer_dir
-from jijian.cli.build.stage import StageContext, StageError, section
 from jijian.config import DeployConfig
+from jijian.up.paths import PYTHON_STDLIB, config_dir, given_tokenizer, trained_tokenizer_dir
+from jijian.up.stage import StageContext, StageError, section
 
 
 def data_inputs(config: DeployConfig, base: Path) -> list[str]:
     """Every input file or URL of [data] sources (`python-stdlib` expanded; relative to the config file)."""
-    from jijian.cli.build.paths import expand_sources
     from jijian.data import python_stdlib_files, resolve_inputs
+    from jijian.up.paths import expand_sources
 
     sources, stdlib = expand_sources(config.data.sources, base, PYTHON_STDLIB)
     found = resolve_inputs(sources) if sources else []

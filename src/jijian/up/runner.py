@@ -12,11 +12,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from jijian.cli.build.hashing import HashCache
-from jijian.cli.build.manifest import StageManifest, remove_manifest, write_manifest
-from jijian.cli.build.plan import RUN, Decision, build_stages, output_hashes
-from jijian.cli.build.stage import Stage, StageContext
 from jijian.config import DeployConfig, UserInputError
+from jijian.up.hashing import HashCache
+from jijian.up.manifest import StageManifest, remove_manifest, write_manifest
+from jijian.up.plan import RUN, Decision, build_stages, output_hashes
+from jijian.up.stage import Stage, StageContext
 
 HASH_CACHE = "hash-cache.json"
 
@@ -103,6 +103,6 @@ def run_build(
 
 
 def _is_stage_error(exc: BaseException) -> bool:
-    from jijian.cli.build.stage import StageError
+    from jijian.up.stage import StageError
 
     return isinstance(exc, StageError)

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jijian.cli.build.paths import given_tokenizer, tokenizer_dir
-from jijian.cli.build.stage import StageContext, section
 from jijian.config import DeployConfig
+from jijian.up.paths import given_tokenizer, tokenizer_dir
+from jijian.up.stage import StageContext, section
 
 TRAIN_CONFIG = "train.toml"
 
@@ -50,10 +50,10 @@ class TrainStage:
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Train (resuming from the run's checkpoints unless an earlier build of this stage is stale)."""
-        from jijian.cli.build.stage import StageError
         from jijian.config import dump_config
         from jijian.train.launch import launch, plan_launch
         from jijian.train.run import checkpoint_dir
+        from jijian.up.stage import StageError
 
         config = training_config(ctx)
         if ctx.fresh:
@@ -161,9 +161,6 @@ def loss_summary(losses: dict[int, float]) -> dict[str, float | None]:
 
 
 def _logged_losses(metrics: Path) -> dict[int, float]:
-    losses = {}
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "loss" in record and "step" in record:
-            losses[int(record["step"])] = float(record["loss"])
-    return losses
+    from jijian.files import read_json_lines
+
+    return {int(r["step"]): float(r["loss"]) for r in read_json_lines(metrics) if "loss" in r and "step" in r}

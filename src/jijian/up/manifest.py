@@ -27,7 +27,7 @@ class StageManifest:
     @property
     def outputs_hash(self) -> str:
         """One hash of every output, which downstream stages record as their upstream input."""
-        from jijian.cli.build.hashing import json_hash
+        from jijian.up.hashing import json_hash
 
         return json_hash(self.outputs)
 
@@ -53,7 +53,7 @@ def read_manifest(state_dir: Path, stage: str) -> StageManifest | str | None:
 
 def write_manifest(state_dir: Path, manifest: StageManifest) -> Path:
     """Write the manifest atomically (temporary file, fsync, rename): it is there whole or not at all."""
-    from jijian.data.shards import write_json_atomic
+    from jijian.files import write_json_atomic
 
     state_dir.mkdir(parents=True, exist_ok=True)
     path = manifest_path(state_dir, manifest.stage)

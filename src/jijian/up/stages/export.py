@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jijian.cli.build.paths import export_dir
-from jijian.cli.build.stage import StageContext, section
 from jijian.config import DeployConfig
+from jijian.up.paths import export_dir
+from jijian.up.stage import StageContext, section
 
 SAMPLE_TOKENS = 80
 
@@ -67,7 +67,7 @@ def sample(model_dir: Path, prompt: str, read_bytes: Callable[[Path], bytes] | N
 
     model, tokenizer = load_hf(model_dir, read_bytes=read_bytes)
     if tokenizer is None:
-        from jijian.cli.build.stage import StageError
+        from jijian.up.stage import StageError
 
         raise StageError(f"{model_dir} has no tokenizer.json")
     ids = tokenizer.encode(prompt, add_bos=True)
