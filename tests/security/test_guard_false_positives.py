@@ -54,6 +54,9 @@ def test_the_benign_set_is_large_bilingual_and_kept_apart_from_training():
     assert languages["en"] >= 200 and languages["zh"] >= 200
     kinds = {r["kind"] for r in rows}
     assert {"greeting", "coding", "translation", "summary", "roleplay", "system", "security"} <= kinds
-    test_texts = {r["text"] for r in rows if r["split"] == "test"}
-    assert len(test_texts) >= 300
-    assert not test_texts & {r["text"] for r in training_rows()}
+    assert {r["split"] for r in rows} == {"train", "dev", "seen", "test"}
+    trained_on = {r["text"] for r in training_rows()}
+    for held_out, at_least in (("seen", 300), ("test", 250)):
+        texts = {r["text"] for r in rows if r["split"] == held_out}
+        assert len(texts) >= at_least
+        assert not texts & trained_on

@@ -37,6 +37,7 @@ _ROT13_HINT = LinearPattern(r"rot-?13|caesar|凯撒", ignore_case=True)
 # A hiding trick alone is suspicious but not proof (zero-width joiners appear in emoji and Indic
 # scripts), so it informs the reasons and only flags together with other evidence.
 _TRICK_WEIGHT = 0.3
+_MENTION_SUFFIXES = ("(quoted)", "(asked about)")  # how `match_rules` marks a rule hit that is a mention, not a use
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,13 @@ class InjectionDetector:
     def _evidence(self, text: str, depth: int) -> list[tuple[str, float]]:
         normalized, tricks = normalize(text)
         evidence = [(f"hidden text: {trick}", _TRICK_WEIGHT) for trick in tricks]
-        evidence += match_rules(normalized)
+        rules = match_rules(normalized)
+        evidence += rules
         probability = self.classifier.calibrated(normalized)
+        if rules and all(reason.endswith(_MENTION_SUFFIXES) for reason, _ in rules):
+            # The classifier reads the same quoted attack phrase the rules saw ("is 'ignore previous
+            # instructions' still effective?"): a mention counts half for it too.
+            probability /= 2
         evidence.append((f"classifier {probability:.2f}", probability))
         if depth == 0:
             # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.
