@@ -52,6 +52,12 @@ KEYWORDS = [
 ]  # fmt: skip
 
 
+SPLIT_NOTES = {
+    "test": "written after the detector changes, before it was run on them; never trained on or tuned against",
+    "seen": "the previous held-out split: never trained on, but its errors were looked at while tuning",
+}
+
+
 def keyword_filter(text: str) -> bool:
     """The competitor: flag a text if it contains a well-known attack phrase."""
     lowered = text.lower()
@@ -65,15 +71,15 @@ def rates(flags: list[bool], labels: list[int]) -> tuple[float, float]:
     return sum(pos) / len(pos), sum(neg) / len(neg)
 
 
-def injection_eval(detector: InjectionDetector) -> tuple[float, float]:
-    rows = load_dataset("test")
+def injection_eval(detector: InjectionDetector, split: str) -> tuple[float, float]:
+    rows = load_dataset(split)
     labels = [int(r["label"]) for r in rows]  # type: ignore[call-overload]
     ours = [detector.scan(str(r["text"])).flagged for r in rows]
     theirs = [keyword_filter(str(r["text"])) for r in rows]
     tpr, fpr = rates(ours, labels)
     k_tpr, k_fpr = rates(theirs, labels)
     n_pos, n_neg = sum(labels), len(labels) - sum(labels)
-    print(f"\nInjection, test split ({n_pos} injections, {n_neg} benign; never trained on)")
+    print(f"\nInjection, {split} split ({n_pos} injections, {n_neg} benign; {SPLIT_NOTES[split]})")
     print(f"{'detector':<24}{'TPR':>8}{'FPR':>8}")
     print(f"{'jijian':<24}{tpr:>8.3f}{fpr:>8.3f}")
     print(f"{'keyword filter':<24}{k_tpr:>8.3f}{k_fpr:>8.3f}")
@@ -88,16 +94,18 @@ def injection_eval(detector: InjectionDetector) -> tuple[float, float]:
         by_kind[str(r["kind"])] += 1
         wrong[str(r["kind"])] += flag != bool(y)
     print("  errors by kind: " + ", ".join(f"{k} {wrong[k]}/{n}" for k, n in sorted(by_kind.items())))
+    for flag, y, r in zip(ours, labels, rows, strict=True):
+        if flag != bool(y):
+            print(f"  {'missed' if y else 'refused'}: {r['text'][:100]!r}")
     return tpr, fpr
 
 
-def everyday_eval(detector: InjectionDetector) -> float:
-    rows = load_dataset("test", name=BENIGN_DATASET)
+def everyday_eval(detector: InjectionDetector, split: str) -> float:
+    rows = load_dataset(split, name=BENIGN_DATASET)
     ours = [detector.scan(str(r["text"])) for r in rows]
     theirs = [keyword_filter(str(r["text"])) for r in rows]
     fpr = sum(v.flagged for v in ours) / len(rows)
-    print(f"\nEveryday prompts, test split of {BENIGN_DATASET} ({len(rows)} benign; written after the detector")
-    print("changes, never trained on or tuned against)")
+    print(f"\nEveryday prompts, {split} split of {BENIGN_DATASET} ({len(rows)} benign; {SPLIT_NOTES[split]})")
     print(f"{'detector':<24}{'FPR':>8}")
     print(f"{'jijian':<24}{fpr:>8.4f}")
     print(f"{'keyword filter':<24}{sum(theirs) / len(rows):>8.4f}")
@@ -253,8 +261,10 @@ def main() -> None:
     print(f"classifier ready in {time.perf_counter() - start:.2f} s (trained, or loaded from the per-machine cache)")
     detector = InjectionDetector(0.5)
     assert set(RECOGNISERS) == set(PII_TYPES)
-    tpr, fpr = injection_eval(detector)
-    everyday_fpr = everyday_eval(detector)
+    seen_tpr, seen_fpr = injection_eval(detector, "seen")
+    seen_everyday_fpr = everyday_eval(detector, "seen")
+    tpr, fpr = injection_eval(detector, "test")
+    everyday_fpr = everyday_eval(detector, "test")
     recall, precision = pii_eval(50 if args.quick else 300)
     latency = latency_eval(detector, 300 if args.quick else 2000)
     worst_mb_s = worst_case_eval(0.25 if args.quick else 1.0)
@@ -262,6 +272,9 @@ def main() -> None:
     verdict("guard_injection_tpr", tpr, ">=", 0.9)
     verdict("guard_injection_fpr", fpr, "<=", 0.05)
     verdict("guard_everyday_fpr", everyday_fpr, "<=", 0.01)
+    verdict("guard_injection_tpr_seen", seen_tpr, ">=", 0.9)
+    verdict("guard_injection_fpr_seen", seen_fpr, "<=", 0.05)
+    verdict("guard_everyday_fpr_seen", seen_everyday_fpr, "<=", 0.01)
     verdict("guard_pii_recall", recall, ">=", 0.95)
     verdict("guard_pii_precision", precision, ">=", 0.95)
     verdict("guard_check_latency_ms", latency, "<", 2.0)

@@ -47,6 +47,20 @@ _INVERSE_PRIME = np.uint64(pow(int(_PRIME), -1, 1 << 64))  # the prime is odd, s
 _TEXT_EDGE = np.array([0x2F6E6F6E65, 0x2F656E64], dtype=np.uint64)  # the "^" and "$" words of every text
 
 
+# A bound on the classifier's work per text. On a long text one bag of n-grams averages a planted sentence away
+# anyway (the score is a mean over tens of thousands of features), so the classifier reads the text's head and
+# tail, where prompts put their instructions, and the rules (linear-time RE2) and payload decoding read all of it.
+CLASSIFIER_WINDOW_CHARS = 16384
+
+
+def classifier_view(text: str) -> str:
+    """What the classifier reads: the whole text, or its first and last `CLASSIFIER_WINDOW_CHARS` / 2 characters."""
+    if len(text) <= CLASSIFIER_WINDOW_CHARS:
+        return text
+    half = CLASSIFIER_WINDOW_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
+
+
 def _word_hashes(codes: np.ndarray) -> np.ndarray:
     """Hashes of the word unigrams and bigrams of lower-cased code points, all in array operations.
 
@@ -106,8 +120,8 @@ class InjectionClassifier:
     dataset_sha256: str
 
     def probability(self, text: str) -> float:
-        """P(injection) for one text."""
-        ids = featurize(text)
+        """P(injection) for one text (of a long text, its first and last `CLASSIFIER_WINDOW_CHARS` / 2 characters)."""
+        ids = featurize(classifier_view(text))
         if len(ids) == 0:
             return float(1 / (1 + np.exp(-self.bias)))
         z = self.bias + float(self.weights[ids].sum()) / np.sqrt(len(ids))

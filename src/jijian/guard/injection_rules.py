@@ -90,14 +90,16 @@ RULES: tuple[Rule, ...] = (
         r"|no longer (?:appl(?:y|ies)|matters?)|do(?:es)? not apply|don't apply)"
         r"|\b(?:the )?task you were (?:set up|given|configured|created) for\b"
         r"|\b(?:higher|more) priority than (?:your|the) (?:system|developer|original)"
-        r"|\b(?:the )?(?:above|preceding|previous) (?:text|content|document|passage) is (?:irrelevant|not important|a test)\b"
+        r"|\b(?:the )?(?:above|preceding|previous) (?:text|content|document|passage) is "
+        r"(?:irrelevant|not important|a test)\b"
         r"|\binstead of (?:answering|summari[sz]ing|translating|doing) (?:it|this|that|the (?:question|text|task))\b"
         r"[^.\n]{0,10}?,?\s*(?:write|output|say|print|tell|send|reply|respond)"
         r"|\bquit being (?:a |an |the )?(?:helpful )?(?:assistant|ai)\b"
         r"|\b(?:never mind|ignore|disregard|forget)\s+(?:what|whatever|everything)\s+(?:the (?:system|developers?|"
         r"operators?|admins?)|your (?:developers?|operators?|creators?|admins?))\s+(?:said|told you|wrote|set)"
         r"|\bset\s+(?:your|the|all)\s+(?:\w+\s+)?(?:instructions|rules|directives|guidelines|constraints)\s+aside\b"
-        r"|\b(?:polic(?:y|ies)|rules|guidelines|restrictions)\s+you\s+(?:follow|obey)\s+(?:was|were|has been|have been)\s+"
+        r"|\b(?:polic(?:y|ies)|rules|guidelines|restrictions)\s+you\s+(?:follow|obey)\s+"
+        r"(?:was|were|has been|have been)\s+"
         r"(?:withdrawn|revoked|lifted|cancel+ed|removed|suspended)",
     ),
     _rule(
@@ -154,7 +156,8 @@ RULES: tuple[Rule, ...] = (
         "jailbreak persona",
         0.9,
         r"\b(?:an? )?(?:ai|bot|assistant|model|chatbot|version)\b[^.\n]{0,30}\b(?:that|who|which) "
-        r"(?:has no (?:rules|restrictions|limits|filters|guidelines|ethics)|never refuses|ignores (?:all )?(?:rules|ethics))"
+        r"(?:has no (?:rules|restrictions|limits|filters|guidelines|ethics)|never refuses"
+        r"|ignores (?:all )?(?:rules|ethics))"
         r"|\b(?:you are|you're|be|become|act as|play)\s+(?:now\s+)?(?:[\w,'-]+\s+){0,3}?"
         r"(?:ai|model|assistant|chatbot|version|bot)\s+(?:with\s+(?:zero|no)|without\s+any|free of)\s+"
         r"(?:\w+\s+)?(?:filters|limitations|restrictions|rules|guidelines|censorship)\b"
@@ -205,7 +208,8 @@ RULES: tuple[Rule, ...] = (
         r"\b(?:repeat|print|output|copy|quote|write out)\b[^.\n]{0,40}\b(?:everything|the (?:words|text|prompt))"
         r"[^.\n]{0,30}\b(?:you were (?:told|given)|before my first message|above (?:starting|beginning) with|"
         r"i (?:can ?not|can't) see|including (?:the )?(?:hidden|system))"
-        r"|\b(?:initial|original|startup|hidden) (?:configuration|config|setup)\b[^.\n]{0,30}\b(?:hidden|instructions|prompt)"
+        r"|\b(?:initial|original|startup|hidden) (?:configuration|config|setup)\b[^.\n]{0,30}"
+        r"\b(?:hidden|instructions|prompt)"
         r"|\bwhat were you told (?:to never|not to|never to)"
         r"|(?:被初始化|初始化|被配置|配置|启动)时的?(?:提示|指令|设定)(?:内容|原文)?"
         r"|(?:配置|初始|隐藏|系统)提示的?(?:第一段|内容|原文|全文)"
@@ -247,7 +251,8 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "instructions aimed at the AI reading a document",
         0.9,
-        r"\b(?:assistant|ai|model|llm|chatbot)s?,? (?:when|while) (?:summari[sz]ing|reading|processing|reviewing) this\b"
+        r"\b(?:assistant|ai|model|llm|chatbot)s?,? (?:when|while) "
+        r"(?:summari[sz]ing|reading|processing|reviewing) this\b"
         r"|\bif you are (?:the|an?) (?:language model|ai|llm|assistant|model)s? (?:that is |who is )?"
         r"(?:summari[sz]ing|reading|processing)"
         r"|\b(?:note|message|instructions?) (?:for|to) (?:ai|llm) (?:shopping |screening |hiring )?"
