@@ -56,7 +56,7 @@ def test_the_benign_set_is_large_bilingual_and_kept_apart_from_training():
     assert {"greeting", "coding", "translation", "summary", "roleplay", "system", "security"} <= kinds
     assert {r["split"] for r in rows} == {"train", "dev", "seen", "test"}
     trained_on = {r["text"] for r in training_rows()}
-    for held_out, at_least in (("seen", 300), ("test", 250)):
+    for held_out, at_least in (("seen", 500), ("test", 140)):
         texts = {r["text"] for r in rows if r["split"] == held_out}
         assert len(texts) >= at_least
         assert not texts & trained_on

@@ -29,7 +29,8 @@ def _rule(name: str, weight: float, pattern: str) -> Rule:
 
 
 _EN_TARGET = (
-    r"(?:instructions?|prompts?|rules?|directions?|guidelines?|directives?|guardrails?|commands?|"
+    r"(?:instructions?|prompts?|rules?|directions?|guidelines?|directives?|guardrails?|commands|"
+    r"command(?:\z|$|[^ \-\n]|[ -][^l\n])|"
     r"constraints?|polic(?:y|ies)|programming|restrictions?|orders|safety (?:rules|filters?|settings))"
 )
 _ZH_TARGET = r"(?:指令|指示|指导|提示词|提示|规则|要求|设定|约束|限制|命令|规定|准则|安全策略)"
@@ -52,7 +53,12 @@ RULES: tuple[Rule, ...] = (
         "new instructions",
         0.9,
         r"\b(?:new|updated|real|actual|true|revised)\s+(?:instructions?|system prompt|directives?|orders)\s*[:：]"
-        r"|\bfrom now on,?\s+(?:you|your|respond|answer|act|only)\b"
+        r"|\bfrom now on,?\s+(?:you(?:'re| are) (?:no longer|not|free|unrestricted|an? unrestricted)"
+        r"|you (?:will |must |shall |can |may )?(?:ignore|disregard|no longer|never refuse|"
+        r"not refuse|obey only|only obey)"
+        r"|(?:you (?:will |must )?)?(?:answer|respond|reply)\b[^.\n]{0,40}\b"
+        r"(?:without (?:refus|restrict|filter|limit|censor)"
+        r"|no matter (?:what|the)|regardless of)|only (?:obey|follow|listen to) me|ignore|disregard)"
         r"|\byour (?:new|real|true) (?:task|role|purpose|instructions?|goal) (?:is|are)\b",
     ),
     _rule(
@@ -106,6 +112,7 @@ RULES: tuple[Rule, ...] = (
         "instruction override",
         0.9,
         r"(?:之前|以前|原本|原来|开始|最初|上面|前面|先前|以上|刚才)(?:的|给你的|收到的|被设置好?的)?(?:所有|全部)?"
+        r"(?:安全|内容|审核|系统)?"
         r"(?:指令|指示|指导|提示词|规则|要求|设定|约束|命令|任务|准则|配置|政策)[^。\n]{0,12}?"
         r"(?:作废|失效|不再有效|无效|取消|撤销|不适用|放一边|不算数|不算了|是草稿|是测试|都是错的|是错的|过期)"
         r"|(?:前面|之前|上面|刚才)(?:说|讲|写)的(?:话|内容)?(?:都|全)?不算数"
@@ -171,6 +178,8 @@ RULES: tuple[Rule, ...] = (
         r"|\b(?:fictional|imaginary|hypothetical|alternate) (?:world|universe|reality)\b[^.\n]{0,30}"
         r"\b(?:no (?:laws|rules|ethics|restrictions)|nothing is (?:illegal|forbidden))"
         r"|(?:虚构|假想|平行)的?(?:世界|宇宙)[^。\n]{0,10}没有(?:法律|规则|道德|限制)"
+        r"|没有(?:法律|规则|道德)的[^。\n]{0,6}(?:世界|宇宙|社会|时代)"
+        r"|\b(?:world|universe|future|society|reality) (?:where|in which) (?:there are )?no (?:laws|rules|ethics)\b"
         r"|\b(?:you are|you're|be)\s+[\w-]+,?\s+(?:an? [\w ]{0,20}?)?(?:that|who|which) "
         r"(?:has no (?:rules|guidelines|restrictions|limits|filters)|never refuses)",
     ),
@@ -216,6 +225,8 @@ RULES: tuple[Rule, ...] = (
         r"|(?:上面|前面|最前面|我第一条消息之前)[^。\n]{0,12}(?:文字|内容|话)[^。\n]{0,6}(?:逐字|原样|一字不差|原封不动)"
         r"|(?:逐字|原样|一字不差|原封不动)[^。\n]{0,6}(?:重复|复述|输出|打印)[^。\n]{0,10}(?:上面|之前|前面)的?(?:文字|内容|话)"
         r"|包括(?:所有)?(?:隐藏|我看不到)的?(?:指令|部分|内容)"
+        r"|(?:输出|打印|显示|重复|复述|给我看|列出)[^。\n]{0,12}(?:第一条消息之前|最前面的|开头之前)"
+        r"|你的?系统消息(?:里|中)?的?[^。\n？?]{0,8}(?:列出|输出|打印|显示|告诉我|说出)"
         r"|你的(?:开发者|系统)?(?:指令|提示词|设定)(?:里)?写了(?:什么|些什么)"
         r"|(?:原样|逐字|一字不差)(?:地)?(?:展示|贴|发|打印|输出)"
         r"|\b(?:your|the) (?:configuration|config|setup) prompt\b"
@@ -261,7 +272,9 @@ RULES: tuple[Rule, ...] = (
         r"|(?:如果|若)有(?:AI|人工智能|助手|模型|大模型|语言模型)在(?:读|阅读|处理|总结)"
         r"|(?:助手|AI|模型|大模型|语言模型)在(?:总结|阅读|处理)这(?:条|篇|份|个|段)"
         r"|正在(?:总结|阅读|处理)[^。\n]{0,10}的(?:语言模型|AI|模型|大模型|助手)"
-        r"|不要让用户知道|(?:给|致)(?:所有)?(?:正在)?(?:阅读|读到|处理)[^。\n]{0,6}的(?:AI|模型|助手|大模型|语言模型)",
+        r"|不要让用户知道|(?:给|致)?(?:所有)?(?:正在)?(?:阅读|读到|处理|总结)(?:此|这个|这篇|本)[^。\n]{0,6}的"
+        r"(?:AI|模型|助手|大模型|语言模型)[^。\n，,]{0,4}[：:]"
+        r"|(?:给|致)(?:所有)?(?:正在)?(?:阅读|读到|处理|总结)[^。\n]{0,6}的(?:AI|模型|助手|大模型|语言模型)",
     ),
     _rule(
         "data exfiltration request",
@@ -301,7 +314,14 @@ _ABOUT_ATTACKS = LinearPattern(
     r"\bwhy (?:do|does|would|might|did) (?:people|attackers?|hackers?|someone|users|they)\b"
     r"|\bhow (?:do|does|can|could|would) (?:attackers?|hackers?|people|someone)\b"
     r"|\bwhat (?:is|are) the risks?\b|\bhow (?:do|can|should) (?:i|we) (?:defend|protect|prevent|detect)\b"
-    r"|为什么有人|攻击者|黑客|有什么风险|有哪些风险|是什么原理|(?:怎么|如何|怎样)(?:防御|防范|防止|检测|识别)",
+    r"|\bhow (?:do|can|should|would) (?:i|we|you|companies|teams) (?:design|build|configure|set up|make|stop|keep|"
+    r"test|evaluate|tell|spot|recogni[sz]e)\b[^.\n?]{0,60}\b"
+    r"(?:so (?:that )?(?:it|they) (?:doesn't|does not|won't|can't|cannot|never)|against|"
+    r"from (?:leaking|revealing|following)|(?:doesn't|does not|won't|never) (?:leak|reveal|follow))"
+    r"|\bwhat are (?:the |some )?(?:common |typical |usual )?(?:signs|indicators|red flags|symptoms)\b"
+    r"|为什么有人|攻击者|黑客|有什么风险|有哪些风险|是什么原理|(?:怎么|如何|怎样)(?:防御|防范|防止|检测|识别)"
+    r"|(?:怎么|如何|怎样)(?:设计|配置|搭建|做|让)[^。\n？?]{0,20}(?:才能|才)?(?:不|不会|避免)(?:泄露|泄漏|透露|执行|被)"
+    r"|有哪些迹象|有什么迹象|(?:怎么|如何)(?:判断|发现|看出)",
     ignore_case=True,
 )
 
