@@ -106,3 +106,18 @@ def test_context_patterns_behave_like_look_arounds_in_english_and_chinese():
     # A match may end where the next one's context begins (the joiner between emoji is both).
     assert normalize.normalize("👨\u200d👩\u200d👧 hi")[0] == "👨👩👧 hi"
     assert pii.find_pii("手机13812345678，邮箱li.wei@example.com")[0].text == "13812345678"
+
+
+def test_the_rule_prefilter_never_skips_a_rule_that_matches():
+    """One FilteredRE2 pass picks the candidate rules; every rule that matches must be among them."""
+    from jijian.guard.classifier import BENIGN_DATASET, load_dataset
+    from jijian.guard.injection_rules import _RULE_FILTER, RULES
+    from jijian.guard.normalize import normalize
+
+    texts = [normalize(str(r["text"]))[0] for r in load_dataset() + load_dataset(name=BENIGN_DATASET)]
+    checked = 0
+    for text in texts + [t.upper() for t in texts] + [t.swapcase() for t in texts]:
+        matching = {i for i, rule in enumerate(RULES) if rule.pattern.search(text)}
+        assert matching <= set(_RULE_FILTER.candidates(text)), text
+        checked += bool(matching)
+    assert checked > 500  # the check saw many texts that do match rules

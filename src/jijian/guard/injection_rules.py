@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jijian.guard.linear_re import LinearPattern
+from jijian.guard.linear_re import LinearPattern, PatternFilter
 
 
 @dataclass(frozen=True)
@@ -326,14 +326,20 @@ _ABOUT_ATTACKS = LinearPattern(
 )
 
 
+_RULE_FILTER = PatternFilter([rule.pattern for rule in RULES])
+
+
 def match_rules(text: str) -> list[tuple[str, float]]:
     """(reason, weight) for every rule that matches `text`; quoted mentions and questions about attacks: half weight."""
     hits = []
-    about_attacks = _ABOUT_ATTACKS.search(text) is not None
-    for rule in RULES:
+    about_attacks: bool | None = None  # searched only when some rule matched
+    for index in sorted(_RULE_FILTER.candidates(text)):
+        rule = RULES[index]
         m = rule.pattern.search(text)
         if m is None:
             continue
+        if about_attacks is None:
+            about_attacks = _ABOUT_ATTACKS.search(text) is not None
         if _inside_quotes(text, m.start(), m.end()):
             hits.append((f"{rule.name} (quoted)", rule.weight / 2))
         elif about_attacks:

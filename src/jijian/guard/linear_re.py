@@ -112,6 +112,7 @@ class LinearPattern:
         self.before, self.after = before, after
         flags = "".join(f for f, on in (("i", ignore_case), ("m", multiline), ("s", dot_all)) if on)
         full = (f"(?{flags})" if flags else "") + f"{before}({pattern}){after}"
+        self.full_pattern = full  # what RE2 compiles, context included (`PatternFilter` adds it too)
         try:
             self._regex = re2.compile(full.encode("utf-8"), _OPTIONS)
         except re2.error as e:
@@ -161,3 +162,25 @@ class LinearPattern:
             last = m.end()
         out.append(text[last:])
         return "".join(out)
+
+
+class PatternFilter:
+    """Which of many patterns can match a text, found in one pass (RE2's FilteredRE2), so the rest are never run.
+
+    RE2 extracts from each pattern the literal strings ("atoms") at least one of which any match must
+    contain, and finds all atoms of all patterns in one automaton pass; a pattern none of whose atoms
+    occur cannot match and is skipped. A pattern without such literals is always a candidate. The
+    answer is a superset of the patterns that match, so the caller still runs each candidate: a
+    text that triggers nothing (every ordinary prompt, and most adversarial floods) costs one pass
+    instead of one per pattern.
+    """
+
+    def __init__(self, patterns: list[LinearPattern]) -> None:
+        self._filter = re2.Filter()
+        for pattern in patterns:
+            self._filter.Add(pattern.full_pattern.encode("utf-8"), _OPTIONS)
+        self._filter.Compile()
+
+    def candidates(self, text: str) -> list[int]:
+        """Indices (in the constructor's order) of the patterns that may match `text`; the others cannot."""
+        return list(self._filter.Match(text.encode("utf-8", "surrogatepass"), True) or ())
