@@ -171,9 +171,19 @@ _SECRET_PREFIXED = tuple(
 _PRIVATE_KEY = LinearPattern(
     r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", dot_all=True
 )
+# The value must mix at least two character classes (lower, upper, digit, other) to be a secret. A value
+# mixes classes exactly when two neighbouring characters differ in class, so the pattern demands such a pair
+# (case-sensitively): `password=password` floods never reach Python, and the maximal run is still the value.
+_SECRET_VALUE_CHAR = r"[A-Za-z0-9+/_@#$%^&*!.~-]"
+_SECRET_OTHER = r"[+/_@#$%^&*!.~-]"
+_CLASS_CHANGE = (
+    rf"(?-i:[a-z][A-Z0-9+/_@#$%^&*!.~-]|[A-Z][a-z0-9+/_@#$%^&*!.~-]|[0-9][A-Za-z+/_@#$%^&*!.~-]|{_SECRET_OTHER}"
+    r"[A-Za-z0-9])"
+)
 _SECRET_ASSIGNED = LinearPattern(
     r"(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?key|auth[_-]?token|token|password|passwd|pwd|"
-    r"密钥|密码|口令|令牌)[\"']?[\s\p{Z}]*(?:[:=：]|is|为|是)[\s\p{Z}]*[\"']?([A-Za-z0-9+/_@#$%^&*!.~-]{8,})",
+    r"密钥|密码|口令|令牌)[\"']?[\s\p{Z}]*(?:[:=：]|is|为|是)[\s\p{Z}]*[\"']?"
+    rf"({_SECRET_VALUE_CHAR}*{_CLASS_CHANGE}{_SECRET_VALUE_CHAR}*)",
     ignore_case=True,
 )
 
@@ -194,12 +204,15 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if "0" <= c <= "9")
 
 
-_CHARACTER_CLASSES: tuple[Callable[[str], bool], ...] = (
-    lambda c: "a" <= c <= "z",
-    lambda c: "A" <= c <= "Z",
-    lambda c: "0" <= c <= "9",
-    lambda c: not (c.isascii() and c.isalnum()),
-)
+_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGIT = frozenset("0123456789")
+
+
+def _character_classes(value: str) -> int:
+    """How many of lower case, upper case, digits and anything else occur in a non-empty value (set operations)."""
+    other = not (value.isascii() and value.isalnum())
+    return (not _LOWER.isdisjoint(value)) + (not _UPPER.isdisjoint(value)) + (not _DIGIT.isdisjoint(value)) + other
 
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
@@ -256,20 +269,33 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
             yield m.span()
 
 
+def _assigned_value_is_secret(value: str) -> bool:
+    if len(value) < 8:
+        return False
+    if _is_dotted_identifier(value):
+        return False  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
+    return _character_classes(value) >= 2 and shannon_entropy(value) >= 2.8
+
+
 def _secrets(text: str) -> Iterator[tuple[int, int]]:
+    # A value repeated through a text (a log, or a flood of one token) is judged once per call.
+    high_entropy: dict[str, bool] = {}
     for pattern in _SECRET_PREFIXED:
         for m in pattern.finditer(text):
-            # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
-            if shannon_entropy(str(m.group())) >= 3.0:
+            token = str(m.group())
+            if token not in high_entropy:
+                # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
+                high_entropy[token] = shannon_entropy(token) >= 3.0
+            if high_entropy[token]:
                 yield m.span()
     for m in _PRIVATE_KEY.finditer(text):
         yield m.span()
+    secret_values: dict[str, bool] = {}
     for m in _SECRET_ASSIGNED.finditer(text):
         value = m.group(1)
-        if _is_dotted_identifier(value):
-            continue  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
-        classes = sum(any(test(c) for c in value) for test in _CHARACTER_CLASSES)
-        if classes >= 2 and shannon_entropy(value) >= 2.8:
+        if value not in secret_values:
+            secret_values[value] = _assigned_value_is_secret(value)
+        if secret_values[value]:
             yield m.span(1)
 
 
