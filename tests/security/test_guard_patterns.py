@@ -121,3 +121,33 @@ def test_the_rule_prefilter_never_skips_a_rule_that_matches():
         assert matching <= set(_RULE_FILTER.candidates(text)), text
         checked += bool(matching)
     assert checked > 500  # the check saw many texts that do match rules
+
+
+def test_the_secret_prefilter_never_skips_a_secret_pattern_that_matches():
+    from jijian.guard.pii import _PRIVATE_KEY, _SECRET_ASSIGNED, _SECRET_FILTER, _SECRET_PREFIXED
+    from jijian.guard.pii_samples import labelled_sentences
+
+    patterns = [*_SECRET_PREFIXED, _PRIVATE_KEY, _SECRET_ASSIGNED]
+    texts = [item.text for item in labelled_sentences(100, seed=7)]
+    checked = 0
+    for text in texts + [t.upper() for t in texts] + [t.lower() for t in texts]:
+        matching = {i for i, pattern in enumerate(patterns) if pattern.search(text)}
+        assert matching <= set(_SECRET_FILTER.candidates(text)), text
+        checked += bool(matching)
+    assert checked > 100
+
+
+def test_a_pattern_with_edges_reports_the_same_spans_as_with_captured_context():
+    import random
+    import string
+
+    from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
+
+    body = r"(?:[A-Za-z][ .\-_*]){4,}[A-Za-z]"
+    before, after = not_preceded_by(r"\p{L}\p{N}_"), not_followed_by(r"\p{L}\p{N}_")
+    fast = LinearPattern(body, before=before, after=after, edges=string.ascii_letters)
+    captured = LinearPattern(body, before=before, after=after)
+    rng = random.Random(3)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab  ..-_*中é1Z\n") for _ in range(rng.randint(0, 40)))
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in captured.finditer(text)], text

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 
 from jijian.guard.classifier import InjectionClassifier, default_classifier
 from jijian.guard.injection_rules import match_rules
-from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
+from jijian.guard.linear_re import LinearPattern
 from jijian.guard.normalize import normalize
 
 DEFAULT_THRESHOLD = 0.5
 MAX_PAYLOADS = 8
-_BASE64 = LinearPattern(
-    r"[A-Za-z0-9+/_-]{16,}={0,2}", before=not_preceded_by("A-Za-z0-9+/=_-"), after=not_followed_by("A-Za-z0-9+/=_-")
-)
-_HEX_PAIRS = LinearPattern(
-    r"(?:[0-9A-Fa-f]{2}[ :]?){12,}", before=not_preceded_by("0-9A-Fa-f"), after=not_followed_by("0-9A-Fa-f")
-)
+# Runs are found without look-around context: a leftmost, greedy run already starts and ends at the run's
+# edges, and without context RE2 finds a megabyte-long run with its DFAs alone. (A run right after "=" or
+# one followed by a third "=" is now decoded too: more payloads looked at, none missed.)
+_BASE64 = LinearPattern(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_PAIRS = LinearPattern(r"(?:[0-9A-Fa-f]{2}[ :]?){12,}")
 _HEX_ESCAPES = LinearPattern(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
 _UPPER = frozenset(string.ascii_uppercase)
 _LOWER_OR_DIGIT = frozenset(string.ascii_lowercase + string.digits)

@@ -107,17 +107,33 @@ class LinearPattern:
         ignore_case: bool = False,
         multiline: bool = False,
         dot_all: bool = False,
+        edges: str = "",
     ) -> None:
         self.pattern = pattern
         self.before, self.after = before, after
         flags = "".join(f for f, on in (("i", ignore_case), ("m", multiline), ("s", dot_all)) if on)
-        full = (f"(?{flags})" if flags else "") + f"{before}({pattern}){after}"
+        prefix = f"(?{flags})" if flags else ""
+        full = prefix + f"{before}({pattern}){after}"
         self.full_pattern = full  # what RE2 compiles, context included (`PatternFilter` adds it too)
         try:
             self._regex = re2.compile(full.encode("utf-8"), _OPTIONS)
+            self.groups = self._regex.groups - 1
+            # Without context or groups of its own, only the match's span is needed, and RE2 finds a span alone
+            # with its DFAs (forward for the end, backward for the start); asking for a group makes it run a
+            # slower engine over the whole match (100 ms for one megabyte-long run of base64).
+            self._span_only = not before and not after and self.groups == 0
+            if self._span_only:
+                self._regex = re2.compile((prefix + f"(?:{pattern})").encode("utf-8"), _OPTIONS)
+            # `edges`: ASCII characters every match of `pattern` starts and ends with and no context character
+            # is (the contexts are one character or an anchor). Then the span with context, found by the DFAs
+            # alone, gives the pattern's span by dropping a context character at either end.
+            self._edges = frozenset(edges.encode("ascii"))
+            if self._edges and self.groups == 0 and not self._span_only:
+                self._regex = re2.compile((prefix + f"{before}(?:{pattern}){after}").encode("utf-8"), _OPTIONS)
+            else:
+                self._edges = frozenset()
         except re2.error as e:
             raise ValueError(f"pattern {pattern!r} is not valid RE2 syntax: {e}") from e
-        self.groups = self._regex.groups - 1
 
     def finditer(self, text: str, pos: int = 0) -> Iterator[LinearMatch]:
         """Non-overlapping matches, left to right, from character `pos` on (the text before it is not seen)."""
@@ -134,7 +150,13 @@ class LinearPattern:
             if all_spans[0] == (-1, -1):
                 return
             # Group 1 is the pattern itself (without its before/after context); groups 2.. are its own.
-            byte_spans = list(all_spans[1:])
+            if self._edges:
+                start, end = all_spans[0]
+                start = start if start < len(encoded) and encoded[start] in self._edges else _next_char(encoded, start)
+                end = end if end and encoded[end - 1] in self._edges else _char_start(encoded, end - 1)
+                byte_spans = [(start, end)]
+            else:
+                byte_spans = [all_spans[0]] if self._span_only else list(all_spans[1:])
             if offsets.ascii_only:
                 yield LinearMatch(text, byte_spans)
             else:
