@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import string
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def shannon_entropy(text: str) -> float:
 # Chinese text runs values straight into words ("手机13812345678").
 
 _WORD = "A-Za-z0-9_"
+_WORD_CHARACTERS = string.ascii_letters + string.digits + "_"
 _EMAIL = LinearPattern(
     r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}",
     before=not_preceded_by(_WORD + ".+-"),
@@ -163,8 +165,12 @@ _SECRET_PREFIXES = (
     r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
     r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JSON web token
 )
+# Every prefixed secret starts with a letter and ends with a word character or "-", which its context never is.
 _SECRET_PREFIXED = tuple(
-    LinearPattern(p, before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-")) for p in _SECRET_PREFIXES
+    LinearPattern(
+        p, before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-"), edges=_WORD_CHARACTERS + "-"
+    )
+    for p in _SECRET_PREFIXES
 )
 # With Python's backtracking `re` this pattern was quadratic on a text full of BEGIN lines; RE2 reads it once.
 _PRIVATE_KEY = LinearPattern(
@@ -329,7 +335,7 @@ def find_pii(text: str, types: tuple[str, ...] | None = None) -> list[PiiSpan]:
     candidates.sort(key=lambda c: (_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))
     # One byte per character marks what is taken: a candidate overlaps a taken span exactly when its range
     # holds a mark, and `find` and slice assignment run at C speed. The work is the candidates' total length,
-    # linear in the text (each recogniser's own matches never overlap), even with tens of thousands of spans.
+    # linear in the text (each pattern's own matches never overlap), even with tens of thousands of spans.
     taken = bytearray(len(text))
     spans = []
     for start, end, kind in candidates:
