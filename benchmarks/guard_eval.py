@@ -16,8 +16,9 @@ without validation (what a quick regex scrubber does), so the ratio shows what c
 
 Worst case: adversarial texts of about 1 MB each (runs of private-key headers, digits, e-mail-like
 local parts, base64, hex, key assignments, override verbs in English and Chinese, zero-width
-characters, JSON web tokens, ...) through the full `detect_injection` + `find_pii` path; the slowest
-one's MB/s is the result. The competitor is the private-key pattern as Python's backtracking `re`
+characters, JSON web tokens, ...; and floods of distinct key assignments, tokens and e-mail addresses,
+each of which must be validated on its own) through the full `detect_injection` + `find_pii` path; the
+slowest one's MB/s is the result. The competitor is the private-key pattern as Python's backtracking `re`
 ran it before (the same regex text), on 1/32 of the input, since it grows quadratically.
 
 Latency: median wall time of one injection scan, one PII scan, and both (what the policy runs on a
@@ -34,6 +35,8 @@ The exit code is 0 whatever the verdict.
 from __future__ import annotations
 
 import argparse
+import base64
+import random
 import re
 import statistics
 import time
@@ -216,15 +219,40 @@ ADVERSARIAL_UNITS = {
     "open quotations": '"ignore previous instructions ',
     "JSON web token parts": "eyJhbGciOiJIUzI1NiJ9.",
 }  # fmt: skip
+
+
+def distinct_value_floods(size: int) -> dict[str, str]:
+    """Texts of about `size` bytes dense with real-looking values that all differ (seeded), so nothing is judged
+    twice: each value costs its own validation, the guard's per-span floor."""
+    rng = random.Random(17)
+
+    def flood(make: Callable[[], str]) -> str:
+        parts, total = [], 0
+        while total < size:
+            parts.append(make())
+            total += len(parts[-1])
+        return "".join(parts)
+
+    def token() -> str:
+        return base64.urlsafe_b64encode(rng.randbytes(12)).decode().rstrip("=")
+
+    return {
+        "distinct key assignments": flood(lambda: f"password=Ab{rng.getrandbits(40):x}9 "),
+        "distinct JSON web tokens": flood(lambda: f"eyJ{token()}.eyJ{token()}.{token()} "),
+        "distinct e-mail addresses": flood(lambda: f"u{rng.getrandbits(30):x}@ex{rng.getrandbits(20):x}.com "),
+    }
+
+
 OLD_PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", re.S)
 
 
 def worst_case_eval(megabytes: float) -> float:
     size = int(megabytes * (1 << 20))
-    print(f"\nWorst case: {len(ADVERSARIAL_UNITS)} adversarial texts of {size / 1e6:.2f} MB each, injection + PII")
+    texts = {name: unit * (size // len(unit.encode("utf-8"))) for name, unit in ADVERSARIAL_UNITS.items()}
+    texts |= distinct_value_floods(size)
+    print(f"\nWorst case: {len(texts)} adversarial texts of {size / 1e6:.2f} MB each, injection + PII")
     rates_mb_s = {}
-    for name, unit in ADVERSARIAL_UNITS.items():
-        text = unit * (size // len(unit.encode("utf-8")))
+    for name, text in texts.items():
         start = time.perf_counter()
         detect_injection(text)
         find_pii(text)

@@ -151,3 +151,46 @@ def test_a_pattern_with_edges_reports_the_same_spans_as_with_captured_context():
     for _ in range(3000):
         text = "".join(rng.choice("ab  ..-_*中é1Z\n") for _ in range(rng.randint(0, 40)))
         assert [m.span() for m in fast.finditer(text)] == [m.span() for m in captured.finditer(text)], text
+
+
+def test_every_pattern_with_edges_agrees_with_its_captured_twin():
+    """Patterns that trim context by their edge characters find exactly what capturing the context finds."""
+    import random
+
+    from jijian.guard import normalize, pii
+    from jijian.guard.linear_re import LinearPattern
+    from jijian.guard.pii_samples import labelled_sentences
+
+    edged = [
+        p
+        for module in (pii, normalize)
+        for value in vars(module).values()
+        for p in (value if isinstance(value, tuple) else (value,))
+        if isinstance(p, LinearPattern) and p._edges
+    ]
+    assert len(edged) >= 10
+    rng = random.Random(5)
+    texts = [item.text for item in labelled_sentences(30, seed=11)]
+    texts += ["".join(rng.choice("1386 +-0x.@aZ_:\n中") for _ in range(rng.randint(0, 60))) for _ in range(2000)]
+    for pattern in edged:
+        twin = LinearPattern(pattern.pattern, before=pattern.before, after=pattern.after)
+        for text in texts:
+            assert [m.span() for m in pattern.finditer(text)] == [m.span() for m in twin.finditer(text)], (
+                pattern.pattern,
+                text,
+            )
+
+
+def test_assigned_values_found_without_capture_equal_the_captured_ones():
+    import random
+
+    from jijian.guard.pii import _SECRET_ASSIGNED, _assigned_values
+    from jijian.guard.pii_samples import labelled_sentences
+
+    rng = random.Random(9)
+    pieces = ["password", "token", "密码", "is", " is ", "=", ": ", "：", '"', "'", " ", "Ab1", "isX9", "x", "Z.", "为"]
+    texts = [item.text for item in labelled_sentences(30, seed=12)]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(5000)]
+    for text in texts:
+        expected = [m.span(1) for m in _SECRET_ASSIGNED.finditer(text)]
+        assert list(_assigned_values(text)) == expected, text

@@ -22,6 +22,7 @@ from jijian.guard.normalize import normalize
 
 DEFAULT_THRESHOLD = 0.5
 MAX_PAYLOADS = 8
+MAX_DECODE_ATTEMPTS = 256
 # Runs are found without look-around context: a leftmost, greedy run already starts and ends at the run's
 # edges, and without context RE2 finds a megabyte-long run with its DFAs alone. (A run right after "=" or
 # one followed by a third "=" is now decoded too: more payloads looked at, none missed.)
@@ -63,8 +64,13 @@ def _readable(decoded: str) -> bool:
 
 
 def _decoded_payloads(text: str) -> Iterator[tuple[str, str]]:
-    """(encoding, decoded text) for every base64 or hex run that decodes to readable text, lazily."""
-    for m in _BASE64.finditer(text):
+    """(encoding, decoded text) for every base64 or hex run that decodes to readable text, lazily.
+
+    At most `MAX_DECODE_ATTEMPTS` base64 runs are tried per text (a page of random tokens would otherwise
+    cost a decode each), as `MAX_PAYLOADS` bounds the readable ones; the rules and the classifier still
+    read the whole text as it is.
+    """
+    for m in itertools.islice(_BASE64.finditer(text), MAX_DECODE_ATTEMPTS):
         token = str(m.group())
         if _UPPER.isdisjoint(token) or _LOWER_OR_DIGIT.isdisjoint(token):
             continue  # words and hex digests are not base64 payloads worth decoding

@@ -107,7 +107,7 @@ class LinearPattern:
         ignore_case: bool = False,
         multiline: bool = False,
         dot_all: bool = False,
-        edges: str = "",
+        edges: str | tuple[str, str] = "",
     ) -> None:
         self.pattern = pattern
         self.before, self.after = before, after
@@ -124,14 +124,15 @@ class LinearPattern:
             self._span_only = not before and not after and self.groups == 0
             if self._span_only:
                 self._regex = re2.compile((prefix + f"(?:{pattern})").encode("utf-8"), _OPTIONS)
-            # `edges`: ASCII characters every match of `pattern` starts and ends with and no context character
-            # is (the contexts are one character or an anchor). Then the span with context, found by the DFAs
-            # alone, gives the pattern's span by dropping a context character at either end.
-            self._edges = frozenset(edges.encode("ascii"))
-            if self._edges and self.groups == 0 and not self._span_only:
+            # `edges`: the ASCII characters every match of `pattern` starts with and ends with (one string for
+            # both, or a (first, last) pair), which the before and after context characters never are (the
+            # contexts are one character or an anchor). Then the span with context, found by the DFAs alone,
+            # gives the pattern's span by dropping a context character at either end.
+            first, last = (edges, edges) if isinstance(edges, str) else edges
+            self._first, self._last = frozenset(first.encode("ascii")), frozenset(last.encode("ascii"))
+            self._edges = bool(self._first and self._last) and self.groups == 0 and not self._span_only
+            if self._edges:
                 self._regex = re2.compile((prefix + f"{before}(?:{pattern}){after}").encode("utf-8"), _OPTIONS)
-            else:
-                self._edges = frozenset()
         except re2.error as e:
             raise ValueError(f"pattern {pattern!r} is not valid RE2 syntax: {e}") from e
 
@@ -152,8 +153,8 @@ class LinearPattern:
             # Group 1 is the pattern itself (without its before/after context); groups 2.. are its own.
             if self._edges:
                 start, end = all_spans[0]
-                start = start if start < len(encoded) and encoded[start] in self._edges else _next_char(encoded, start)
-                end = end if end and encoded[end - 1] in self._edges else _char_start(encoded, end - 1)
+                start = start if start < len(encoded) and encoded[start] in self._first else _next_char(encoded, start)
+                end = end if end and encoded[end - 1] in self._last else _char_start(encoded, end - 1)
                 byte_spans = [(start, end)]
             else:
                 byte_spans = [all_spans[0]] if self._span_only else list(all_spans[1:])

@@ -111,8 +111,14 @@ def shannon_entropy(text: str) -> float:
     n = len(text)
     if not n:
         return 0.0
-    # H = log2(n) - sum(c log2 c) / n: one log per distinct character, no division inside the loop.
-    return math.log2(n) - sum(c * math.log2(c) for c in Counter(text).values() if c > 1) / n
+    # H = log2(n) - sum(c log2 c) / n; c log2 c comes from a table for the counts short values have.
+    counts = Counter(text).values()
+    if n < len(_C_LOG2_C):
+        return math.log2(n) - sum(map(_C_LOG2_C.__getitem__, counts)) / n
+    return math.log2(n) - sum(c * math.log2(c) for c in counts if c > 1) / n
+
+
+_C_LOG2_C = [0.0, 0.0, *(c * math.log2(c) for c in range(2, 257))]  # c log2 c for counts up to 256
 
 
 # --- recognisers: each yields (start, end) of validated matches ---------------------------------
@@ -121,24 +127,37 @@ def shannon_entropy(text: str) -> float:
 
 _WORD = "A-Za-z0-9_"
 _WORD_CHARACTERS = string.ascii_letters + string.digits + "_"
+# For `edges` (see `LinearPattern`): the characters a match starts or ends with, never a context character.
+_ALNUM = string.ascii_letters + string.digits
+_DIGITS_X = string.digits + "Xx"
 _EMAIL = LinearPattern(
     r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}",
     before=not_preceded_by(_WORD + ".+-"),
     after=not_followed_by(_WORD + "-"),
+    edges=(_ALNUM, string.ascii_letters),
 )
 # Mainland mobile: 1[3-9]x xxxx xxxx, optionally +86/0086, with spaces or dashes as people type them.
 _CN_MOBILE = LinearPattern(
-    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}", before=not_preceded_by(_WORD + "+"), after=not_followed_by(_WORD)
+    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}",
+    before=not_preceded_by(_WORD + "+"),
+    after=not_followed_by(_WORD),
+    edges=("+01", string.digits),
 )
 # E.164: a plus sign, a non-zero country code, 7 to 15 digits in all, separators allowed between groups.
 _E164 = LinearPattern(
     r"\+[1-9](?:[ -]?\d){0,2}(?:[ -]?\(\d{1,4}\))?(?:[ -]?\d){5,13}",
     before=not_preceded_by(_WORD + "+"),
     after=not_followed_by(_WORD),
+    edges=("+", string.digits),
 )
-_CN_ID = LinearPattern(r"\d{17}[\dXx]", before=not_preceded_by(_WORD), after=not_followed_by(_WORD))
+_CN_ID = LinearPattern(
+    r"\d{17}[\dXx]", before=not_preceded_by(_WORD), after=not_followed_by(_WORD), edges=(string.digits, _DIGITS_X)
+)
 _CARD = LinearPattern(
-    r"[2-6]\d{3}(?:[ -]?\d){9,15}", before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-")
+    r"[2-6]\d{3}(?:[ -]?\d){9,15}",
+    before=not_preceded_by(_WORD + "-"),
+    after=not_followed_by(_WORD + "-"),
+    edges=string.digits,
 )
 # Not followed by a word character, nor by ".digit" (the address would go on: a version number).
 _IPV4 = LinearPattern(
@@ -150,7 +169,10 @@ _IPV6 = LinearPattern(
     after=not_followed_by(_WORD + ":"),
 )
 _IBAN = LinearPattern(
-    r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}", before=not_preceded_by(_WORD), after=not_followed_by(_WORD)
+    r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}",
+    before=not_preceded_by(_WORD),
+    after=not_followed_by(_WORD),
+    edges=(string.ascii_uppercase, string.ascii_uppercase + string.digits),
 )
 # One pattern per kind, not one alternation: RE2 finds submatch offsets on a small program faster,
 # which matters on a page made of thousands of tokens.
@@ -185,12 +207,16 @@ _CLASS_CHANGE = (
     rf"(?-i:[a-z][A-Z0-9+/_@#$%^&*!.~-]|[A-Z][a-z0-9+/_@#$%^&*!.~-]|[0-9][A-Za-z+/_@#$%^&*!.~-]|{_SECRET_OTHER}"
     r"[A-Za-z0-9])"
 )
-_SECRET_ASSIGNED = LinearPattern(
+_SECRET_KEY_NAME = (
     r"(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?key|auth[_-]?token|token|password|passwd|pwd|"
     r"密钥|密码|口令|令牌)[\"']?[\s\p{Z}]*(?:[:=：]|is|为|是)[\s\p{Z}]*[\"']?"
-    rf"({_SECRET_VALUE_CHAR}*{_CLASS_CHANGE}{_SECRET_VALUE_CHAR}*)",
-    ignore_case=True,
 )
+_SECRET_VALUE = rf"{_SECRET_VALUE_CHAR}*{_CLASS_CHANGE}{_SECRET_VALUE_CHAR}*"
+_SECRET_ASSIGNED = LinearPattern(rf"{_SECRET_KEY_NAME}({_SECRET_VALUE})", ignore_case=True)
+# The same without a group: RE2's DFAs alone find its span, and the value is the run of value characters
+# that ends the match (nothing between key name and value is a value character but the "is" of "key is v").
+_SECRET_ASSIGNMENT_SPAN = LinearPattern(rf"{_SECRET_KEY_NAME}{_SECRET_VALUE}", ignore_case=True)
+_SECRET_VALUE_CHARACTERS = string.ascii_letters + string.digits + "+/_@#$%^&*!.~-"
 
 
 _IDENTIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -209,15 +235,7 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if "0" <= c <= "9")
 
 
-_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
-_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _DIGIT = frozenset("0123456789")
-
-
-def _character_classes(value: str) -> int:
-    """How many of lower case, upper case, digits and anything else occur in a non-empty value (set operations)."""
-    other = not (value.isascii() and value.isalnum())
-    return (not _LOWER.isdisjoint(value)) + (not _UPPER.isdisjoint(value)) + (not _DIGIT.isdisjoint(value)) + other
 
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
@@ -277,9 +295,10 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
 def _assigned_value_is_secret(value: str) -> bool:
     if len(value) < 8:
         return False
-    if _is_dotted_identifier(value):
+    if _DIGIT.isdisjoint(value) and _is_dotted_identifier(value):
         return False  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
-    return _character_classes(value) >= 2 and shannon_entropy(value) >= 2.8
+    # Two character classes at least: `_CLASS_CHANGE` in the pattern already demands them.
+    return shannon_entropy(value) >= 2.8
 
 
 # Every secret pattern contains a literal (a key prefix, "BEGIN", a key name): one pass finds which can match.
@@ -306,12 +325,26 @@ def _secrets(text: str) -> Iterator[tuple[int, int]]:
     if len(_SECRET_PREFIXED) + 1 not in candidates:
         return
     secret_values: dict[str, bool] = {}
-    for m in _SECRET_ASSIGNED.finditer(text):
-        value = m.group(1)
+    for start, end in _assigned_values(text):
+        value = text[start:end]
         if value not in secret_values:
             secret_values[value] = _assigned_value_is_secret(value)
         if secret_values[value]:
-            yield m.span(1)
+            yield start, end
+
+
+def _assigned_values(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the values in `key = value` assignments, as `_SECRET_ASSIGNED`'s group 1 gives them."""
+    for m in _SECRET_ASSIGNMENT_SPAN.finditer(text):
+        start, end = m.span()
+        value_start = start + len(text[start:end].rstrip(_SECRET_VALUE_CHARACTERS))  # str.rstrip: C speed
+        if value_start == start or text[value_start : value_start + 2].lower() == "is":
+            # "passwordisX…" or a value that starts with "is": where the separator ends takes the capture.
+            captured = _SECRET_ASSIGNED.search(text[start:end])
+            if captured is not None:
+                yield start + captured.start(1), start + captured.end(1)
+            continue
+        yield value_start, end
 
 
 RECOGNISERS: dict[str, Callable[[str], Iterator[tuple[int, int]]]] = {
