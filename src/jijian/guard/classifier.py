@@ -38,8 +38,9 @@ DATASET = "injection_dataset.jsonl"
 BENIGN_DATASET = "benign_prompts.jsonl"
 TRAINING_SPLITS = ("train", "dev")
 TRAINING_STEPS = 300
-# The classifier's probability at which it alone flags a text, chosen by 5-fold cross-validation on the
-# training data (out-of-fold false-positive rate on everyday prompts <= 0.6%); `calibrated` maps it to 0.5.
+# The classifier's probability at which it alone flags a text, chosen on 5-fold out-of-fold scores of the
+# training data as the value that maximises TPR - 5 x everyday FPR (out of fold: TPR 0.975, everyday FPR
+# 0.53%; 0.6 before, when the rules caught less); `calibrated` maps it to 0.5.
 DECISION_PROBABILITY = 0.78
 _WORD_SALT = np.uint64(0x5BD1E995)
 _BIGRAM_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
