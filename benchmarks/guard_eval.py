@@ -60,7 +60,7 @@ KEYWORDS = [
 
 SPLIT_NOTES = {
     "test": "written after the detector changes, before it was run on them; never trained on or tuned against",
-    "seen": "the previous held-out split: never trained on, but its errors were looked at while tuning",
+    "seen": "earlier held-out splits: never trained on, but their errors were looked at while tuning",
 }
 
 

@@ -142,6 +142,16 @@ class LinearPattern:
             for m in self.finditer(text[pos:]):
                 yield LinearMatch(text, [(s + pos, e + pos) if s >= 0 else (s, e) for s, e in m._spans])
             return
+        for spans in self._all_spans(text):
+            yield LinearMatch(text, spans)
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """(start, end) of every match, as `finditer` finds them, without a match object each (hot loops)."""
+        for spans in self._all_spans(text):
+            yield spans[0]
+
+    def _all_spans(self, text: str) -> Iterator[list[tuple[int, int]]]:
+        """Character spans of the pattern and its groups, match by match."""
         encoded = text.encode("utf-8", "surrogatepass")
         offsets = _Offsets(encoded, len(encoded) == len(text))
         pos = 0
@@ -159,10 +169,10 @@ class LinearPattern:
             else:
                 byte_spans = [all_spans[0]] if self._span_only else list(all_spans[1:])
             if offsets.ascii_only:
-                yield LinearMatch(text, byte_spans)
+                yield byte_spans
             else:
                 chars = {b: offsets(b) for b in sorted({b for span in byte_spans for b in span if b >= 0})}
-                yield LinearMatch(text, [(chars[s], chars[e]) if s >= 0 else (-1, -1) for s, e in byte_spans])
+                yield [(chars[s], chars[e]) if s >= 0 else (-1, -1) for s, e in byte_spans]
             end = byte_spans[0][1]
             # Restart at the character before this match's end, so that it can be the next match's context.
             restart = _char_start(encoded, end - 1) if self.before and end > 0 else end

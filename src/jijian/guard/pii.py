@@ -239,8 +239,7 @@ _DIGIT = frozenset("0123456789")
 
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
-    for m in _EMAIL.finditer(text):
-        yield m.span()
+    yield from _EMAIL.spans(text)
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:
@@ -312,13 +311,13 @@ def _secrets(text: str) -> Iterator[tuple[int, int]]:
     for index, pattern in enumerate(_SECRET_PREFIXED):
         if index not in candidates:
             continue
-        for m in pattern.finditer(text):
-            token = str(m.group())
+        for start, end in pattern.spans(text):
+            token = text[start:end]
             if token not in high_entropy:
                 # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
                 high_entropy[token] = shannon_entropy(token) >= 3.0
             if high_entropy[token]:
-                yield m.span()
+                yield start, end
     if len(_SECRET_PREFIXED) in candidates:
         for m in _PRIVATE_KEY.finditer(text):
             yield m.span()
@@ -335,8 +334,7 @@ def _secrets(text: str) -> Iterator[tuple[int, int]]:
 
 def _assigned_values(text: str) -> Iterator[tuple[int, int]]:
     """Spans of the values in `key = value` assignments, as `_SECRET_ASSIGNED`'s group 1 gives them."""
-    for m in _SECRET_ASSIGNMENT_SPAN.finditer(text):
-        start, end = m.span()
+    for start, end in _SECRET_ASSIGNMENT_SPAN.spans(text):
         value_start = start + len(text[start:end].rstrip(_SECRET_VALUE_CHARACTERS))  # str.rstrip: C speed
         if value_start == start or text[value_start : value_start + 2].lower() == "is":
             # "passwordisX…" or a value that starts with "is": where the separator ends takes the capture.
