@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+import numpy as np
+
 from jijian.config.errors import UserInputError
 from jijian.guard.linear_re import LinearPattern, PatternFilter, not_followed_by, not_preceded_by
 
@@ -119,6 +121,35 @@ def shannon_entropy(text: str) -> float:
 
 
 _C_LOG2_C = [0.0, 0.0, *(c * math.log2(c) for c in range(2, 257))]  # c log2 c for counts up to 256
+_BATCH_MAX_CHARS = 256  # longer texts (rare) are measured one by one, so a batch's array stays small
+
+
+def shannon_entropies(texts: list[str]) -> np.ndarray:
+    """`shannon_entropy` of many short texts at once: one padded code-point array, sorted row by row."""
+    out = np.zeros(len(texts))
+    short = [i for i, t in enumerate(texts) if 0 < len(t) <= _BATCH_MAX_CHARS]
+    for i, t in enumerate(texts):
+        if len(t) > _BATCH_MAX_CHARS:
+            out[i] = shannon_entropy(t)
+    if not short:
+        return out
+    rows = [texts[i] for i in short]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    # Padding cells hold distinct values above Unicode's range: each counts once, and 1 log2 1 = 0.
+    codes = np.broadcast_to(np.arange(0x110000, 0x110000 + width, dtype=np.int64), (len(rows), width)).copy()
+    flat = np.frombuffer("".join(rows).encode("utf-32-le"), dtype="<u4").astype(np.int64)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    column = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes[row_of, column] = flat
+    codes.sort(axis=1)
+    starts = np.ones_like(codes, dtype=bool)
+    starts[:, 1:] = codes[:, 1:] != codes[:, :-1]
+    run = np.cumsum(starts, axis=1) - 1 + (np.arange(len(rows)) * width)[:, None]
+    counts = np.bincount(run.ravel(), minlength=len(rows) * width).astype(np.float64)
+    c_log_c = np.where(counts > 1, counts * np.log2(np.maximum(counts, 1)), 0.0).reshape(len(rows), width)
+    out[short] = np.log2(lengths) - c_log_c.sum(axis=1) / lengths
+    return out
 
 
 # --- recognisers: each yields (start, end) of validated matches ---------------------------------
@@ -291,13 +322,17 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
             yield m.span()
 
 
-def _assigned_value_is_secret(value: str) -> bool:
-    if len(value) < 8:
-        return False
-    if _DIGIT.isdisjoint(value) and _is_dotted_identifier(value):
-        return False  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
-    # Two character classes at least: `_CLASS_CHANGE` in the pattern already demands them.
-    return shannon_entropy(value) >= 2.8
+def _is_code_name(value: str) -> bool:
+    """`token = get_cache_token`, `pwd = os.getcwd`: a name in code, not a secret."""
+    return _DIGIT.isdisjoint(value) and _is_dotted_identifier(value)
+
+
+def _judged(texts: list[str], floor: float, judge_more: Callable[[str], bool] | None = None) -> dict[str, bool]:
+    """Each distinct text -> entropy >= `floor` (and `judge_more`); entropies in one numpy batch."""
+    distinct = [t for t in dict.fromkeys(texts) if judge_more is None or judge_more(t)]
+    verdicts = dict.fromkeys(texts, False)
+    verdicts.update(zip(distinct, (shannon_entropies(distinct) >= floor).tolist(), strict=True))
+    return verdicts
 
 
 # Every secret pattern contains a literal (a key prefix, "BEGIN", a key name): one pass finds which can match.
@@ -306,30 +341,21 @@ _SECRET_FILTER = PatternFilter([*_SECRET_PREFIXED, _PRIVATE_KEY, _SECRET_ASSIGNE
 
 def _secrets(text: str) -> Iterator[tuple[int, int]]:
     candidates = set(_SECRET_FILTER.candidates(text))
-    # A value repeated through a text (a log, or a flood of one token) is judged once per call.
-    high_entropy: dict[str, bool] = {}
-    for index, pattern in enumerate(_SECRET_PREFIXED):
-        if index not in candidates:
-            continue
-        for start, end in pattern.spans(text):
-            token = text[start:end]
-            if token not in high_entropy:
-                # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
-                high_entropy[token] = shannon_entropy(token) >= 3.0
-            if high_entropy[token]:
-                yield start, end
+    # Matches are collected first and judged in a batch (each distinct value once), so a page dense with
+    # tokens costs array operations, not a Python entropy per token.
+    prefixed = [span for i, p in enumerate(_SECRET_PREFIXED) if i in candidates for span in p.spans(text)]
+    # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
+    high_entropy = _judged([text[start:end] for start, end in prefixed], 3.0)
+    yield from (span for span in prefixed if high_entropy[text[span[0] : span[1]]])
     if len(_SECRET_PREFIXED) in candidates:
         for m in _PRIVATE_KEY.finditer(text):
             yield m.span()
     if len(_SECRET_PREFIXED) + 1 not in candidates:
         return
-    secret_values: dict[str, bool] = {}
-    for start, end in _assigned_values(text):
-        value = text[start:end]
-        if value not in secret_values:
-            secret_values[value] = _assigned_value_is_secret(value)
-        if secret_values[value]:
-            yield start, end
+    assigned = list(_assigned_values(text))
+    # Two character classes at least: `_CLASS_CHANGE` in the pattern already demands them.
+    secret = _judged([text[s:e] for s, e in assigned], 2.8, lambda v: len(v) >= 8 and not _is_code_name(v))
+    yield from (span for span in assigned if secret[text[span[0] : span[1]]])
 
 
 def _assigned_values(text: str) -> Iterator[tuple[int, int]]:
