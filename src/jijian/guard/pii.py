@@ -344,18 +344,20 @@ def _secrets(text: str) -> Iterator[tuple[int, int]]:
     # Matches are collected first and judged in a batch (each distinct value once), so a page dense with
     # tokens costs array operations, not a Python entropy per token.
     prefixed = [span for i, p in enumerate(_SECRET_PREFIXED) if i in candidates for span in p.spans(text)]
+    tokens = [text[start:end] for start, end in prefixed]
     # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
-    high_entropy = _judged([text[start:end] for start, end in prefixed], 3.0)
-    yield from (span for span in prefixed if high_entropy[text[span[0] : span[1]]])
+    high_entropy = _judged(tokens, 3.0)
+    yield from (span for span, token in zip(prefixed, tokens, strict=True) if high_entropy[token])
     if len(_SECRET_PREFIXED) in candidates:
         for m in _PRIVATE_KEY.finditer(text):
             yield m.span()
     if len(_SECRET_PREFIXED) + 1 not in candidates:
         return
     assigned = list(_assigned_values(text))
+    values = [text[start:end] for start, end in assigned]
     # Two character classes at least: `_CLASS_CHANGE` in the pattern already demands them.
-    secret = _judged([text[s:e] for s, e in assigned], 2.8, lambda v: len(v) >= 8 and not _is_code_name(v))
-    yield from (span for span in assigned if secret[text[span[0] : span[1]]])
+    secret = _judged(values, 2.8, lambda v: len(v) >= 8 and not _is_code_name(v))
+    yield from (span for span, value in zip(assigned, values, strict=True) if secret[value])
 
 
 def _assigned_values(text: str) -> Iterator[tuple[int, int]]:
@@ -388,13 +390,12 @@ _PRIORITY = {"SECRET": 0, "CN_ID": 1, "IBAN": 2, "CREDIT_CARD": 3, "EMAIL": 4, "
 def find_pii(text: str, types: tuple[str, ...] | None = None) -> list[PiiSpan]:
     """All validated PII spans in `text`, sorted by start, without overlaps."""
     wanted = PII_TYPES if types is None else types
+    found = [(start, end, kind) for kind in wanted for start, end in RECOGNISERS[kind](text) if end > start]
+    found.sort()
+    if all(found[i][1] <= found[i + 1][0] for i in range(len(found) - 1)):
+        return [PiiSpan(kind, start, end, text[start:end]) for start, end, kind in found]  # nothing overlaps
     # (priority, -length, start, end, kind): plain tuples sort in C, no key function per candidate.
-    candidates = [
-        (_PRIORITY[kind], start - end, start, end, kind)
-        for kind in wanted
-        for start, end in RECOGNISERS[kind](text)
-        if end > start
-    ]
+    candidates = [(_PRIORITY[kind], start - end, start, end, kind) for start, end, kind in found]
     candidates.sort()
     # One byte per character marks what is taken: a candidate overlaps a taken span exactly when its range
     # holds a mark, and `find` and slice assignment run at C speed. The work is the candidates' total length,
