@@ -256,12 +256,15 @@ def worst_case_eval(megabytes: float) -> float:
     print(f"\nWorst case: {len(texts)} adversarial texts of {size / 1e6:.2f} MB each, injection + PII")
     rates_mb_s = {}
     for name, text in texts.items():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         detect_injection(text)
         find_pii(text)
-        seconds = time.perf_counter() - start
-        rates_mb_s[name] = len(text.encode("utf-8")) / 1e6 / seconds
-        print(f"  {name:<26}{seconds:>7.2f} s {rates_mb_s[name]:>8.2f} MB/s")
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        megabytes = len(text.encode("utf-8")) / 1e6
+        rates_mb_s[name] = megabytes / seconds
+        # CPU time too: on a shared machine the wall time mostly measures the other processes.
+        cpu_rate = megabytes / max(cpu_seconds, 1e-9)
+        print(f"  {name:<26}{seconds:>7.2f} s {rates_mb_s[name]:>8.2f} MB/s   ({cpu_rate:.2f} MB/s of CPU time)")
     headers = ADVERSARIAL_UNITS["private-key headers"] * (size // 32 // 28)
     start = time.perf_counter()
     OLD_PRIVATE_KEY.search(headers)
