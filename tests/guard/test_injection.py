@@ -111,11 +111,13 @@ def test_training_is_deterministic_and_learns_the_train_split():
 
 def test_dataset_splits_are_disjoint_and_documented_fields_present():
     rows = load_dataset()
-    assert {r["split"] for r in rows} == {"train", "dev", "test"}
+    assert {r["split"] for r in rows} == {"train", "dev", "seen", "test"}
     assert {r["lang"] for r in rows} == {"en", "zh"}
-    by_split = {s: {r["text"] for r in rows if r["split"] == s} for s in ("train", "dev", "test")}
-    assert not by_split["train"] & by_split["test"] and not by_split["dev"] & by_split["test"]
-    for split in ("train", "test"):
+    by_split = {s: {r["text"] for r in rows if r["split"] == s} for s in ("train", "dev", "seen", "test")}
+    for held_out in ("seen", "test"):
+        assert not by_split["train"] & by_split[held_out] and not by_split["dev"] & by_split[held_out]
+    assert not by_split["seen"] & by_split["test"]
+    for split in ("train", "seen", "test"):
         labels = [r["label"] for r in rows if r["split"] == split]
         assert 0 < sum(labels) < len(labels)
 

@@ -115,3 +115,15 @@ def test_code_and_section_numbers_are_not_pii(code_or_prose):
 
 def test_addresses_next_to_words_that_end_in_v_are_still_found():
     assert kinds("dev 10.0.0.1 is down") == [("IP", "10.0.0.1")]
+
+
+def test_batched_entropies_equal_one_by_one():
+    import random
+
+    from jijian.guard.pii import shannon_entropies, shannon_entropy
+
+    rng = random.Random(4)
+    texts = ["", "a", "sk-xxxxxxxx", "密钥ABC123", "x" * 400] + [
+        "".join(rng.choice("aab cdeF9中-") for _ in range(rng.randint(1, 300))) for _ in range(500)
+    ]
+    assert shannon_entropies(texts).tolist() == pytest.approx([shannon_entropy(t) for t in texts], abs=1e-9)

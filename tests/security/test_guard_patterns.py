@@ -106,3 +106,91 @@ def test_context_patterns_behave_like_look_arounds_in_english_and_chinese():
     # A match may end where the next one's context begins (the joiner between emoji is both).
     assert normalize.normalize("👨\u200d👩\u200d👧 hi")[0] == "👨👩👧 hi"
     assert pii.find_pii("手机13812345678，邮箱li.wei@example.com")[0].text == "13812345678"
+
+
+def test_the_rule_prefilter_never_skips_a_rule_that_matches():
+    """One FilteredRE2 pass picks the candidate rules; every rule that matches must be among them."""
+    from jijian.guard.classifier import BENIGN_DATASET, load_dataset
+    from jijian.guard.injection_rules import _RULE_FILTER, RULES
+    from jijian.guard.normalize import normalize
+
+    texts = [normalize(str(r["text"]))[0] for r in load_dataset() + load_dataset(name=BENIGN_DATASET)]
+    checked = 0
+    for text in texts + [t.upper() for t in texts] + [t.swapcase() for t in texts]:
+        matching = {i for i, rule in enumerate(RULES) if rule.pattern.search(text)}
+        assert matching <= set(_RULE_FILTER.candidates(text)), text
+        checked += bool(matching)
+    assert checked > 500  # the check saw many texts that do match rules
+
+
+def test_the_secret_prefilter_never_skips_a_secret_pattern_that_matches():
+    from jijian.guard.pii import _PRIVATE_KEY, _SECRET_ASSIGNED, _SECRET_FILTER, _SECRET_PREFIXED
+    from jijian.guard.pii_samples import labelled_sentences
+
+    patterns = [*_SECRET_PREFIXED, _PRIVATE_KEY, _SECRET_ASSIGNED]
+    texts = [item.text for item in labelled_sentences(100, seed=7)]
+    checked = 0
+    for text in texts + [t.upper() for t in texts] + [t.lower() for t in texts]:
+        matching = {i for i, pattern in enumerate(patterns) if pattern.search(text)}
+        assert matching <= set(_SECRET_FILTER.candidates(text)), text
+        checked += bool(matching)
+    assert checked > 100
+
+
+def test_a_pattern_with_edges_reports_the_same_spans_as_with_captured_context():
+    import random
+    import string
+
+    from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
+
+    body = r"(?:[A-Za-z][ .\-_*]){4,}[A-Za-z]"
+    before, after = not_preceded_by(r"\p{L}\p{N}_"), not_followed_by(r"\p{L}\p{N}_")
+    fast = LinearPattern(body, before=before, after=after, edges=string.ascii_letters)
+    captured = LinearPattern(body, before=before, after=after)
+    rng = random.Random(3)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab  ..-_*中é1Z\n") for _ in range(rng.randint(0, 40)))
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in captured.finditer(text)], text
+
+
+def test_every_pattern_with_edges_agrees_with_its_captured_twin():
+    """Patterns that trim context by their edge characters find exactly what capturing the context finds."""
+    import random
+
+    from jijian.guard import normalize, pii
+    from jijian.guard.linear_re import LinearPattern
+    from jijian.guard.pii_samples import labelled_sentences
+
+    edged = [
+        p
+        for module in (pii, normalize)
+        for value in vars(module).values()
+        for p in (value if isinstance(value, tuple) else (value,))
+        if isinstance(p, LinearPattern) and p._edges
+    ]
+    assert len(edged) >= 10
+    rng = random.Random(5)
+    texts = [item.text for item in labelled_sentences(30, seed=11)]
+    texts += ["".join(rng.choice("1386 +-0x.@aZ_:\n中") for _ in range(rng.randint(0, 60))) for _ in range(2000)]
+    for pattern in edged:
+        twin = LinearPattern(pattern.pattern, before=pattern.before, after=pattern.after)
+        for text in texts:
+            assert [m.span() for m in pattern.finditer(text)] == [m.span() for m in twin.finditer(text)], (
+                pattern.pattern,
+                text,
+            )
+
+
+def test_assigned_values_found_without_capture_equal_the_captured_ones():
+    import random
+
+    from jijian.guard.pii import _SECRET_ASSIGNED, _assigned_values
+    from jijian.guard.pii_samples import labelled_sentences
+
+    rng = random.Random(9)
+    pieces = ["password", "token", "密码", "is", " is ", "=", ": ", "：", '"', "'", " ", "Ab1", "isX9", "x", "Z.", "为"]
+    texts = [item.text for item in labelled_sentences(30, seed=12)]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(5000)]
+    for text in texts:
+        expected = [m.span(1) for m in _SECRET_ASSIGNED.finditer(text)]
+        assert list(_assigned_values(text)) == expected, text

@@ -38,13 +38,28 @@ DATASET = "injection_dataset.jsonl"
 BENIGN_DATASET = "benign_prompts.jsonl"
 TRAINING_SPLITS = ("train", "dev")
 TRAINING_STEPS = 300
-# The classifier's probability at which it alone flags a text, chosen by 5-fold cross-validation on the
-# training data (out-of-fold false-positive rate on everyday prompts <= 0.6%); `calibrated` maps it to 0.5.
-DECISION_PROBABILITY = 0.6
+# The classifier's probability at which it alone flags a text, chosen on 5-fold out-of-fold scores of the
+# training data as the value that maximises TPR - 5 x everyday FPR (out of fold: TPR 0.975, everyday FPR
+# 0.53%; 0.6 before, when the rules caught less); `calibrated` maps it to 0.5.
+DECISION_PROBABILITY = 0.78
 _WORD_SALT = np.uint64(0x5BD1E995)
 _BIGRAM_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 _INVERSE_PRIME = np.uint64(pow(int(_PRIME), -1, 1 << 64))  # the prime is odd, so it is invertible mod 2**64
 _TEXT_EDGE = np.array([0x2F6E6F6E65, 0x2F656E64], dtype=np.uint64)  # the "^" and "$" words of every text
+
+
+# A bound on the classifier's work per text. On a long text one bag of n-grams averages a planted sentence away
+# anyway (the score is a mean over tens of thousands of features), so the classifier reads the text's head and
+# tail, where prompts put their instructions, and the rules (linear-time RE2) and payload decoding read all of it.
+CLASSIFIER_WINDOW_CHARS = 16384
+
+
+def classifier_view(text: str) -> str:
+    """What the classifier reads: the whole text, or its first and last `CLASSIFIER_WINDOW_CHARS` / 2 characters."""
+    if len(text) <= CLASSIFIER_WINDOW_CHARS:
+        return text
+    half = CLASSIFIER_WINDOW_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
 
 
 def _word_hashes(codes: np.ndarray) -> np.ndarray:
@@ -106,8 +121,8 @@ class InjectionClassifier:
     dataset_sha256: str
 
     def probability(self, text: str) -> float:
-        """P(injection) for one text."""
-        ids = featurize(text)
+        """P(injection) for one text (of a long text, its first and last `CLASSIFIER_WINDOW_CHARS` / 2 characters)."""
+        ids = featurize(classifier_view(text))
         if len(ids) == 0:
             return float(1 / (1 + np.exp(-self.bias)))
         z = self.bias + float(self.weights[ids].sum()) / np.sqrt(len(ids))

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 
 from jijian.guard.classifier import InjectionClassifier, default_classifier
 from jijian.guard.injection_rules import match_rules
-from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
+from jijian.guard.linear_re import LinearPattern
 from jijian.guard.normalize import normalize
 
 DEFAULT_THRESHOLD = 0.5
 MAX_PAYLOADS = 8
-_BASE64 = LinearPattern(
-    r"[A-Za-z0-9+/_-]{16,}={0,2}", before=not_preceded_by("A-Za-z0-9+/=_-"), after=not_followed_by("A-Za-z0-9+/=_-")
-)
-_HEX_PAIRS = LinearPattern(
-    r"(?:[0-9A-Fa-f]{2}[ :]?){12,}", before=not_preceded_by("0-9A-Fa-f"), after=not_followed_by("0-9A-Fa-f")
-)
+MAX_DECODE_ATTEMPTS = 256
+# Runs are found without look-around context: a leftmost, greedy run already starts and ends at the run's
+# edges, and without context RE2 finds a megabyte-long run with its DFAs alone. (A run right after "=" or
+# one followed by a third "=" is now decoded too: more payloads looked at, none missed.)
+_BASE64 = LinearPattern(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_PAIRS = LinearPattern(r"(?:[0-9A-Fa-f]{2}[ :]?){12,}")
 _HEX_ESCAPES = LinearPattern(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
 _UPPER = frozenset(string.ascii_uppercase)
 _LOWER_OR_DIGIT = frozenset(string.ascii_lowercase + string.digits)
@@ -37,6 +37,7 @@ _ROT13_HINT = LinearPattern(r"rot-?13|caesar|凯撒", ignore_case=True)
 # A hiding trick alone is suspicious but not proof (zero-width joiners appear in emoji and Indic
 # scripts), so it informs the reasons and only flags together with other evidence.
 _TRICK_WEIGHT = 0.3
+_MENTION_SUFFIXES = ("(quoted)", "(asked about)")  # how `match_rules` marks a rule hit that is a mention, not a use
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,13 @@ def _readable(decoded: str) -> bool:
 
 
 def _decoded_payloads(text: str) -> Iterator[tuple[str, str]]:
-    """(encoding, decoded text) for every base64 or hex run that decodes to readable text, lazily."""
-    for m in _BASE64.finditer(text):
+    """(encoding, decoded text) for every base64 or hex run that decodes to readable text, lazily.
+
+    At most `MAX_DECODE_ATTEMPTS` base64 runs are tried per text (a page of random tokens would otherwise
+    cost a decode each), as `MAX_PAYLOADS` bounds the readable ones; the rules and the classifier still
+    read the whole text as it is.
+    """
+    for m in itertools.islice(_BASE64.finditer(text), MAX_DECODE_ATTEMPTS):
         token = str(m.group())
         if _UPPER.isdisjoint(token) or _LOWER_OR_DIGIT.isdisjoint(token):
             continue  # words and hex digests are not base64 payloads worth decoding
@@ -98,8 +104,13 @@ class InjectionDetector:
     def _evidence(self, text: str, depth: int) -> list[tuple[str, float]]:
         normalized, tricks = normalize(text)
         evidence = [(f"hidden text: {trick}", _TRICK_WEIGHT) for trick in tricks]
-        evidence += match_rules(normalized)
+        rules = match_rules(normalized)
+        evidence += rules
         probability = self.classifier.calibrated(normalized)
+        if rules and all(reason.endswith(_MENTION_SUFFIXES) for reason, _ in rules):
+            # The classifier reads the same quoted attack phrase the rules saw ("is 'ignore previous
+            # instructions' still effective?"): a mention counts half for it too.
+            probability /= 2
         evidence.append((f"classifier {probability:.2f}", probability))
         if depth == 0:
             # A handful of payloads is enough to judge a text; a page full of base64 images is not worth more.

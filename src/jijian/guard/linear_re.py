@@ -107,16 +107,34 @@ class LinearPattern:
         ignore_case: bool = False,
         multiline: bool = False,
         dot_all: bool = False,
+        edges: str | tuple[str, str] = "",
     ) -> None:
         self.pattern = pattern
         self.before, self.after = before, after
         flags = "".join(f for f, on in (("i", ignore_case), ("m", multiline), ("s", dot_all)) if on)
-        full = (f"(?{flags})" if flags else "") + f"{before}({pattern}){after}"
+        prefix = f"(?{flags})" if flags else ""
+        full = prefix + f"{before}({pattern}){after}"
+        self.full_pattern = full  # what RE2 compiles, context included (`PatternFilter` adds it too)
         try:
             self._regex = re2.compile(full.encode("utf-8"), _OPTIONS)
+            self.groups = self._regex.groups - 1
+            # Without context or groups of its own, only the match's span is needed, and RE2 finds a span alone
+            # with its DFAs (forward for the end, backward for the start); asking for a group makes it run a
+            # slower engine over the whole match (100 ms for one megabyte-long run of base64).
+            self._span_only = not before and not after and self.groups == 0
+            if self._span_only:
+                self._regex = re2.compile((prefix + f"(?:{pattern})").encode("utf-8"), _OPTIONS)
+            # `edges`: the ASCII characters every match of `pattern` starts with and ends with (one string for
+            # both, or a (first, last) pair), which the before and after context characters never are (the
+            # contexts are one character or an anchor). Then the span with context, found by the DFAs alone,
+            # gives the pattern's span by dropping a context character at either end.
+            first, last = (edges, edges) if isinstance(edges, str) else edges
+            self._first, self._last = frozenset(first.encode("ascii")), frozenset(last.encode("ascii"))
+            self._edges = bool(self._first and self._last) and self.groups == 0 and not self._span_only
+            if self._edges:
+                self._regex = re2.compile((prefix + f"{before}(?:{pattern}){after}").encode("utf-8"), _OPTIONS)
         except re2.error as e:
             raise ValueError(f"pattern {pattern!r} is not valid RE2 syntax: {e}") from e
-        self.groups = self._regex.groups - 1
 
     def finditer(self, text: str, pos: int = 0) -> Iterator[LinearMatch]:
         """Non-overlapping matches, left to right, from character `pos` on (the text before it is not seen)."""
@@ -124,6 +142,16 @@ class LinearPattern:
             for m in self.finditer(text[pos:]):
                 yield LinearMatch(text, [(s + pos, e + pos) if s >= 0 else (s, e) for s, e in m._spans])
             return
+        for spans in self._all_spans(text):
+            yield LinearMatch(text, spans)
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """(start, end) of every match, as `finditer` finds them, without a match object each (hot loops)."""
+        for spans in self._all_spans(text):
+            yield spans[0]
+
+    def _all_spans(self, text: str) -> Iterator[list[tuple[int, int]]]:
+        """Character spans of the pattern and its groups, match by match."""
         encoded = text.encode("utf-8", "surrogatepass")
         offsets = _Offsets(encoded, len(encoded) == len(text))
         pos = 0
@@ -133,12 +161,18 @@ class LinearPattern:
             if all_spans[0] == (-1, -1):
                 return
             # Group 1 is the pattern itself (without its before/after context); groups 2.. are its own.
-            byte_spans = list(all_spans[1:])
+            if self._edges:
+                start, end = all_spans[0]
+                start = start if start < len(encoded) and encoded[start] in self._first else _next_char(encoded, start)
+                end = end if end and encoded[end - 1] in self._last else _char_start(encoded, end - 1)
+                byte_spans = [(start, end)]
+            else:
+                byte_spans = [all_spans[0]] if self._span_only else list(all_spans[1:])
             if offsets.ascii_only:
-                yield LinearMatch(text, byte_spans)
+                yield byte_spans
             else:
                 chars = {b: offsets(b) for b in sorted({b for span in byte_spans for b in span if b >= 0})}
-                yield LinearMatch(text, [(chars[s], chars[e]) if s >= 0 else (-1, -1) for s, e in byte_spans])
+                yield [(chars[s], chars[e]) if s >= 0 else (-1, -1) for s, e in byte_spans]
             end = byte_spans[0][1]
             # Restart at the character before this match's end, so that it can be the next match's context.
             restart = _char_start(encoded, end - 1) if self.before and end > 0 else end
@@ -161,3 +195,25 @@ class LinearPattern:
             last = m.end()
         out.append(text[last:])
         return "".join(out)
+
+
+class PatternFilter:
+    """Which of many patterns can match a text, found in one pass (RE2's FilteredRE2), so the rest are never run.
+
+    RE2 extracts from each pattern the literal strings ("atoms") at least one of which any match must
+    contain, and finds all atoms of all patterns in one automaton pass; a pattern none of whose atoms
+    occur cannot match and is skipped. A pattern without such literals is always a candidate. The
+    answer is a superset of the patterns that match, so the caller still runs each candidate: a
+    text that triggers nothing (every ordinary prompt, and most adversarial floods) costs one pass
+    instead of one per pattern.
+    """
+
+    def __init__(self, patterns: list[LinearPattern]) -> None:
+        self._filter = re2.Filter()
+        for pattern in patterns:
+            self._filter.Add(pattern.full_pattern.encode("utf-8"), _OPTIONS)
+        self._filter.Compile()
+
+    def candidates(self, text: str) -> list[int]:
+        """Indices (in the constructor's order) of the patterns that may match `text`; the others cannot."""
+        return list(self._filter.Match(text.encode("utf-8", "surrogatepass"), True) or ())

@@ -9,18 +9,20 @@ the knowledge base and the server's logs call.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import ipaddress
 import math
+import string
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+import numpy as np
+
 from jijian.config.errors import UserInputError
-from jijian.guard.linear_re import LinearPattern, not_followed_by, not_preceded_by
+from jijian.guard.linear_re import LinearPattern, PatternFilter, not_followed_by, not_preceded_by
 
 PII_TYPES = ("EMAIL", "PHONE", "CN_ID", "CREDIT_CARD", "IP", "IBAN", "SECRET")
 RedactionMode = Literal["mask", "hash", "placeholder"]
@@ -111,8 +113,43 @@ def shannon_entropy(text: str) -> float:
     n = len(text)
     if not n:
         return 0.0
-    # H = log2(n) - sum(c log2 c) / n: one log per distinct character, no division inside the loop.
-    return math.log2(n) - sum(c * math.log2(c) for c in Counter(text).values() if c > 1) / n
+    # H = log2(n) - sum(c log2 c) / n; c log2 c comes from a table for the counts short values have.
+    counts = Counter(text).values()
+    if n < len(_C_LOG2_C):
+        return math.log2(n) - sum(map(_C_LOG2_C.__getitem__, counts)) / n
+    return math.log2(n) - sum(c * math.log2(c) for c in counts if c > 1) / n
+
+
+_C_LOG2_C = [0.0, 0.0, *(c * math.log2(c) for c in range(2, 257))]  # c log2 c for counts up to 256
+_BATCH_MAX_CHARS = 256  # longer texts (rare) are measured one by one, so a batch's array stays small
+
+
+def shannon_entropies(texts: list[str]) -> np.ndarray:
+    """`shannon_entropy` of many short texts at once: one padded code-point array, sorted row by row."""
+    out = np.zeros(len(texts))
+    short = [i for i, t in enumerate(texts) if 0 < len(t) <= _BATCH_MAX_CHARS]
+    for i, t in enumerate(texts):
+        if len(t) > _BATCH_MAX_CHARS:
+            out[i] = shannon_entropy(t)
+    if not short:
+        return out
+    rows = [texts[i] for i in short]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    # Padding cells hold distinct values above Unicode's range: each counts once, and 1 log2 1 = 0.
+    codes = np.broadcast_to(np.arange(0x110000, 0x110000 + width, dtype=np.int64), (len(rows), width)).copy()
+    flat = np.frombuffer("".join(rows).encode("utf-32-le"), dtype="<u4").astype(np.int64)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    column = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes[row_of, column] = flat
+    codes.sort(axis=1)
+    starts = np.ones_like(codes, dtype=bool)
+    starts[:, 1:] = codes[:, 1:] != codes[:, :-1]
+    run = np.cumsum(starts, axis=1) - 1 + (np.arange(len(rows)) * width)[:, None]
+    counts = np.bincount(run.ravel(), minlength=len(rows) * width).astype(np.float64)
+    c_log_c = np.where(counts > 1, counts * np.log2(np.maximum(counts, 1)), 0.0).reshape(len(rows), width)
+    out[short] = np.log2(lengths) - c_log_c.sum(axis=1) / lengths
+    return out
 
 
 # --- recognisers: each yields (start, end) of validated matches ---------------------------------
@@ -120,24 +157,38 @@ def shannon_entropy(text: str) -> float:
 # Chinese text runs values straight into words ("手机13812345678").
 
 _WORD = "A-Za-z0-9_"
+_WORD_CHARACTERS = string.ascii_letters + string.digits + "_"
+# For `edges` (see `LinearPattern`): the characters a match starts or ends with, never a context character.
+_ALNUM = string.ascii_letters + string.digits
+_DIGITS_X = string.digits + "Xx"
 _EMAIL = LinearPattern(
     r"[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9])?@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}",
     before=not_preceded_by(_WORD + ".+-"),
     after=not_followed_by(_WORD + "-"),
+    edges=(_ALNUM, string.ascii_letters),
 )
 # Mainland mobile: 1[3-9]x xxxx xxxx, optionally +86/0086, with spaces or dashes as people type them.
 _CN_MOBILE = LinearPattern(
-    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}", before=not_preceded_by(_WORD + "+"), after=not_followed_by(_WORD)
+    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}",
+    before=not_preceded_by(_WORD + "+"),
+    after=not_followed_by(_WORD),
+    edges=("+01", string.digits),
 )
 # E.164: a plus sign, a non-zero country code, 7 to 15 digits in all, separators allowed between groups.
 _E164 = LinearPattern(
     r"\+[1-9](?:[ -]?\d){0,2}(?:[ -]?\(\d{1,4}\))?(?:[ -]?\d){5,13}",
     before=not_preceded_by(_WORD + "+"),
     after=not_followed_by(_WORD),
+    edges=("+", string.digits),
 )
-_CN_ID = LinearPattern(r"\d{17}[\dXx]", before=not_preceded_by(_WORD), after=not_followed_by(_WORD))
+_CN_ID = LinearPattern(
+    r"\d{17}[\dXx]", before=not_preceded_by(_WORD), after=not_followed_by(_WORD), edges=(string.digits, _DIGITS_X)
+)
 _CARD = LinearPattern(
-    r"[2-6]\d{3}(?:[ -]?\d){9,15}", before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-")
+    r"[2-6]\d{3}(?:[ -]?\d){9,15}",
+    before=not_preceded_by(_WORD + "-"),
+    after=not_followed_by(_WORD + "-"),
+    edges=string.digits,
 )
 # Not followed by a word character, nor by ".digit" (the address would go on: a version number).
 _IPV4 = LinearPattern(
@@ -149,7 +200,10 @@ _IPV6 = LinearPattern(
     after=not_followed_by(_WORD + ":"),
 )
 _IBAN = LinearPattern(
-    r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}", before=not_preceded_by(_WORD), after=not_followed_by(_WORD)
+    r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}",
+    before=not_preceded_by(_WORD),
+    after=not_followed_by(_WORD),
+    edges=(string.ascii_uppercase, string.ascii_uppercase + string.digits),
 )
 # One pattern per kind, not one alternation: RE2 finds submatch offsets on a small program faster,
 # which matters on a page made of thousands of tokens.
@@ -164,18 +218,36 @@ _SECRET_PREFIXES = (
     r"hf_[A-Za-z0-9]{30,}",  # Hugging Face
     r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JSON web token
 )
+# Every prefixed secret starts with a letter and ends with a word character or "-", which its context never is.
 _SECRET_PREFIXED = tuple(
-    LinearPattern(p, before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-")) for p in _SECRET_PREFIXES
+    LinearPattern(
+        p, before=not_preceded_by(_WORD + "-"), after=not_followed_by(_WORD + "-"), edges=_WORD_CHARACTERS + "-"
+    )
+    for p in _SECRET_PREFIXES
 )
 # With Python's backtracking `re` this pattern was quadratic on a text full of BEGIN lines; RE2 reads it once.
 _PRIVATE_KEY = LinearPattern(
     r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z]+ )*PRIVATE KEY-----", dot_all=True
 )
-_SECRET_ASSIGNED = LinearPattern(
-    r"(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?key|auth[_-]?token|token|password|passwd|pwd|"
-    r"密钥|密码|口令|令牌)[\"']?[\s\p{Z}]*(?:[:=：]|is|为|是)[\s\p{Z}]*[\"']?([A-Za-z0-9+/_@#$%^&*!.~-]{8,})",
-    ignore_case=True,
+# The value must mix at least two character classes (lower, upper, digit, other) to be a secret. A value
+# mixes classes exactly when two neighbouring characters differ in class, so the pattern demands such a pair
+# (case-sensitively): `password=password` floods never reach Python, and the maximal run is still the value.
+_SECRET_VALUE_CHAR = r"[A-Za-z0-9+/_@#$%^&*!.~-]"
+_SECRET_OTHER = r"[+/_@#$%^&*!.~-]"
+_CLASS_CHANGE = (
+    rf"(?-i:[a-z][A-Z0-9+/_@#$%^&*!.~-]|[A-Z][a-z0-9+/_@#$%^&*!.~-]|[0-9][A-Za-z+/_@#$%^&*!.~-]|{_SECRET_OTHER}"
+    r"[A-Za-z0-9])"
 )
+_SECRET_KEY_NAME = (
+    r"(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?key|auth[_-]?token|token|password|passwd|pwd|"
+    r"密钥|密码|口令|令牌)[\"']?[\s\p{Z}]*(?:[:=：]|is|为|是)[\s\p{Z}]*[\"']?"
+)
+_SECRET_VALUE = rf"{_SECRET_VALUE_CHAR}*{_CLASS_CHANGE}{_SECRET_VALUE_CHAR}*"
+_SECRET_ASSIGNED = LinearPattern(rf"{_SECRET_KEY_NAME}({_SECRET_VALUE})", ignore_case=True)
+# The same without a group: RE2's DFAs alone find its span, and the value is the run of value characters
+# that ends the match (nothing between key name and value is a value character but the "is" of "key is v").
+_SECRET_ASSIGNMENT_SPAN = LinearPattern(rf"{_SECRET_KEY_NAME}{_SECRET_VALUE}", ignore_case=True)
+_SECRET_VALUE_CHARACTERS = string.ascii_letters + string.digits + "+/_@#$%^&*!.~-"
 
 
 _IDENTIFIER_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -194,17 +266,11 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if "0" <= c <= "9")
 
 
-_CHARACTER_CLASSES: tuple[Callable[[str], bool], ...] = (
-    lambda c: "a" <= c <= "z",
-    lambda c: "A" <= c <= "Z",
-    lambda c: "0" <= c <= "9",
-    lambda c: not (c.isascii() and c.isalnum()),
-)
+_DIGIT = frozenset("0123456789")
 
 
 def _emails(text: str) -> Iterator[tuple[int, int]]:
-    for m in _EMAIL.finditer(text):
-        yield m.span()
+    yield from _EMAIL.spans(text)
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:
@@ -256,21 +322,55 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
             yield m.span()
 
 
+def _is_code_name(value: str) -> bool:
+    """`token = get_cache_token`, `pwd = os.getcwd`: a name in code, not a secret."""
+    return _DIGIT.isdisjoint(value) and _is_dotted_identifier(value)
+
+
+def _judged(texts: list[str], floor: float, judge_more: Callable[[str], bool] | None = None) -> dict[str, bool]:
+    """Each distinct text -> entropy >= `floor` (and `judge_more`); entropies in one numpy batch."""
+    distinct = [t for t in dict.fromkeys(texts) if judge_more is None or judge_more(t)]
+    verdicts = dict.fromkeys(texts, False)
+    verdicts.update(zip(distinct, (shannon_entropies(distinct) >= floor).tolist(), strict=True))
+    return verdicts
+
+
+# Every secret pattern contains a literal (a key prefix, "BEGIN", a key name): one pass finds which can match.
+_SECRET_FILTER = PatternFilter([*_SECRET_PREFIXED, _PRIVATE_KEY, _SECRET_ASSIGNED])
+
+
 def _secrets(text: str) -> Iterator[tuple[int, int]]:
-    for pattern in _SECRET_PREFIXED:
-        for m in pattern.finditer(text):
-            # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
-            if shannon_entropy(str(m.group())) >= 3.0:
-                yield m.span()
-    for m in _PRIVATE_KEY.finditer(text):
-        yield m.span()
-    for m in _SECRET_ASSIGNED.finditer(text):
-        value = m.group(1)
-        if _is_dotted_identifier(value):
-            continue  # `token = get_cache_token`, `pwd = os.getcwd`: code, not a secret
-        classes = sum(any(test(c) for c in value) for test in _CHARACTER_CLASSES)
-        if classes >= 2 and shannon_entropy(value) >= 2.8:
-            yield m.span(1)
+    candidates = set(_SECRET_FILTER.candidates(text))
+    # Matches are collected first and judged in a batch (each distinct value once), so a page dense with
+    # tokens costs array operations, not a Python entropy per token.
+    prefixed = [span for i, p in enumerate(_SECRET_PREFIXED) if i in candidates for span in p.spans(text)]
+    tokens = [text[start:end] for start, end in prefixed]
+    # Placeholders such as "sk-xxxxxxxxxxxxxxxxxxxxxxxx" share the prefix but carry no entropy.
+    high_entropy = _judged(tokens, 3.0)
+    yield from (span for span, token in zip(prefixed, tokens, strict=True) if high_entropy[token])
+    if len(_SECRET_PREFIXED) in candidates:
+        for m in _PRIVATE_KEY.finditer(text):
+            yield m.span()
+    if len(_SECRET_PREFIXED) + 1 not in candidates:
+        return
+    assigned = list(_assigned_values(text))
+    values = [text[start:end] for start, end in assigned]
+    # Two character classes at least: `_CLASS_CHANGE` in the pattern already demands them.
+    secret = _judged(values, 2.8, lambda v: len(v) >= 8 and not _is_code_name(v))
+    yield from (span for span, value in zip(assigned, values, strict=True) if secret[value])
+
+
+def _assigned_values(text: str) -> Iterator[tuple[int, int]]:
+    """Spans of the values in `key = value` assignments, as `_SECRET_ASSIGNED`'s group 1 gives them."""
+    for start, end in _SECRET_ASSIGNMENT_SPAN.spans(text):
+        value_start = start + len(text[start:end].rstrip(_SECRET_VALUE_CHARACTERS))  # str.rstrip: C speed
+        if value_start == start or text[value_start : value_start + 2].lower() == "is":
+            # "passwordisX…" or a value that starts with "is": where the separator ends takes the capture.
+            captured = _SECRET_ASSIGNED.search(text[start:end])
+            if captured is not None:
+                yield start + captured.start(1), start + captured.end(1)
+            continue
+        yield value_start, end
 
 
 RECOGNISERS: dict[str, Callable[[str], Iterator[tuple[int, int]]]] = {
@@ -290,21 +390,25 @@ _PRIORITY = {"SECRET": 0, "CN_ID": 1, "IBAN": 2, "CREDIT_CARD": 3, "EMAIL": 4, "
 def find_pii(text: str, types: tuple[str, ...] | None = None) -> list[PiiSpan]:
     """All validated PII spans in `text`, sorted by start, without overlaps."""
     wanted = PII_TYPES if types is None else types
-    candidates = [(start, end, kind) for kind in wanted for start, end in RECOGNISERS[kind](text) if end > start]
-    candidates.sort(key=lambda c: (_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))
-    # Taken spans never overlap, so sorted by start their ends are sorted too: a candidate can only
-    # collide with its neighbours, found by bisection (a page of thousands of spans stays fast).
-    taken_starts: list[int] = []
-    taken_ends: list[int] = []
+    found = [(start, end, kind) for kind in wanted for start, end in RECOGNISERS[kind](text) if end > start]
+    found.sort()
+    if all(found[i][1] <= found[i + 1][0] for i in range(len(found) - 1)):
+        return [PiiSpan(kind, start, end, text[start:end]) for start, end, kind in found]  # nothing overlaps
+    # (priority, -length, start, end, kind): plain tuples sort in C, no key function per candidate.
+    candidates = [(_PRIORITY[kind], start - end, start, end, kind) for start, end, kind in found]
+    candidates.sort()
+    # One byte per character marks what is taken: a candidate overlaps a taken span exactly when its range
+    # holds a mark, and `find` and slice assignment run at C speed. The work is the candidates' total length,
+    # linear in the text (each pattern's own matches never overlap), even with tens of thousands of spans.
+    taken = bytearray(len(text))
     spans = []
-    for start, end, kind in candidates:
-        i = bisect.bisect_left(taken_starts, end)  # taken spans at i.. start at or after `end`
-        if i and taken_ends[i - 1] > start:
+    for _, _, start, end, kind in candidates:
+        if taken.find(1, start, end) >= 0:
             continue
-        taken_starts.insert(i, start)
-        taken_ends.insert(i, end)
-        spans.append(PiiSpan(kind, start, end, text[start:end]))
-    return sorted(spans, key=lambda s: s.start)
+        taken[start:end] = b"\x01" * (end - start)
+        spans.append((start, end, kind))
+    spans.sort()
+    return [PiiSpan(kind, start, end, text[start:end]) for start, end, kind in spans]
 
 
 def _replacement(span: PiiSpan, mode: str, salt: str) -> str:
