@@ -59,7 +59,7 @@ def architecture_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> 
             f"{source}: model_type {model_type!r} is not supported; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES.values())}"
         )
-    return model_type
+    return str(model_type)
 
 
 def model_fields_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:

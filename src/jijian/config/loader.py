@@ -6,6 +6,7 @@ import difflib
 import re
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(err: dict[str, Any], text: str | None) -> str:
+def _describe(err: Mapping[str, Any], text: str | None) -> str:
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
     line = _find_line(text, loc) if text else None

@@ -503,7 +503,7 @@ class DeployConfig(Section):
     """A whole deployment, as described by one `deploy.toml`."""
 
     name: str = "jijian"
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(preset="llama-tiny"))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({"preset": "llama-tiny"}))
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

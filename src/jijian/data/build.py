@@ -305,7 +305,7 @@ def _build_key(
     return hashlib.sha256(blob).hexdigest()
 
 
-def _callable_name(func: Callable) -> str:
+def _callable_name(func: Callable[..., Any]) -> str:
     # Stable across processes (no memory addresses): module, qualified name and a partial's bound arguments.
     bound = ""
     if isinstance(func, functools.partial):
@@ -347,7 +347,7 @@ def _save_state(out: Path, state: _State) -> None:
             "pending_tokens": writer.pending_tokens, "written_tokens": writer.written_tokens,
         }  # fmt: skip
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     data = buffer.getvalue()
     write_atomic(out / STATE_ARRAYS, data)
     document = {
@@ -422,14 +422,18 @@ def _chunks(
         yield chunk
 
 
+# Chunks handed to the workers, in input order: their (file, item) positions and the pending result.
+_InFlight = deque[tuple[list[tuple[int, int]], "Future[list[Processed]] | list[Processed]"]]
+
+
 def _ordered_results(
     inputs: list[str],
     state: _State,
     text_field: str,
-    run_chunk: Callable[[list], Future | list[Processed]],
+    run_chunk: Callable[[list[Any]], Future[list[Processed]] | list[Processed]],
     workers: int,
 ) -> Iterator[tuple[int, int, Processed]]:
-    in_flight: deque[tuple[list[tuple[int, int]], Future | list[Processed]]] = deque()
+    in_flight: _InFlight = deque()
     # A few chunks per worker in flight: enough to keep them busy, few enough to bound memory.
     limit = max(1, 3 * workers)
     for chunk in _chunks(_read_items(inputs, state, text_field)):
@@ -440,7 +444,7 @@ def _ordered_results(
         yield from _drain_one(in_flight)
 
 
-def _drain_one(in_flight: deque) -> Iterator[tuple[int, int, Processed]]:
+def _drain_one(in_flight: _InFlight) -> Iterator[tuple[int, int, Processed]]:
     positions, pending = in_flight.popleft()
     results = pending.result() if isinstance(pending, Future) else pending
     for (file_index, item_index), item in zip(positions, results, strict=True):
@@ -450,7 +454,7 @@ def _drain_one(in_flight: deque) -> Iterator[tuple[int, int, Processed]]:
 @contextmanager
 def _executor(
     workers: int, worker_args: tuple[Backend, int, DocumentSettings, Redactor | None]
-) -> Iterator[Callable[[list], Future | list[Processed]]]:
+) -> Iterator[Callable[[list[Any]], Future[list[Processed]] | list[Processed]]]:
     """A function that processes one chunk: in a process pool of `workers`, or inline for 0."""
     if workers == 0:
         global _worker

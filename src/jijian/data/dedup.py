@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from typing import Any
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -54,7 +55,8 @@ def minhash_signature(text: str, num_perm: int) -> np.ndarray:
     # The shingles arrive already hashed, so the hash function is the identity (`int`).
     minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME, hashfunc=int)
     minhash.update_batch(shingle_hashes(text).tolist())
-    return minhash.hashvalues
+    signature: np.ndarray = minhash.hashvalues
+    return signature
 
 
 class Deduplicator:
@@ -87,7 +89,7 @@ class Deduplicator:
         self._count += 1
         return None
 
-    def to_state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Settings (JSON) and remembered documents (arrays) from which `from_state` rebuilds this index."""
         settings = {
             "exact": self.exact, "near": self.near, "threshold": self.threshold,
@@ -97,14 +99,14 @@ class Deduplicator:
         return settings, {"hashes": np.array(sorted(self._hashes), dtype=str), "signatures": signatures}
 
     @classmethod
-    def from_state(cls, settings: dict[str, object], arrays: dict[str, np.ndarray]) -> Deduplicator:
+    def from_state(cls, settings: dict[str, Any], arrays: dict[str, np.ndarray]) -> Deduplicator:
         """The index `to_state` described: the same answers for every later document."""
         dedup = cls(
             exact=bool(settings["exact"]), near=bool(settings["near"]),
-            threshold=float(settings["threshold"]), num_perm=int(settings["num_perm"]),  # type: ignore[call-overload]
+            threshold=float(settings["threshold"]), num_perm=int(settings["num_perm"]),
         )  # fmt: skip
         dedup._hashes = {str(h) for h in arrays["hashes"]}
-        dedup._count = int(settings["count"])  # type: ignore[call-overload]
+        dedup._count = int(settings["count"])
         for key, signature in enumerate(arrays["signatures"]):
             # Keys only need to be unique within the index; the original keys were never exposed.
             minhash = LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)

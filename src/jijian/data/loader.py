@@ -115,7 +115,7 @@ class PackedLoader:
         self._epoch_cache: tuple[int, np.ndarray] | None = None
         self._ready: deque[tuple[torch.Tensor, ...]] = deque()
         self._thread: threading.Thread | None = None
-        self._queue: queue.Queue | None = None
+        self._queue: queue.Queue[Any] | None = None
         self._stop = threading.Event()
 
     @property
@@ -197,7 +197,7 @@ class PackedLoader:
         )
         self._thread.start()
 
-    def _produce(self, first: int, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, first: int, out: queue.Queue[Any], stop: threading.Event) -> None:
         # Batches travel in groups of about GROUP_TOKENS tokens: one hand-over between threads costs
         # more than gathering a small batch, so handing them over one by one would halve throughput.
         group_size = max(1, GROUP_TOKENS // (self.batch_size * (self.seq_len + 1)))

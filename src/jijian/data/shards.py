@@ -10,6 +10,7 @@ Every file is written under a temporary name and renamed, so a reader never sees
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -92,11 +93,11 @@ class ShardWriter:
         starts = np.asarray([s for s in self.pending_starts if s < end], dtype=np.int64)
         name = f"{self.split}_{len(self.shards):05d}.bin"
         data = np.ascontiguousarray(head).astype(self.dtype.newbyteorder("<"), copy=False)
-        info = ShardInfo(name, count, len(starts), hashlib.sha256(memoryview(data)).hexdigest())
+        info = ShardInfo(name, count, len(starts), hashlib.sha256(data.data).hexdigest())
         index = io.BytesIO()
         np.save(index, starts)
         write_atomic(self.directory / info.index_file, index.getbuffer())
-        write_atomic(self.directory / name, memoryview(data))
+        write_atomic(self.directory / name, data.data)
         self.shards.append(info)
         self.pending = [tail] if len(tail) else []
         self.pending_starts = [s for s in self.pending_starts if s >= end]
@@ -116,7 +117,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
         raise DatasetError(f"{directory}: no {MANIFEST}; not a built dataset{hint}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: unreadable manifest: {exc}") from None
     if manifest.get("format") != FORMAT:
@@ -146,7 +147,7 @@ def verify_checksums(directory: Path, manifest: dict[str, Any]) -> list[str]:
         for shard in split_shards(manifest, split):
             digest = hashlib.sha256()
             with open(Path(directory) / shard.file, "rb") as handle:
-                for block in iter(lambda h=handle: h.read(1 << 22), b""):
+                for block in iter(functools.partial(handle.read, 1 << 22), b""):
                     digest.update(block)
             if digest.hexdigest() != shard.sha256:
                 bad.append(shard.file)

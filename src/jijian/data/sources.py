@@ -126,7 +126,8 @@ def _open_binary(source: str) -> IO[bytes]:
     if is_url(source):
         import fsspec
 
-        return fsspec.open(source, "rb").open()
+        handle: IO[bytes] = fsspec.open(source, "rb").open()
+        return handle
     return open(source, "rb")  # the caller closes it
 
 

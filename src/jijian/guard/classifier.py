@@ -206,8 +206,8 @@ def default_classifier() -> InjectionClassifier:
         pass  # not cached yet (or unreadable): train
     rows = training_rows()
     weights, bias = train_classifier(
-        [normalize(str(r["text"]))[0] for r in rows], [int(r["label"]) for r in rows], steps=TRAINING_STEPS
-    )  # type: ignore[call-overload]
+        [normalize(str(r["text"]))[0] for r in rows], [int(str(r["label"])) for r in rows], steps=TRAINING_STEPS
+    )
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.npz")

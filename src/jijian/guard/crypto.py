@@ -21,6 +21,7 @@ import secrets
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -105,7 +106,7 @@ def _aad(header: bytes, last: bool) -> bytes:
     return header + (b"\x01" if last else b"\x00")
 
 
-def _read_chunks(f, size: int) -> Iterator[tuple[bytes, bool]]:  # type: ignore[no-untyped-def]
+def _read_chunks(f: BinaryIO, size: int) -> Iterator[tuple[bytes, bool]]:
     """Yield (chunk, is_last) so the last chunk can be sealed differently (that detects truncation)."""
     current = f.read(size)
     while True:

@@ -58,6 +58,11 @@ class LinearMatch:
         """End offset (exclusive) of a group."""
         return self._spans[group][1]
 
+    def text(self) -> str:
+        """Text of the whole match (group 0 always takes part)."""
+        start, end = self._spans[0]
+        return self.string[start:end]
+
     def group(self, group: int = 0) -> str | None:
         """Text of a group, or None if it did not take part in the match."""
         start, end = self._spans[group]

@@ -277,20 +277,20 @@ def _phones(text: str) -> Iterator[tuple[int, int]]:
     for m in _CN_MOBILE.finditer(text):
         yield m.span()
     for m in _E164.finditer(text):
-        digits = _digits(m.group())
+        digits = _digits(m.text())
         if 8 <= len(digits) <= 15:
             yield m.span()
 
 
 def _cn_ids(text: str) -> Iterator[tuple[int, int]]:
     for m in _CN_ID.finditer(text):
-        if cn_id_valid(m.group()):
+        if cn_id_valid(m.text()):
             yield m.span()
 
 
 def _cards(text: str) -> Iterator[tuple[int, int]]:
     for m in _CARD.finditer(text):
-        raw = m.group()
+        raw = m.text()
         seps = {c for c in raw if not "0" <= c <= "9"}
         if len(seps) > 1:  # "4111 1111-1111 1111": mixed separators are not how cards are written
             continue
@@ -304,7 +304,7 @@ def _cards(text: str) -> Iterator[tuple[int, int]]:
 def _ips(text: str) -> Iterator[tuple[int, int]]:
     for pattern in (_IPV4, _IPV6):
         for m in pattern.finditer(text):
-            candidate = m.group()
+            candidate = m.text()
             if candidate.count(":") >= 2 and candidate.strip(":") == "":
                 continue  # a bare "::" is punctuation in code, not an address anyone would redact
             if _NOT_AN_ADDRESS.search(text[max(0, m.start() - 12) : m.start()]):
@@ -318,7 +318,7 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
 
 def _ibans(text: str) -> Iterator[tuple[int, int]]:
     for m in _IBAN.finditer(text):
-        if iban_valid(m.group().replace(" ", "")):
+        if iban_valid(m.text().replace(" ", "")):
             yield m.span()
 
 

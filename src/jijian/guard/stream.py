@@ -97,7 +97,7 @@ class StreamingLeakCheck:
         else:
             start = 0
         for match in TOKEN_PATTERN.finditer(self._text, start):
-            self._tokens.append(match.group().lower())
+            self._tokens.append(match.text().lower())
             self._starts.append(match.start())
 
     def _look_up(self, index: int) -> None:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,7 +102,8 @@ def create_kb_router(kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], E
         with embed_lock:
             if "model" not in loaded:
                 loaded["model"] = embedder()
-            return loaded["model"].embed(texts).tolist()
+            vectors: list[list[float]] = loaded["model"].embed(texts).tolist()
+            return vectors
 
     def guarded(work: Callable[[], Any]) -> Any:
         try:
@@ -126,7 +128,11 @@ def create_kb_router(kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], E
     def drop_collection(name: str, principal: Principal = caller) -> Any:
         """Drop a collection and its files (writers and admins)."""
         _writer(principal)
-        return guarded(lambda: kb.drop_collection(name) or {"dropped": name})
+        def drop() -> dict[str, str]:
+            kb.drop_collection(name)
+            return {"dropped": name}
+
+        return guarded(drop)
 
     @router.post("/collections/{name}/records")
     def insert(name: str, body: InsertIn, principal: Principal = caller) -> Any:
@@ -155,7 +161,7 @@ def create_kb_router(kb: KnowledgeBase, auth: HttpAuth, embedder: Callable[[], E
             record = kb.collection(name).get(record_id)
             if record is None or not can_read(principal, record.readers):
                 return JSONResponse(status_code=404, content={"error": f"id {record_id!r} not in collection {name!r}"})
-            return {"id": record.id, "vector": record.vector.tolist(), "text": record.text,
+            return {"id": record.id, "vector": np.asarray(record.vector).tolist(), "text": record.text,
                     "metadata": record.metadata, "readers": record.readers}  # fmt: skip
 
         return guarded(work)

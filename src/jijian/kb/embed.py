@@ -46,7 +46,10 @@ class SentenceTransformerEmbedder:
         self.model = SentenceTransformer(str(folder), device="cpu")
         self.name, self.batch_size, self.multilingual = name, batch_size, multilingual
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(dimension())
+        size = dimension()
+        if size is None:
+            raise ValueError(f"{folder}: the embedding model does not say its dimension")
+        self.dim = int(size)
         self.tokenizer = self.model.tokenizer
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -125,8 +125,9 @@ class _Parser:
         if not self.tokens:
             raise FilterError("filter: empty expression")
         expr = self.or_expr()
-        if self.peek() is not None:
-            _, got, col = self.peek()  # type: ignore[misc]
+        leftover = self.peek()
+        if leftover is not None:
+            _, got, col = leftover
             raise FilterError(f"filter: unexpected {got!r} at column {col}")
         return expr
 
@@ -207,7 +208,7 @@ _PY_OPS = {
 }
 
 
-def _lookup(metadata: dict, field: str) -> tuple[bool, Any]:
+def _lookup(metadata: dict[str, Any], field: str) -> tuple[bool, Any]:
     value: Any = metadata
     for part in field.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -216,7 +217,7 @@ def _lookup(metadata: dict, field: str) -> tuple[bool, Any]:
     return True, value
 
 
-def matches(expr: Expr, metadata: dict) -> bool:
+def matches(expr: Expr, metadata: dict[str, Any]) -> bool:
     """Evaluate `expr` against one metadata dict in Python (the reference semantics)."""
     if isinstance(expr, BoolOp):
         results = (matches(operand, metadata) for operand in expr.operands)
@@ -231,8 +232,8 @@ def matches(expr: Expr, metadata: dict) -> bool:
     if not found or _kind(value) is None or _kind(value) != _kind(expr.value):
         return False
     if _kind(value) == "bool" and expr.op != "==":
-        return _PY_OPS[expr.op](int(value), int(expr.value))
-    return _PY_OPS[expr.op](value, expr.value)
+        return bool(_PY_OPS[expr.op](int(value), int(expr.value)))
+    return bool(_PY_OPS[expr.op](value, expr.value))
 
 
 _SQL_TYPES = {"number": "('integer','real')", "string": "('text')", "bool": "('true','false')"}
@@ -256,6 +257,7 @@ def to_sql(expr: Expr, column: str = "metadata") -> tuple[str, list[Any]]:
         value = int(node.value) if kind == "bool" else node.value
         # COALESCE: a missing field makes json_type NULL; the rule says "false", not "unknown".
         params.extend([path, path, value])
-        return f"COALESCE(json_type({column}, ?) IN {_SQL_TYPES[kind]} AND json_extract({column}, ?) {node.op} ?, 0)"  # type: ignore[index]
+        assert kind is not None  # the parser accepts only literals of a known kind
+        return f"COALESCE(json_type({column}, ?) IN {_SQL_TYPES[kind]} AND json_extract({column}, ?) {node.op} ?, 0)"
 
     return compile_(expr), params

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 from jijian.config.errors import UserInputError
 from jijian.kb.backend import Collection, Record
@@ -37,7 +38,7 @@ class _TextOfHTML(HTMLParser):
         self.parts: list[str] = []
         self.skipping = 0
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.skipping += tag in self._SKIP
         if tag in self._BLOCK:
             self.parts.append("\n\n")
@@ -63,7 +64,7 @@ class Document:
 
     text: str
     source: str
-    metadata: dict
+    metadata: dict[str, Any]
     id: str | None = None  # a JSONL line's own "id": its chunks keep it (see `ingest_files`)
 
 
@@ -163,7 +164,9 @@ def ingest_files(
             if on_file:
                 on_file(path, 0)
             continue
-        texts, metadata, ids = [], [], []
+        texts: list[str] = []
+        metadata: list[dict[str, Any]] = []
+        ids: list[str | None] = []
         for document in read_documents(path):
             chunks = chunk_text(document.text, embedder.count_tokens, chunk_tokens, chunk_overlap)
             for number, chunk in enumerate(chunks, 1):

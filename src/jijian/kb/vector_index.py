@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
+
+# faiss's SWIG-generated stubs are incomplete (no SearchParametersHNSW, HNSW.offsets or search_c): use it untyped.
+faiss: Any = _faiss
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class IndexParams:
 
 
 def _faiss_metric(metric: str) -> int:
-    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    return int(faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
 
 
 def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -81,7 +85,7 @@ class VectorIndex:
     LAYOUT_MIN_ROWS = 20_000
     LAYOUT_GROWTH = 1.25
 
-    def __init__(self, dim: int, params: IndexParams, index: faiss.Index | None = None, labels=None) -> None:
+    def __init__(self, dim: int, params: IndexParams, index: Any = None, labels: np.ndarray | None = None) -> None:
         self.dim, self.params = dim, params
         # deserialize_index already returns the concrete class (IndexHNSWFlat...), which owns the C++ object.
         self.index = index if index is not None else self._empty(trained=False)
@@ -89,7 +93,7 @@ class VectorIndex:
         self._laid_out_size = 0
         # The search parameters of the unfiltered path, reused while neither the index, the excluded
         # rowids nor efSearch change: building a tombstone bitmap costs O(index size) per query.
-        self._plain: tuple[tuple, faiss.SearchParameters, tuple] | None = None
+        self._plain: tuple[tuple[Any, ...], Any, tuple[Any, ...]] | None = None
 
     def _empty(self, trained: bool) -> faiss.Index:
         p, metric = self.params, _faiss_metric(self.params.metric)
@@ -176,7 +180,9 @@ class VectorIndex:
             return faiss.SearchParametersIVF(nprobe=self.params.nprobe)
         return faiss.SearchParameters()
 
-    def _search_params(self, k: int, allow: np.ndarray | None, exclude: np.ndarray | None, ef_search: int | None):
+    def _search_params(
+        self, k: int, allow: np.ndarray | None, exclude: np.ndarray | None, ef_search: int | None
+    ) -> tuple[Any, tuple[Any, ...]]:
         """FAISS search parameters plus the objects that must stay alive while FAISS reads them."""
         ef = max(ef_search or self.params.ef_search, k)
         if allow is None:
@@ -189,7 +195,7 @@ class VectorIndex:
                 if old[0] == ef and old[1] == key[1] and old[2] is key[2] and old[3] is key[3] and old[4] is exclude:
                     return plain[1], plain[2]
         params = self._new_params(ef)
-        keep_alive: tuple = ()
+        keep_alive: tuple[Any, ...] = ()
         if allow is not None or (exclude is not None and len(exclude)):
             selector, bitmap = self._selector(allow, exclude)
             params.sel, keep_alive = selector, (selector, bitmap)
@@ -241,7 +247,7 @@ class VectorIndex:
 
     def to_bytes(self) -> bytes:
         """The serialised index followed by its labels."""
-        data = faiss.serialize_index(self.index).tobytes()
+        data: bytes = faiss.serialize_index(self.index).tobytes()
         return struct.pack("<q", len(data)) + data + self.labels.tobytes()
 
     @classmethod

@@ -1,17 +1,16 @@
-"""The hardware catalogue (hardware.toml): accelerators, prices, calibration, and `[hardware]` overrides."""
+"""The planner's view of the hardware catalogue (spec/hardware.toml): accelerators, prices, calibration, overrides."""
 
 from __future__ import annotations
 
 import difflib
-import functools
 import itertools
 import math
-import tomllib
 from dataclasses import dataclass, fields, replace
-from importlib.resources import files
+from typing import Any
 
 from jijian.config import HardwareConfig
 from jijian.plan.errors import PlanError
+from jijian.spec import catalogue
 
 GB = 1e9
 TERA = 1e12
@@ -113,9 +112,8 @@ class Cluster:
     calibration: Calibration
 
 
-@functools.cache
-def _catalogue() -> dict:
-    return tomllib.loads(files("jijian.plan").joinpath("hardware.toml").read_text(encoding="utf-8"))
+def _catalogue() -> dict[str, Any]:
+    return catalogue()
 
 
 def accelerator_names() -> list[str]:
@@ -144,7 +142,8 @@ def get_accelerator(name: str) -> Accelerator:
         close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(by_lower[c] for c in close)}? " if close else ""
         raise PlanError(f"unknown accelerator {name!r}; {hint}known: {', '.join(table)}")
-    return Accelerator(name=key, **table[key])
+    # `device_names` serve the trainer's lookup by driver name; the planner names devices itself.
+    return Accelerator(name=key, **{k: v for k, v in table[key].items() if k != "device_names"})
 
 
 def currency_rate(currency: str) -> float:

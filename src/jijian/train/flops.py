@@ -7,20 +7,7 @@ import time
 import torch
 
 from jijian.config import ModelConfig
-
-# Dense bf16 peak TFLOP/s per device (vendor datasheets, without sparsity).
-KNOWN_PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,  # SXM; the PCIe card is lower — set [hardware] peak_tflops for it
-    "H800": 989.0,
-    "H20": 148.0,
-    "A100": 312.0,
-    "A800": 312.0,
-    "L40S": 362.0,
-    "A10": 125.0,
-    "B200": 2250.0,
-    "MI300X": 1307.0,
-}
+from jijian.spec import accelerator_for_device, catalogue
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -58,15 +45,24 @@ def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float 
             return 2.0 * size**3 * runs / elapsed
 
 
+def catalogue_peak_flops(device_name: str) -> tuple[float, str] | None:
+    """The catalogue's dense bf16 peak FLOP/s for a device the driver names, and its source; None if unknown."""
+    accelerator = accelerator_for_device(device_name)
+    if accelerator is None:
+        return None
+    tflops = float(catalogue()["accelerators"][accelerator]["bf16_tflops"])
+    return tflops * 1e12, f"catalogue bf16 dense for {accelerator} ({device_name})"
+
+
 def peak_flops(device: torch.device, configured_tflops: float | None) -> tuple[float, str]:
     """Peak FLOP/s per device and where the figure came from."""
     if configured_tflops is not None:
         return configured_tflops * 1e12, "[hardware] peak_tflops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, tflops in KNOWN_PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12, f"datasheet bf16 dense for {name}"
+        peak = catalogue_peak_flops(name)
+        if peak is not None:
+            return peak
         return measure_matmul_flops(device, size=4096), f"measured fp32 matmul on {name}"
     if device.type != "cpu":
         return measure_matmul_flops(device, size=4096), f"measured fp32 matmul on {device.type}"

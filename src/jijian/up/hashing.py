@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 MISSING = "missing"
@@ -20,7 +21,7 @@ class HashCache:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self.entries: dict[str, list] = {}
+        self.entries: dict[str, list[Any]] = {}
         self.dirty = False
         if path is not None and path.is_file():
             try:
@@ -35,7 +36,7 @@ class HashCache:
         key = str(path)
         cached = self.entries.get(key)
         if cached is not None and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
-            return cached[2]
+            return str(cached[2])
         digest = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(CHUNK):

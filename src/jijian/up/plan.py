@@ -161,8 +161,8 @@ def _why_run(
     if removed:
         return f"input removed: {sorted(removed)[0]}", True
     for up in upstream:
-        recorded = previous.upstream.get(up)
-        if decisions[up].previous is None or recorded != decisions[up].previous.outputs_hash:
+        recorded, built = previous.upstream.get(up), decisions[up].previous
+        if built is None or recorded != built.outputs_hash:
             return f"output of stage {up} changed since this stage was built", True
     # Same config and inputs: whatever of the old build survives (training checkpoints) may be resumed.
     for path, digest in output_hashes(stage, config, cache).items():

@@ -58,7 +58,8 @@ class ServeStage:
         from jijian.serve.server import build_server, serve_in_thread
 
         config = served_config(ctx.config)
-        if config.up.serve_model == "export" and not (config.serve.model_path / "config.json").is_file():
+        model_path = config.serve.model_path
+        if config.up.serve_model == "export" and (model_path is None or not (model_path / "config.json").is_file()):
             raise StageError(f"[up] serve_model = 'export' but {config.serve.model_path} holds no exported model")
         started = time.perf_counter()
         auth, stage_key = stage_auth(config)

@@ -120,7 +120,7 @@ def training_config(ctx: StageContext) -> DeployConfig:
 
 
 def seconds_per_step(
-    model_section: dict, batch_size: int, seq_len: int, timed_steps: int = 8, settle_steps: int = 8
+    model_section: dict[str, Any], batch_size: int, seq_len: int, timed_steps: int = 8, settle_steps: int = 8
 ) -> float:
     """Wall time of one real training step (the trainer's own, clipping included) on this machine."""
     import torch
