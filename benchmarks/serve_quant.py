@@ -105,7 +105,6 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     fp32, tokenizer = load_hf(smollm2_model_dir(args.cache))
-    models = {w: quantize_model(copy.deepcopy(fp32), w, group_size=args.group_size) for w in FORMATS}
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[-30:]  # the tests use the first 40
     ids = tokenizer.encode("".join(f.read_text(errors="replace") for f in files))[:n_tokens]
     chats = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS]
@@ -114,7 +113,8 @@ def main() -> None:
     config = EngineConfig(num_blocks=128, block_size=16)
 
     rows = {}
-    for weights, model in models.items():
+    for weights in FORMATS:  # one copy at a time: the machine may be short of memory
+        model = quantize_model(copy.deepcopy(fp32), weights, group_size=args.group_size)
         ppl = perplexity(model, ids)
         engine = LLMEngine(model, tokenizer, config)
         outputs = engine.generate(chats[:n_prompts], params)
@@ -125,7 +125,7 @@ def main() -> None:
             f"TTFT ({len(long_prompt)}-token prompt) {ttft * 1000:6.1f} ms  decode {tok_s:5.1f} tok/s",
             flush=True,
         )
-        del engine
+        del engine, model
 
     base = rows["fp32"]
     print(f"\nperplexity over {len(ids)} held-out tokens; greedy: {n_prompts} chat prompts x {n_new} tokens")

@@ -124,9 +124,7 @@ class Int4Linear(nn.Module):
         bias: torch.Tensor | None = None,
     ) -> Int4Linear:
         """From codes 0..15 (out, in) and (out, in / group_size) scales and zeros: w = (q - 8) * scale + zero."""
-        qweight = (codes[:, ::2].to(torch.uint8) << 4) | codes[:, 1::2].to(torch.uint8)
-        scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1)
-        return cls(qweight, scales_and_zeros, group_size, bias)
+        return cls(*int4_tensors(codes, scales, zeros), group_size, bias)
 
     def codes(self) -> torch.Tensor:
         """The 4-bit codes, (out, in) uint8 in 0..15."""
@@ -197,6 +195,13 @@ def quantize_int4_weight(weight: torch.Tensor, group_size: int) -> tuple[torch.T
     return codes.reshape(out_features, in_features), scales, zeros
 
 
+def int4_tensors(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int4Linear's portable buffers (`qweight`, `scales_and_zeros`) from codes, scales and zeros."""
+    qweight = (codes[:, ::2].to(torch.uint8) << 4) | codes[:, 1::2].to(torch.uint8)
+    scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).to(COMPUTE_DTYPE).contiguous()
+    return qweight, scales_and_zeros
+
+
 def int4_shape_problem(out_features: int, in_features: int, group_size: int, device_type: str) -> str | None:
     """Why the int4 kernel on `device_type` cannot hold an (out, in) weight in `group_size` groups; None if it can."""
     if device_type not in _INT4_ROW_MULTIPLE:
@@ -221,3 +226,33 @@ def _pack_int4(qweight: torch.Tensor) -> torch.Tensor:
     in_features = 2 * qweight.shape[1]
     inner_k_tiles = next(t for t in (8, 4, 2) if in_features % (t * 16) == 0)
     return torch.ops.aten._convert_weight_to_int4pack(qweight, inner_k_tiles)
+
+
+# Suffixes of a quantised projection's tensors in a saved state dict (`jijian model import-gguf --weights`).
+INT4_TENSORS = ("qweight", "scales_and_zeros")
+INT8_TENSORS = ("weight", "scale")
+
+
+def split_quantized(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Take the quantised projections' tensors out of `state`: {module name: {tensor name: tensor}}."""
+    prefixes = {name[: -len(".qweight")] for name in state if name.endswith(".qweight")}
+    prefixes |= {name[: -len(".scale")] for name in state if name.endswith(".scale")}
+    layers = {}
+    for prefix in sorted(prefixes):
+        names = [f"{prefix}.{leaf}" for leaf in (*INT4_TENSORS, *INT8_TENSORS, "bias")]
+        layers[prefix] = {name.rsplit(".", 1)[1]: state.pop(name) for name in names if name in state}
+    return layers
+
+
+def quantized_layer(tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """An Int4Linear or Int8Linear from the tensors `split_quantized` took for one module (ValueError if malformed)."""
+    bias = tensors.get("bias")
+    if set(INT4_TENSORS) <= set(tensors):
+        qweight, scales_and_zeros = tensors["qweight"], tensors["scales_and_zeros"]
+        if scales_and_zeros.dim() != 3 or scales_and_zeros.shape[0] == 0:
+            raise ValueError(f"scales_and_zeros has shape {tuple(scales_and_zeros.shape)}, expected (groups, out, 2)")
+        group_size = 2 * qweight.shape[1] // scales_and_zeros.shape[0]
+        return Int4Linear(qweight, scales_and_zeros, group_size, bias)
+    if set(INT8_TENSORS) <= set(tensors):
+        return Int8Linear(tensors["weight"], tensors["scale"], bias)
+    raise ValueError(f"incomplete quantised tensors: has {sorted(tensors)}")
