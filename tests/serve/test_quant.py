@@ -116,3 +116,30 @@ def test_quantize_int8_keeps_biases(small_model):
     quantize_int8(biased)
     q_proj = biased.model.layers["0"].self_attn.q_proj
     assert isinstance(q_proj, Int8Linear) and torch.equal(q_proj.bias, linear.bias.detach())
+
+
+def test_serve_weights_int4_on_an_unpackable_model_names_the_directory_and_the_tensor(tmp_path, tokenizer):
+    from jijian.config import load_config
+    from jijian.model.hf import save_hf
+    from jijian.serve.server import load_model
+
+    cfg = ModelConfig(dim=48, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=tokenizer.vocab_size)
+    directory = save_hf(build_model(cfg), tokenizer, tmp_path / "odd-model")
+    (tmp_path / "deploy.toml").write_text(f'[serve]\nmodel_path = "{directory}"\nweights = "int4"\n')
+    with pytest.raises(QuantizationError) as error:
+        load_model(load_config(tmp_path / "deploy.toml"))
+    assert str(directory) in str(error.value) and "model.layers.0.self_attn.q_proj.weight" in str(error.value)
+    # int8 has no such constraint: the same model serves.
+    (tmp_path / "deploy.toml").write_text(f'[serve]\nmodel_path = "{directory}"\nweights = "int8"\n')
+    model, _, _ = load_model(load_config(tmp_path / "deploy.toml"))
+    assert isinstance(model.model.layers["0"].self_attn.q_proj, Int8Linear)
+
+
+def test_a_directory_imported_as_int4_refuses_another_quantisation(small_model_dir):
+    from jijian.model.hf import load_hf
+
+    model, _ = load_hf(small_model_dir)
+    quantize_model(model, "int4", source="imported")
+    assert quantize_model(model, "auto") is model and quantize_model(model, "int4") is model
+    with pytest.raises(QuantizationError, match="import-gguf --weights int8"):
+        quantize_model(model, "int8", source="imported")

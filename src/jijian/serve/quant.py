@@ -45,6 +45,14 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
     """Serve `model`'s projections in `weights` format (in place); `source` names the model in errors."""
     if weights not in WEIGHT_FORMATS:
         raise QuantizationError(f"serve.weights = {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    held = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))})
+    wanted = {"int4": Int4Linear.__name__, "int8": Int8Linear.__name__}.get(weights)
+    if held and weights != "auto" and held != [wanted]:
+        raise QuantizationError(
+            f"{source} holds {' and '.join(held)} projections (imported quantised), which serve.weights = "
+            f'{weights!r} cannot change: serve it with weights = "auto", or import the GGUF again with '
+            f"`jijian model import-gguf --weights {weights if weights in ('int8', 'int4') else 'fp32'}`"
+        )
     if weights in ("auto", "fp32"):
         return model
     layers = list(projections(model))

@@ -66,7 +66,9 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
     else:
         from jijian.model.gguf import smollm2_model_dir
 
-        directory = smollm2_model_dir(serve.model_cache_dir)
+        # int4 in groups of 32 serves the GGUF's own Q4_1 codes (what llama.cpp multiplies by), not a requantisation.
+        exact = serve.weights == "int4" and serve.int4_group_size == 32
+        directory = smollm2_model_dir(serve.model_cache_dir, "int4" if exact else "fp32")
     key = key_from_config(config.guard)
     encrypted = any(is_encrypted(path) for path in Path(directory).glob("*") if path.is_file())
     device = resolve_device(serve.device, "serve.device")
