@@ -143,3 +143,15 @@ def test_a_directory_imported_as_int4_refuses_another_quantisation(small_model_d
     assert quantize_model(model, "auto") is model and quantize_model(model, "int4") is model
     with pytest.raises(QuantizationError, match="import-gguf --weights int8"):
         quantize_model(model, "int8", source="imported")
+
+
+def test_int4_projections_split_for_tensor_parallelism_on_group_boundaries_only():
+    from jijian.serve.tensor_parallel import TensorParallelError, _sliced
+
+    torch.manual_seed(0)
+    layer = Int4Linear.from_linear(nn.Linear(128, 64), 32)
+    by_rows, by_cols = _sliced(layer, rows=slice(16, 48)), _sliced(layer, cols=slice(64, 128))
+    assert torch.equal(by_rows.dequantized(), layer.dequantized()[16:48])
+    assert torch.equal(by_cols.dequantized(), layer.dequantized()[:, 64:]) and by_cols.bias is None
+    with pytest.raises(TensorParallelError, match="groups of 32"):
+        _sliced(layer, cols=slice(0, 48))

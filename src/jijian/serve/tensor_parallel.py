@@ -31,7 +31,7 @@ from torch import nn
 from jijian.config import ModelConfig, UserInputError
 from jijian.model.device import process_group_backend, resolve_device
 from jijian.model.llama import CausalLM
-from jijian.serve.quant import Int8Linear, quantize_model
+from jijian.serve.quant import Int4Linear, Int8Linear, quantize_model
 from jijian.serve.runner import ModelRunner
 
 if TYPE_CHECKING:
@@ -81,10 +81,12 @@ class RowParallelLinear(nn.Module):
 
 
 def _sliced(module: nn.Module, rows: slice = slice(None), cols: slice = slice(None)) -> nn.Module:
-    """A copy of a linear layer (float or int8) keeping output rows `rows` and input columns `cols`."""
+    """A copy of a linear layer (float, int8 or int4) keeping output rows `rows` and input columns `cols`."""
     if isinstance(module, Int8Linear):
         bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
         return Int8Linear(module.weight[rows, cols].contiguous(), module.scale[rows].contiguous(), bias)
+    if isinstance(module, Int4Linear):  # a directory imported with int4 projections: split its portable form
+        return _sliced_int4(module, rows, cols)
     if not isinstance(module, nn.Linear):
         raise TypeError(f"cannot split a {type(module).__name__} for tensor parallelism")
     weight = module.weight.detach()[rows, cols].contiguous()
@@ -94,6 +96,20 @@ def _sliced(module: nn.Module, rows: slice = slice(None), cols: slice = slice(No
     if has_bias:
         out.bias = nn.Parameter(module.bias.detach()[rows].contiguous(), requires_grad=False)
     return out
+
+
+def _sliced_int4(module: Int4Linear, rows: slice, cols: slice) -> Int4Linear:
+    group = module.group_size
+    start, stop, _ = cols.indices(module.in_features)
+    if start % group or stop % group:
+        raise TensorParallelError(
+            f"{FIELD}: input features {start}..{stop} of an int4 projection do not fall on its groups of {group}; "
+            "serve this model with fewer ranks, or import it with --weights int8 or fp32"
+        )
+    bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
+    qweight = module.qweight[rows, start // 2 : stop // 2].contiguous()
+    scales_and_zeros = module.scales_and_zeros[start // group : stop // group, rows].contiguous()
+    return Int4Linear(qweight, scales_and_zeros, group, bias)
 
 
 def shard_model(model: CausalLM, rank: int, world: int) -> CausalLM:
