@@ -127,7 +127,7 @@ AGREEMENT_PROMPTS = [
 ]
 # Measured on SmolLM2 with these prompts (benchmarks/serve_quant.py prints the same figures on more):
 # the asserted bounds leave room for bf16 rounding differences between CPUs.
-MIN_AGREEMENT = {"int8": 0.9, "int4": 0.3}
+MIN_AGREEMENT = {"int8": 0.9, "int4": 0.5}
 
 
 @pytest.mark.slow

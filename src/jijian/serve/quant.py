@@ -1,10 +1,11 @@
 """`[serve] weights`: turn a float model's projections into the weight format the server multiplies by.
 
 "int8" and "int4" replace every attention and MLP projection, and the output head, by the packed-kernel
-layers of `jijian.model.quantized`; "bf16" rounds them to bf16 under a float32 model; "fp32" and "auto"
-leave them as loaded. The embedding table and the norms stay in the model's dtype. When the output head
-is tied to the embedding (SmolLM2), the head gets its own quantised copy: the head is the largest
-matrix a decode step reads, and the embedding is only looked up a row at a time.
+layers of `jijian.model.quantized` (under "int4" the head is int8: it is the one matrix 4 bits hurt);
+"bf16" rounds them to bf16 under a float32 model; "fp32" and "auto" leave them as loaded. The embedding
+table and the norms stay in the model's dtype. When the output head is tied to the embedding (SmolLM2),
+the head gets its own quantised copy: the head is the largest matrix a decode step reads, and the
+embedding is only looked up a row at a time.
 
 Every shape is checked before anything is replaced, so a model the kernel cannot hold fails with the
 tensor's name and leaves the model as it was.
@@ -45,7 +46,8 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
     """Serve `model`'s projections in `weights` format (in place); `source` names the model in errors."""
     if weights not in WEIGHT_FORMATS:
         raise QuantizationError(f"serve.weights = {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
-    held = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))})
+    # Imported quantised projections (the head is quantised here only, and int8 under int4 too).
+    held = sorted({type(m).__name__ for m in model.model.modules() if isinstance(m, (Int4Linear, Int8Linear))})
     wanted = {"int4": Int4Linear.__name__, "int8": Int8Linear.__name__}.get(weights)
     if held and weights != "auto" and held != [wanted]:
         raise QuantizationError(
@@ -68,6 +70,8 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
         make = Int8Linear.from_linear
     else:
         for name, _, _, linear in layers:
+            if name == "lm_head":
+                continue
             problem = int4_shape_problem(linear.out_features, linear.in_features, group_size, linear.weight.device.type)
             if problem:
                 raise QuantizationError(
@@ -80,8 +84,11 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
             return Int4Linear.from_linear(linear, group_size)
 
     with torch.no_grad():
-        for _, parent, attribute, linear in layers:
-            setattr(parent, attribute, make(linear))
+        for name, parent, attribute, linear in layers:
+            # The output head stays int8 under int4 (as llama.cpp keeps it at 6-8 bits): in 4 bits it cost
+            # SmolLM2 +6.8% perplexity, against +0.1% for every other projection together.
+            layer = Int8Linear.from_linear(linear) if weights == "int4" and name == "lm_head" else make(linear)
+            setattr(parent, attribute, layer)
     return model
 
 
