@@ -50,3 +50,35 @@ def test_the_engine_serves_on_the_gpu_in_bf16():
     outs = engine.generate([[1, 2, 3, 4], [5, 6, 7]], SamplingParams(max_tokens=8, ignore_eos=True))
     assert [len(o) for o in outs] == [8, 8]
     assert DeployConfig.model_validate({"serve": {"device": "cuda", "dtype": "bf16"}}).serve.device == "cuda"
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_int4_and_int8_kernels_on_the_gpu_match_the_dequantised_reference(rows):
+    from jijian.model.quantized import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1536, 576, bias=True)
+    x = torch.randn(rows, 1536)
+    layers = (Int8Linear.from_linear(linear), Int4Linear.from_linear(linear, 32), Int4Linear.from_linear(linear, 128))
+    for layer in layers:
+        reference = x @ layer.dequantized().T + linear.bias
+        gpu = layer.to("cuda")  # the int4 weight is repacked into tinygemm's layout on the first call
+        got = gpu(x.to("cuda", torch.bfloat16)).float().cpu()
+        assert ((got - reference).abs().max() / reference.abs().max()).item() < 2e-2, type(layer).__name__
+
+
+def test_the_engine_serves_int4_weights_on_the_gpu():
+    from jijian.config import ModelConfig
+    from jijian.model import build_model
+    from jijian.serve.engine import EngineConfig, LLMEngine
+    from jijian.serve.quant import quantize_model
+    from jijian.serve.request import SamplingParams
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=512, max_seq_len=256)
+    model = quantize_model(build_model(cfg).to("cuda", torch.bfloat16).eval(), "int4")
+    assert type(model.model.layers["0"].mlp.up_proj).__name__ == "Int4Linear"
+    outs = LLMEngine(model, None, EngineConfig(num_blocks=64, block_size=16)).generate(
+        [[1, 2, 3, 4], [5, 6, 7]], SamplingParams(max_tokens=8, ignore_eos=True)
+    )
+    assert [len(o) for o in outs] == [8, 8]

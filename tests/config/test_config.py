@@ -579,3 +579,15 @@ def test_unknown_nested_key_gets_a_suggestion(tmp_path):
     message = load_error(write_config(tmp_path, text))
     assert "model.rope_scaling.low_freq_factr" in message
     assert "did you mean 'low_freq_factor'" in message
+
+
+def test_serve_weights_is_checked_and_quantization_is_its_old_name(tmp_path):
+    message = load_error(write_config(tmp_path, '[serve]\nweights = "int3"\n'))
+    assert "serve.weights" in message and "int3" in message
+    assert (
+        load_config(write_config(tmp_path, '[serve]\nweights = "int4"\nint4_group_size = 64\n')).serve.weights == "int4"
+    )
+    assert load_config(write_config(tmp_path, '[serve]\nquantization = "int8"\n')).serve.weights == "int8"
+    assert load_config(write_config(tmp_path, '[serve]\nquantization = "none"\n')).serve.weights == "auto"
+    assert "serve" in load_error(write_config(tmp_path, '[serve]\nquantization = "int8"\nweights = "int4"\n'))
+    assert "serve.int4_group_size" in load_error(write_config(tmp_path, "[serve]\nint4_group_size = 48\n"))

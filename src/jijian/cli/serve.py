@@ -111,9 +111,17 @@ def serve_bench(
 def model_import_gguf(
     file: Annotated[Path, typer.Argument(help="a llama.cpp GGUF file (Llama family)")],
     to: Annotated[Path, typer.Option("--to", help="HF-format directory to write")],
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="fp32: dequantise everything; int4 / int8: keep the projections quantised for "
+            '[serve] weights = "int4" / "int8" (Q4_0/Q4_1 codes are kept as they are at group size 32)'
+        ),
+    ] = "fp32",
+    group_size: Annotated[int, typer.Option(help="int4 group size ([serve] int4_group_size): 32, 64, 128 or 256")] = 32,
 ) -> None:
-    """Dequantise a GGUF file into an HF-format directory (config.json, safetensors, tokenizer)."""
+    """Convert a GGUF file into an HF-format directory (config.json, safetensors, tokenizer)."""
     from jijian.model.gguf import import_gguf
 
-    import_gguf(file, to)
+    import_gguf(file, to, weights, group_size)
     err_console.print(f"wrote {to}")

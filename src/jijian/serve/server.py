@@ -28,7 +28,7 @@ from jijian.serve.api import ApiSettings, Embedder, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.dashboard import DashboardSources
 from jijian.serve.engine import EngineConfig, LLMEngine
-from jijian.serve.quant import quantize_int8
+from jijian.serve.quant import QuantizationError, quantize_model
 from jijian.serve.rag import Retriever
 from jijian.serve.tensor_parallel import start_tensor_parallel
 
@@ -66,20 +66,31 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
     else:
         from jijian.model.gguf import smollm2_model_dir
 
-        directory = smollm2_model_dir(serve.model_cache_dir)
+        # int4 in groups of 32 serves the GGUF's own Q4_1 codes (what llama.cpp multiplies by), not a requantisation.
+        exact = serve.weights == "int4" and serve.int4_group_size == 32
+        directory = smollm2_model_dir(serve.model_cache_dir, "int4" if exact else "fp32")
     key = key_from_config(config.guard)
     encrypted = any(is_encrypted(path) for path in Path(directory).glob("*") if path.is_file())
     device = resolve_device(serve.device, "serve.device")
-    dtype = resolve_dtype(serve.dtype, device, "serve.dtype")
+    dtype_name = "fp32" if serve.weights == "fp32" and serve.dtype == "auto" else serve.dtype
+    dtype = resolve_dtype(dtype_name, device, "serve.dtype")
+    if serve.weights == "fp32" and dtype != torch.float32:
+        raise QuantizationError(f'serve.weights = "fp32" needs serve.dtype = "fp32" or "auto", not {serve.dtype!r}')
     reader = file_reader(key) if key is not None or encrypted else None
     # Tensor-parallel ranks read the model on the host and move only their shard to the device.
     where = "cpu" if serve.tensor_parallel > 1 else device
     model, tokenizer = load_hf(directory, device=where, dtype=dtype, read_bytes=reader)
     if tokenizer is None:
         raise UserInputError(f"[serve] model_path: {directory} has no tokenizer.json; the server needs one")
-    if serve.quantization == "int8":
-        quantize_int8(model)
+    if serve.tensor_parallel == 1:  # tensor-parallel ranks quantise their own shard, on their device
+        serve_weights(model, config, Path(directory))
     return model, tokenizer, Path(directory)
+
+
+def serve_weights(model: CausalLM, config: DeployConfig, directory: Path) -> CausalLM:
+    """Put the model's projections into `[serve] weights` format (in place)."""
+    serve = config.serve
+    return quantize_model(model, serve.weights, group_size=serve.int4_group_size, source=str(directory))
 
 
 def knowledge_base_services(

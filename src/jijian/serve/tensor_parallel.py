@@ -31,7 +31,7 @@ from torch import nn
 from jijian.config import ModelConfig, UserInputError
 from jijian.model.device import process_group_backend, resolve_device
 from jijian.model.llama import CausalLM
-from jijian.serve.quant import Int8Linear
+from jijian.serve.quant import Int4Linear, Int8Linear, quantize_model
 from jijian.serve.runner import ModelRunner
 
 if TYPE_CHECKING:
@@ -81,9 +81,12 @@ class RowParallelLinear(nn.Module):
 
 
 def _sliced(module: nn.Module, rows: slice = slice(None), cols: slice = slice(None)) -> nn.Module:
-    """A copy of a linear layer (float or int8) keeping output rows `rows` and input columns `cols`."""
+    """A copy of a linear layer (float, int8 or int4) keeping output rows `rows` and input columns `cols`."""
     if isinstance(module, Int8Linear):
-        return Int8Linear(module.weight[rows, cols].contiguous(), module.scale[rows].contiguous())
+        bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
+        return Int8Linear(module.weight[rows, cols].contiguous(), module.scale[rows].contiguous(), bias)
+    if isinstance(module, Int4Linear):  # a directory imported with int4 projections: split its portable form
+        return _sliced_int4(module, rows, cols)
     if not isinstance(module, nn.Linear):
         raise TypeError(f"cannot split a {type(module).__name__} for tensor parallelism")
     weight = module.weight.detach()[rows, cols].contiguous()
@@ -93,6 +96,20 @@ def _sliced(module: nn.Module, rows: slice = slice(None), cols: slice = slice(No
     if has_bias:
         out.bias = nn.Parameter(module.bias.detach()[rows].contiguous(), requires_grad=False)
     return out
+
+
+def _sliced_int4(module: Int4Linear, rows: slice, cols: slice) -> Int4Linear:
+    group = module.group_size
+    start, stop, _ = cols.indices(module.in_features)
+    if start % group or stop % group:
+        raise TensorParallelError(
+            f"{FIELD}: input features {start}..{stop} of an int4 projection do not fall on its groups of {group}; "
+            "serve this model with fewer ranks, or import it with --weights int8 or fp32"
+        )
+    bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
+    qweight = module.qweight[rows, start // 2 : stop // 2].contiguous()
+    scales_and_zeros = module.scales_and_zeros[start // group : stop // group, rows].contiguous()
+    return Int4Linear(qweight, scales_and_zeros, group, bias)
 
 
 def shard_model(model: CausalLM, rank: int, world: int) -> CausalLM:
@@ -197,7 +214,7 @@ def _worker_main(config: DeployConfig, rank: int, world: int, store_dir: Path, n
     model, _, _ = load_model(config)
     device = rank_device(config, rank)
     _join_group(store_dir, rank, world, device, config.serve.request_timeout_s)
-    runner = ModelRunner(shard_model(model, rank, world).to(device), num_blocks, config.serve.block_size)
+    runner = ModelRunner(_device_shard(model, config, rank, world, device), num_blocks, config.serve.block_size)
     try:
         while True:
             message: list[Any] = [None]
@@ -253,4 +270,12 @@ def start_tensor_parallel(config: DeployConfig, model: CausalLM, num_blocks: int
         shutil.rmtree(store_dir, ignore_errors=True)
         raise
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    return TensorParallelRunner(shard_model(model, 0, world).to(device), num_blocks, config.serve.block_size, team)
+    shard = _device_shard(model, config, 0, world, device)
+    return TensorParallelRunner(shard, num_blocks, config.serve.block_size, team)
+
+
+def _device_shard(model: CausalLM, config: DeployConfig, rank: int, world: int, device: torch.device) -> CausalLM:
+    """Rank `rank`'s shard on its device, its projections in `[serve] weights` format (packed for that device)."""
+    serve = config.serve
+    shard = shard_model(model, rank, world).to(device)
+    return quantize_model(shard, serve.weights, group_size=serve.int4_group_size, source=f"rank {rank}'s shard")
