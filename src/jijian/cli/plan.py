@@ -19,7 +19,7 @@ from rich.table import Table
 from jijian.cli.common import DefaultCommandGroup, err_console, out_console, reports_errors
 
 if TYPE_CHECKING:
-    from jijian.config import DeployConfig
+    from jijian.config import DeployConfig, ModelConfig
     from jijian.plan import Cluster, Estimate, ModelShape, Workload
 
 
@@ -67,10 +67,17 @@ def _load(config: Path | None) -> DeployConfig | None:
 
 def _shape(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, int | None]) -> ModelShape:
     """The model from --model / shape flags, on top of the config's [model] when there is one."""
+    from jijian.plan import ModelShape
+
+    return ModelShape.from_config(_model_config(cfg, preset, overrides))
+
+
+def _model_config(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, int | None]) -> ModelConfig:
+    """The `[model]` section that --model / shape flags describe, on top of the config's [model] when there is one."""
     from pydantic import ValidationError
 
     from jijian.config import MODEL_PRESETS, ModelConfig
-    from jijian.plan import ModelShape, PlanError
+    from jijian.plan import PlanError
 
     given = {k: v for k, v in overrides.items() if v is not None}
     if preset is not None:
@@ -88,7 +95,7 @@ def _shape(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, in
             raise PlanError(f"give a deploy.toml, --model PRESET, or the whole shape (missing {', '.join(missing)})")
         fields = {"vocab_size": 128256}
     try:
-        return ModelShape.from_config(ModelConfig(**{**fields, **given}))
+        return ModelConfig(**{**fields, **given})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg']}" for e in exc.errors())
         raise PlanError(f"model shape: {problems}") from None
@@ -260,16 +267,25 @@ def plan_train(
     as_json: JsonOpt = False,
     emit: Annotated[Path | None, typer.Option("--emit", help="write the best layout's [parallel] section here")] = None,
     force: Annotated[bool, typer.Option("--force", help="let --emit overwrite an existing file")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="trace the layout (--layout, a deploy.toml's [parallel], or the best found) with jijian's own "
+            "parallelisation on a fake process group and compare its memory and traffic with the prediction",
+        ),
+    ] = False,
 ) -> None:
     """Find the fastest layouts that fit, with step time, MFU, days, GPU-hours, PF-days, energy and cost."""
-    from jijian.plan import PlanError, evaluate_layout, parse_layout, search
+    from jijian.plan import ModelShape, PlanError, evaluate_layout, parse_layout, search
     from jijian.plan.search import format_count, layout_gpus
 
     if recompute is not None and recompute not in ("none", "selective", "full"):
         raise PlanError(f"--recompute must be none, selective or full (got {recompute!r})")
     cfg = _load(config)
     shape_flags = {"n_layers": layers, "dim": hidden, "n_heads": heads, "n_kv_heads": kv_heads}
-    shape = _shape(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    model_cfg = _model_config(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    shape = ModelShape.from_config(model_cfg)
     cluster = _cluster(cfg, gpu, devices_per_node)
     degrees = parse_layout(layout) if layout else None
     if degrees and gpus is None:
@@ -279,6 +295,14 @@ def plan_train(
         raise PlanError(_layout_mismatch(layout or "", degrees, count))
     work, tokens_note = _workload(cfg, shape, count, seq, global_batch, tokens)
 
+    if check and not degrees and cfg is not None and cfg.parallel.model_fields_set:
+        from jijian.cli.plan_check import planner_layout_of
+
+        # The deployment's own [parallel] layout, resolved as `jijian train` would resolve it.
+        own = planner_layout_of(cfg, count)
+        _print_check(_trace_check(model_cfg, work, cluster, own, "[parallel] of " + str(config)), as_json)
+        return
+
     start = time.perf_counter()
     if degrees:
         results, evaluated, feasible = [evaluate_layout(work, cluster, degrees, recompute)], 1, 1
@@ -287,8 +311,13 @@ def plan_train(
         results, evaluated, feasible = found.best, found.evaluated, found.feasible
     elapsed = time.perf_counter() - start
     best = results[0]
-    if emit and not degrees and not best.jijian_runs:  # emit the fastest layout jijian train can run
+    if (emit or check) and not degrees and not best.jijian_runs:  # the fastest layout jijian train can run
         best = search(work, cluster, count, recompute, top=1, jijian_only=True).best[0]
+    if check:
+        _print_check(
+            _trace_check(model_cfg, work, cluster, best.layout, f"--layout {layout}" if layout else ""), as_json
+        )
+        return
     summary = (
         f"{format_count(shape.params)} parameters on {count} x {cluster.accelerator.name}, "
         f"{format_count(work.tokens)} tokens, seq {work.seq}, global batch {work.global_batch}"
@@ -325,6 +354,65 @@ def plan_train(
         out_console.print(f"sent per device per step by the best layout: {traffic or 'nothing'}", soft_wrap=True)
     if emit:
         err_console.print(f"wrote \\[parallel] for {best.layout.describe()} to {emit}")
+
+
+def _trace_check(model_cfg: ModelConfig, work: Workload, cluster: Cluster, layout: Any, source: str) -> Any:
+    """Trace `layout` with the engine; a layout jijian train cannot run is a PlanError naming where it came from."""
+    from jijian.cli.plan_check import check_layout
+    from jijian.plan import PlanError
+    from jijian.plan.estimate import jijian_cannot_run
+
+    problem = jijian_cannot_run(layout)
+    if problem:
+        where = f"{source}: " if source else ""
+        raise PlanError(f"--check: {where}layout {layout.describe()} cannot be traced: {problem}")
+    err_console.print(
+        f"tracing {layout.describe()} on a fake process group of {layout.gpus} ranks (rank 0, fake tensors)..."
+    )
+    return check_layout(source or "best layout", model_cfg, work, cluster, layout)
+
+
+def _print_check(agreement: Any, as_json: bool) -> None:
+    """Planner and engine side by side; exit code 1 when they disagree beyond the benchmark's targets."""
+    from jijian.cli.plan_check import COMM_CATEGORIES, COMM_TARGET, MEMORY_CATEGORIES, MEMORY_TARGET
+
+    agree = agreement.memory_rel_err <= MEMORY_TARGET and agreement.comm_rel_err <= COMM_TARGET
+    if as_json:
+        print(json.dumps(agreement.to_dict(), indent=2))
+    else:
+        engine = agreement.engine_layout
+        table = Table(
+            title=f"jijian plan --check: {agreement.estimate.layout.describe()} = [parallel] {engine.describe()}; "
+            f"{agreement.trace.microbatches} micro-batch(es) per step, traced in {agreement.trace.seconds:.1f} s",
+            title_justify="left",
+        )
+        for column in ("per device", "planner", "engine", "rel. error"):
+            table.add_column(column, justify="left" if column == "per device" else "right")
+        rows = [(f"{k} bytes", agreement.planner_memory[k], agreement.engine_memory[k]) for k in MEMORY_CATEGORIES]
+        rows.append(("model states", sum(agreement.planner_memory.values()), sum(agreement.engine_memory.values())))
+        rows += [(f"sent/step {k}", agreement.planner_comm[k], agreement.engine_comm[k]) for k in COMM_CATEGORIES]
+        rows.append(("sent/step total", sum(agreement.planner_comm.values()), sum(agreement.engine_comm.values())))
+        for label, planned, traced in rows:
+            error = abs(planned - traced) / traced if traced else (0.0 if planned == 0 else float("inf"))
+            bold = label in ("model states", "sent/step total")
+            cells = [label, _bytes(planned), _bytes(traced), f"{error:.1%}"]
+            table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
+        _show(table)
+        out_console.print(
+            "model states: the planner counts bf16 weights and gradients plus fp32 master weights and Adam moments; "
+            "FSDP2 keeps fp32 weights (the master copy) and fp32 gradients: the same 16 bytes per parameter, split "
+            "differently. Bytes sent: every collective of the traced step as ring traffic.",
+            soft_wrap=True,
+        )
+        verdict = "agree" if agree else "DISAGREE"
+        out_console.print(
+            f"planner and engine {verdict}: model states {agreement.memory_rel_err:.1%} apart (target <= "
+            f"{MEMORY_TARGET:.0%}), bytes sent per step {agreement.comm_rel_err:.1%} apart "
+            f"(target <= {COMM_TARGET:.0%})",
+            soft_wrap=True,
+        )
+    if not agree:
+        raise typer.Exit(1)
 
 
 @plan_app.command("serve")

@@ -26,8 +26,10 @@ from jijian.plan.hardware import GB, Calibration, Cluster, capital_cost_per_devi
 from jijian.plan.memory import (
     GRAD_BYTES,
     PARAM_BYTES,
+    REDUCE_BYTES,
     activation_bytes_per_layer,
     model_state_bytes_per_param,
+    model_state_split,
 )
 from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
 
@@ -162,6 +164,21 @@ def matmul_seconds(
     return layers * (seconds(layer, passes[0]) + seconds(scores, passes[1])) + head
 
 
+def tp_recompute_collectives(recompute: str, sequence_parallel: bool) -> float:
+    """Tensor-parallel collectives per layer (in all-reduces) that recomputing a layer's forward sends again.
+
+    As jijian's engine runs it (counted on a fake process group): full recomputation redoes the attention
+    output's reduction and, under sequence parallelism, both all-gathers of the norm outputs (the block's last
+    reduction is not needed by backward and is skipped); selective recomputation keeps the reductions' outputs
+    but recomputes the norms, so only the two all-gathers (one all-reduce's worth) run again.
+    """
+    if recompute == "full":
+        return 1.5 if sequence_parallel else 1.0
+    if recompute == "selective" and sequence_parallel:
+        return 1.0
+    return 0.0
+
+
 def stage_layers(shape: ModelShape, pp: int) -> int:
     """Layers on the busiest pipeline stage."""
     return math.ceil(shape.layers / pp)
@@ -175,6 +192,13 @@ def stage_params(shape: ModelShape, layout: Layout) -> float:
     """
     embeddings = shape.embedding_params if layout.pp == 1 else shape.vocab * shape.hidden
     return (stage_layers(shape, layout.pp) * shape.layer_params + embeddings) / layout.tp
+
+
+def model_state_breakdown(shape: ModelShape, layout: Layout) -> dict[str, float]:
+    """Bytes of parameters, gradients and optimizer states on one device of the busiest stage."""
+    stage, shard = zero_sharding(layout)
+    params = stage_params(shape, layout)
+    return {name: params * per_param for name, per_param in model_state_split(stage, shard).items()}
 
 
 def zero_sharding(layout: Layout) -> tuple[int, int]:
@@ -286,10 +310,15 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     def link(stride: int, size: int) -> float:
         return device.link_gbs if group_is_intra_node(stride, size, per_node) else device.network_gbs
 
-    # Tensor parallelism: 2 all-reduces per layer forward, 2 backward, 2 more when recomputing fully
-    # (with sequence parallelism each becomes an all-gather + reduce-scatter: the same bytes).
-    collectives = 4 + (2 if layout.recompute == "full" else 0)
-    tp_bytes = collectives * layers * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
+    # Tensor parallelism: 2 all-reduces per layer forward and 2 backward (with sequence parallelism each becomes
+    # an all-gather + reduce-scatter: the same bytes), plus what recomputation sends again (tp_recompute_collectives)
+    # and the all-gather of the logits over the vocabulary for the loss (jijian's head returns full logits). The
+    # embedding's output and the head's input take one all-reduce's worth each (the head's stage has one, the
+    # stage holding both without a pipeline two).
+    collectives = 4 + tp_recompute_collectives(layout.recompute, layout.sequence_parallel)
+    ends = 2 if pp == 1 else 1
+    tp_bytes = (collectives * layers + ends) * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
+    tp_bytes += all_gather_bytes(tokens_mb * shape.vocab * PARAM_BYTES, tp)
     tp_s = transfer_time(tp_bytes, link(1, tp), calib.link_efficiency)
     chunks = layout.chunks if layout.schedule == "interleaved_1f1b" else 1
     pp_bytes = 0.0 if pp == 1 else 2.0 * chunks * tokens_mb * shape.hidden * PARAM_BYTES / split
@@ -301,11 +330,12 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
 
     # Data parallelism over the stage's parameters.
     params = stage_params(shape, layout)
-    grad_bytes = params * GRAD_BYTES
+    grad_bytes = params * REDUCE_BYTES  # as reduced: in fp32
     fsdp_bytes = fsdp_exposed_s = 0.0
     if layout.fsdp > 1:
         gathers = 2 if pp == 1 else 1  # without a pipeline FSDP reshards after forward and gathers again
-        per_round = (gathers + 1) * all_gather_bytes(params * PARAM_BYTES, layout.fsdp)
+        per_round = gathers * all_gather_bytes(params * PARAM_BYTES, layout.fsdp)
+        per_round += all_gather_bytes(params * REDUCE_BYTES, layout.fsdp)  # the gradients' reduce-scatter
         rounds = microbatches if pp == 1 else 1
         fsdp_bytes = per_round * rounds
         round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
