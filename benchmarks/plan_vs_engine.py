@@ -3,8 +3,9 @@
 For the Llama 3 8B, 70B and 405B presets, on the layouts the planner recommends for 64, 1,024 and 16,384
 devices and on hand-written 3-D (fsdp x tp x pp) and 4-D (dp x fsdp x tp x pp) layouts, the engine's real
 parallelisation runs one training step of rank 0 on PyTorch's fake process group with fake tensors
-(`jijian plan --check` does the same for one layout). Compared per device: model-state bytes (parameters,
-gradients, AdamW states) and bytes sent per step (every collective the trace saw, as ring traffic).
+(`jijian plan --check` does the same for one layout). Compared per device: memory = model states (parameters,
+gradients, AdamW states) plus FSDP's gathered parameters and unsharded gradients at their peak, and the bytes
+sent per step (every collective the trace saw, as ring traffic). Activations are not compared.
 
     .venv/bin/python benchmarks/plan_vs_engine.py            # 14 layouts (a few minutes on 2 cores)
     .venv/bin/python benchmarks/plan_vs_engine.py --quick    # 6 layouts (about a minute)
@@ -97,7 +98,7 @@ def main() -> int:
     rows: list[Agreement] = []
     start = time.perf_counter()
     header = (
-        f"{'case':24} {'layout':52} {'states GB plan':>14} {'engine':>8} {'err':>6} "
+        f"{'case':24} {'layout':52} {'memory GB plan':>14} {'engine':>8} {'err':>6} "
         f"{'sent GB plan':>12} {'engine':>9} {'err':>6} {'trace s':>7}"
     )
     print(header)
@@ -109,7 +110,7 @@ def main() -> int:
         print(
             f"{case.name:24} {agreement.estimate.layout.describe():52} {plan_mem / GB:14.3f} {engine_mem / GB:8.3f} "
             f"{agreement.memory_rel_err:6.1%} {plan_comm / GB:12.2f} {engine_comm / GB:9.2f} "
-            f"{agreement.comm_rel_err:6.1%} {agreement.trace.seconds:7.1f}",
+            f"{agreement.comm_rel_err:6.1%} {agreement.trace_seconds:7.1f}",
             flush=True,
         )
         split = "  ".join(
@@ -121,7 +122,7 @@ def main() -> int:
             f"{k} {agreement.planner_memory[k] / GB:.3f}/{agreement.engine_memory[k] / GB:.3f}"
             for k in agreement.planner_memory
         )
-        print(f"{'':24}   sent GB plan/engine: {split}\n{'':24}   states GB plan/engine: {states}", flush=True)
+        print(f"{'':24}   sent GB plan/engine: {split}\n{'':24}   memory GB plan/engine: {states}", flush=True)
     memory_err = statistics.median(r.memory_rel_err for r in rows)
     comm_err = statistics.median(r.comm_rel_err for r in rows)
     print(f"{len(rows)} layouts traced in {time.perf_counter() - start:.0f} s")

@@ -383,30 +383,31 @@ def _print_check(agreement: Any, as_json: bool) -> None:
         engine = agreement.engine_layout
         table = Table(
             title=f"jijian plan --check: {agreement.estimate.layout.describe()} = [parallel] {engine.describe()}; "
-            f"{agreement.trace.microbatches} micro-batch(es) per step, traced in {agreement.trace.seconds:.1f} s",
+            f"{agreement.trace.microbatches} micro-batch(es) per step, traced in {agreement.trace_seconds:.1f} s",
             title_justify="left",
         )
         for column in ("per device", "planner", "engine", "rel. error"):
             table.add_column(column, justify="left" if column == "per device" else "right")
         rows = [(f"{k} bytes", agreement.planner_memory[k], agreement.engine_memory[k]) for k in MEMORY_CATEGORIES]
-        rows.append(("model states", sum(agreement.planner_memory.values()), sum(agreement.engine_memory.values())))
+        rows.append(("memory total", sum(agreement.planner_memory.values()), sum(agreement.engine_memory.values())))
         rows += [(f"sent/step {k}", agreement.planner_comm[k], agreement.engine_comm[k]) for k in COMM_CATEGORIES]
         rows.append(("sent/step total", sum(agreement.planner_comm.values()), sum(agreement.engine_comm.values())))
         for label, planned, traced in rows:
             error = abs(planned - traced) / traced if traced else (0.0 if planned == 0 else float("inf"))
-            bold = label in ("model states", "sent/step total")
+            bold = label in ("memory total", "sent/step total")
             cells = [label, _bytes(planned), _bytes(traced), f"{error:.1%}"]
             table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
         _show(table)
         out_console.print(
-            "model states: the planner counts bf16 weights and gradients plus fp32 master weights and Adam moments; "
+            "memory: model states plus FSDP's gathered parameters and unsharded gradients at their peak (activations "
+            "not compared); the planner counts bf16 weights and gradients plus fp32 master weights and Adam moments, "
             "FSDP2 keeps fp32 weights (the master copy) and fp32 gradients: the same 16 bytes per parameter, split "
             "differently. Bytes sent: every collective of the traced step as ring traffic.",
             soft_wrap=True,
         )
         verdict = "agree" if agree else "DISAGREE"
         out_console.print(
-            f"planner and engine {verdict}: model states {agreement.memory_rel_err:.1%} apart (target <= "
+            f"planner and engine {verdict}: memory {agreement.memory_rel_err:.1%} apart (target <= "
             f"{MEMORY_TARGET:.0%}), bytes sent per step {agreement.comm_rel_err:.1%} apart "
             f"(target <= {COMM_TARGET:.0%})",
             soft_wrap=True,

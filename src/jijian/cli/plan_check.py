@@ -10,20 +10,22 @@ This module lives in the CLI layer because it is the one layer allowed to import
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from jijian.config import DeployConfig, ModelConfig, ParallelConfig
 from jijian.plan import Cluster, Estimate, PlanError, Workload, estimate, parallel_section
 from jijian.plan.comms import all_gather_bytes, all_reduce_bytes
 from jijian.plan.estimate import Layout as PlanLayout
-from jijian.plan.estimate import model_state_breakdown
+from jijian.plan.estimate import memory_breakdown, model_state_breakdown
 from jijian.plan.train_config import train_settings
 from jijian.train.layout import Layout as EngineLayout
 from jijian.train.layout import resolve_layout
 from jijian.train.parallel.trace import Collective, LayoutTrace
 
 COMM_CATEGORIES = ("tensor_parallel", "pipeline_p2p", "fsdp", "data_parallel")
-MEMORY_CATEGORIES = ("params", "grads", "optimizer")
+MEMORY_CATEGORIES = ("params", "grads", "optimizer", "unsharded")
 # Agreement: model-state bytes within 5 %, bytes sent per step within 10 % (benchmarks/plan_vs_engine.py's targets).
 MEMORY_TARGET = 0.05
 COMM_TARGET = 0.10
@@ -36,15 +38,21 @@ class Agreement:
     name: str
     estimate: Estimate
     engine_layout: EngineLayout
-    trace: LayoutTrace
+    trace: LayoutTrace  # rank 0: memory
+    comm_trace: LayoutTrace  # the first rank of the last pipeline stage (rank 0 without a pipeline): traffic
     planner_memory: dict[str, float]
     engine_memory: dict[str, float]
     planner_comm: dict[str, float]
     engine_comm: dict[str, float]
 
     @property
+    def trace_seconds(self) -> float:
+        """Time the trace(s) took."""
+        return self.trace.seconds + (self.comm_trace.seconds if self.comm_trace is not self.trace else 0.0)
+
+    @property
     def memory_rel_err(self) -> float:
-        """|planner - engine| / engine of the model-state bytes per device."""
+        """|planner - engine| / engine of the model-state bytes per device (with FSDP's gathered buffers)."""
         return _rel_err(sum(self.planner_memory.values()), sum(self.engine_memory.values()))
 
     @property
@@ -59,7 +67,8 @@ class Agreement:
             "parallel": self.engine_layout.describe(),
             "world_size": self.engine_layout.world_size,
             "microbatches": self.trace.microbatches,
-            "trace_s": self.trace.seconds,
+            "traced_ranks": sorted({self.trace.rank, self.comm_trace.rank}),
+            "trace_s": self.trace_seconds,
             "planner": {"model_states": self.planner_memory, "sent_per_step": self.planner_comm},
             "engine": {"model_states": self.engine_memory, "sent_per_step": self.engine_comm},
             "memory_rel_err": self.memory_rel_err,
@@ -124,25 +133,44 @@ def check_layout(name: str, model_cfg: ModelConfig, work: Workload, cluster: Clu
     if problem:
         raise PlanError(f"layout {layout.describe()}: {problem}")
     engine, parallel, microbatches = engine_layout(result)
-    trace = trace_layout(
-        model_cfg,
-        engine,
-        seq_len=work.seq,
-        micro_batch=layout.micro_batch,
-        microbatches=microbatches,
-        ac=layout.recompute,
-        parallel_cfg=parallel,
-    )
+
+    options = {
+        "seq_len": work.seq,
+        "micro_batch": layout.micro_batch,
+        "microbatches": microbatches,
+        "ac": layout.recompute,
+        "parallel_cfg": parallel,
+    }
+    # Memory: rank 0, whose first pipeline stage has the embedding and the most layers (the planner's fullest
+    # stage). Traffic: the planner describes the stage that also computes the head and the loss, so with a
+    # pipeline the traffic is traced on the first rank of the last stage (pp is the outermost mesh dimension),
+    # in a fresh process: DTensor caches sharding decisions by mesh shape, which a second rank would reuse.
+    first = trace_layout(model_cfg, engine, rank=0, **options)
+    last = first
+    if engine.pp > 1:
+        last_rank = (engine.pp - 1) * (engine.world_size // engine.pp)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            last = pool.submit(trace_layout, model_cfg, engine, rank=last_rank, **options).result()
     zero2 = layout.zero_stage == 2 and layout.dp > 1
     return Agreement(
         name=name,
         estimate=result,
         engine_layout=engine,
-        trace=trace,
-        planner_memory=model_state_breakdown(work.shape, layout),
-        engine_memory={"params": trace.param_bytes, "grads": trace.grad_bytes, "optimizer": trace.optimizer_bytes},
+        trace=first,
+        comm_trace=last,
+        planner_memory={
+            **model_state_breakdown(work.shape, layout),
+            "unsharded": memory_breakdown(work, layout, cluster)["buffers"],
+        },
+        engine_memory={
+            "params": first.param_bytes,
+            "grads": first.grad_bytes,
+            "optimizer": first.optimizer_bytes,
+            "unsharded": first.unsharded_bytes,
+        },
         planner_comm={k: result.comm_bytes_per_step.get(k, 0.0) for k in COMM_CATEGORIES},
-        engine_comm=engine_comm(trace, zero2),
+        engine_comm=engine_comm(last, zero2),
     )
 
 

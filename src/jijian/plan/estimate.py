@@ -201,6 +201,30 @@ def model_state_breakdown(shape: ModelShape, layout: Layout) -> dict[str, float]
     return {name: params * per_param for name, per_param in model_state_split(stage, shard).items()}
 
 
+def sharding_buffers(shape: ModelShape, layout: Layout) -> float:
+    """Bytes of gathered parameters and unsharded gradients that sharded data parallelism holds at its peak.
+
+    As jijian's engine runs FSDP2 (measured on a fake process group by `jijian plan --check`): without a pipeline
+    the root (embedding and head) stays gathered from forward to backward and keeps its gradients until backward
+    ends, next to the one or two layers being gathered and reduced. With a pipeline, PyTorch's schedule keeps the
+    whole stage gathered and accumulates its gradients unsharded in fp32 until the last micro-batch: ZeRO-3 then
+    saves optimizer memory only. ZeRO-2 (FSDP2 without resharding) already counts its gathered parameters.
+    """
+    zero2 = layout.fsdp == 1 and layout.dp > 1 and layout.zero_stage == 2
+    if layout.fsdp == 1 and not zero2:
+        return 0.0
+    gathered = 0 if zero2 else PARAM_BYTES
+    # DTensor computes the gradient of the row-wise (vocabulary-split) embedding replicated: every TP rank holds
+    # the whole vocabulary's until FSDP keeps its own rows.
+    replicated_embedding = shape.vocab * shape.hidden * (1 - 1 / layout.tp)
+    if layout.pp > 1:
+        return stage_params(shape, layout) * (gathered + REDUCE_BYTES) + replicated_embedding * REDUCE_BYTES
+    root = shape.embedding_params / layout.tp
+    layer = shape.layer_params / layout.tp
+    root_grads = root * GRAD_BYTES + replicated_embedding * GRAD_BYTES
+    return max(root * gathered + root_grads, root * gathered + 2 * layer * (gathered + GRAD_BYTES))
+
+
 def zero_sharding(layout: Layout) -> tuple[int, int]:
     """(ZeRO stage, ranks sharing the model states) implied by the layout."""
     if layout.fsdp > 1:
@@ -261,9 +285,7 @@ def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[s
         first = per_layer * (shape.layers // pp) * in_flight + recomputed
         last = per_layer * layers + recomputed
         activations, logits = (first, 0.0) if first >= last + logits else (last, logits)
-    buffers = 0.0
-    if layout.fsdp > 1:  # two unsharded layers (current + prefetched) and their unsharded gradients
-        buffers = 2 * shape.layer_params / tp * (PARAM_BYTES + GRAD_BYTES)
+    buffers = sharding_buffers(shape, layout)
     return {
         "model_states": stage_params(shape, layout) * model_state_bytes_per_param(stage, shard),
         "activations": activations,

@@ -13,7 +13,7 @@ pipeline schedule use, so collectives that happen once per step are counted once
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +81,10 @@ class LayoutTrace:
     grad_bytes: int
     optimizer_bytes: int
     param_numel: int
+    # The most bytes of gathered (unsharded) parameters and unsharded gradients FSDP held at once, looked at at
+    # every collective and after each forward and backward: a few units around the one computing, or (pp > 1,
+    # ZeRO-2-like layouts) the whole stage and its accumulating fp32 gradients until the step's last micro-batch.
+    unsharded_bytes: int = 0
     collectives: list[Collective] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -93,10 +97,11 @@ class LayoutTrace:
 class _CollectiveRecorder(TorchDispatchMode):
     """Record every c10d and functional collective that passes through the dispatcher."""
 
-    def __init__(self, group_dims: dict[str, str]) -> None:
+    def __init__(self, group_dims: dict[str, str], on_collective: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.group_dims = group_dims
         self.records: list[Collective] = []
+        self.on_collective = on_collective
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -105,6 +110,10 @@ class _CollectiveRecorder(TorchDispatchMode):
             self.records.append(self._c10d(_C10D_KINDS[name], name, args))
         elif func.namespace == "_c10d_functional" and name in _FUNCTIONAL_KINDS:
             self.records.append(self._functional(_FUNCTIONAL_KINDS[name], args))
+        else:
+            return func(*args, **kwargs)
+        if self.on_collective is not None:
+            self.on_collective()
         return func(*args, **kwargs)
 
     def _group(self, group: Any) -> tuple[str, int]:
@@ -154,6 +163,19 @@ def fake_process_group(world_size: int, rank: int = 0) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+        _forget_meshes()
+
+
+def _forget_meshes() -> None:
+    """Drop DTensor's caches: they key on meshes by value, so a later trace (another rank, same shape) would
+    reuse sharding decisions that point at this trace's destroyed process groups."""
+    from torch.distributed.tensor import _redistribute
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagator.propagate_op_sharding.cache.cache_clear()
+    propagator._propagate_tensor_meta_cached.cache_clear()
+    _redistribute._gen_transform_infos.cache_clear()
+    _redistribute._planner_cache.clear()
 
 
 def _group_dims(dims: ParallelDims) -> dict[str, str]:
@@ -164,10 +186,43 @@ def _group_dims(dims: ParallelDims) -> dict[str, str]:
     return names
 
 
+def unsharded_bytes(parts: list[CausalLM]) -> int:
+    """Bytes FSDP holds right now in gathered parameters and in unsharded (not yet reduced) gradients."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import ShardedState
+
+    total = 0
+    for part in parts:
+        for module in part.modules():
+            if not isinstance(module, FSDPModule):
+                continue
+            for group in module._get_fsdp_state()._fsdp_param_groups:  # type: ignore[attr-defined]
+                for fsdp_param in group.fsdp_params:
+                    unsharded = fsdp_param._unsharded_param if hasattr(fsdp_param, "_unsharded_param") else None
+                    if unsharded is None:
+                        continue
+                    if fsdp_param.sharded_state == ShardedState.UNSHARDED:
+                        dtype = fsdp_param.param_dtype or fsdp_param.orig_dtype
+                        total += _local(unsharded).numel() * dtype.itemsize  # a TP DTensor: this rank's part
+                    grad = fsdp_param.unsharded_accumulated_grad
+                    grad = grad if grad is not None else unsharded.grad
+                    if grad is not None:
+                        total += _nbytes(_local(grad))
+    return total
+
+
 def _run_microbatch(
-    parts: list[CausalLM], stage_ids: list[int], n_stages: int, tokens: torch.Tensor, layout: Layout, seq: int
+    parts: list[CausalLM],
+    stage_ids: list[int],
+    n_stages: int,
+    tokens: torch.Tensor,
+    layout: Layout,
+    seq: int,
+    held: list[int],
 ) -> list[Collective]:
-    """Forward and backward of one micro-batch through this rank's stages; stage-boundary sends as `send`."""
+    """Forward and backward of one micro-batch through this rank's stages; stage-boundary sends as `send`.
+
+    Appends to `held` what FSDP holds unsharded after each forward and each backward.
+    """
     sends: list[Collective] = []
     batch, _ = tokens.shape
     for part, stage_id in zip(parts, stage_ids, strict=True):
@@ -178,6 +233,7 @@ def _run_microbatch(
             dtype = _compute_dtype(part)
             inputs = torch.empty(batch, local_seq, part.cfg.dim, dtype=dtype, requires_grad=True)
         output = part(inputs)
+        held.append(unsharded_bytes(parts))
         if stage_id == n_stages - 1:
             loss = cross_entropy_loss(output, torch.zeros(tokens.shape, dtype=torch.long))
             loss.backward()
@@ -186,6 +242,7 @@ def _run_microbatch(
             output.backward(torch.empty_like(output))
         if stage_id != 0:
             sends.append(Collective("send", "pp", layout.pp, _nbytes(inputs)))  # the input's gradient, backward
+        held.append(unsharded_bytes(parts))
     return sends
 
 
@@ -260,13 +317,21 @@ def _trace_step(
         part.tie_weights()
         part.model.inv_freq = rope_inverse_frequencies(model_cfg, device=torch.device("cpu"))
     params = list({id(p): p for part in parts for p in part.parameters() if p.requires_grad}.values())
-    recorder = _CollectiveRecorder(_group_dims(dims))
+    held: list[int] = []
+    # FSDP's gathered buffers peak around its collectives (a unit gathered, the next prefetched, gradients waiting
+    # for their reduce-scatter): look at them there, and after each forward and backward.
+    recorder = _CollectiveRecorder(_group_dims(dims), lambda: held.append(unsharded_bytes(parts)))
     tokens = torch.zeros(micro_batch, seq_len, dtype=torch.long)
     # First, middle and last micro-batch: what differs between them is when gradients are reduced and
     # parameters resharded, which the trainer (pp = 1) and the pipeline schedule (pp > 1) decide.
-    phases = [("first", 1.0)] if microbatches == 1 else [("first", 1.0), ("last", 1.0)]
-    if microbatches > 2:
-        phases.insert(1, ("middle", float(microbatches - 2)))
+    # Without a pipeline every micro-step but the last runs alike (FSDP gathers again each time), so the first
+    # stands for them all; a pipeline gathers once, on its first micro-batch, and reduces on its last.
+    if microbatches == 1:
+        phases = [("first", 1.0)]
+    elif layout.pp == 1 or microbatches == 2:
+        phases = [("first", float(microbatches - 1)), ("last", 1.0)]
+    else:
+        phases = [("first", 1.0), ("middle", float(microbatches - 2)), ("last", 1.0)]
     collectives: list[Collective] = []
     for index, (_, count) in enumerate(phases):
         last = index == len(phases) - 1
@@ -276,7 +341,7 @@ def _trace_step(
             set_gradient_sync(parts, last)
         before = len(recorder.records)
         with recorder:
-            sends = _run_microbatch(parts, stage_ids, n_stages, tokens, layout, seq_len)
+            sends = _run_microbatch(parts, stage_ids, n_stages, tokens, layout, seq_len, held)
         for record in [*recorder.records[before:], *sends]:
             collectives.append(Collective(record.kind, record.dim, record.group_size, record.message_bytes, count))
     # The real optimizer, stepped on this rank's local shards: a DTensor's optimizer states are shards laid out
@@ -306,6 +371,7 @@ def _trace_step(
         grad_bytes=grad_bytes,
         optimizer_bytes=optimizer_bytes,
         param_numel=numel,
+        unsharded_bytes=max(held, default=0),
         collectives=_merge(collectives),
     )
 
