@@ -97,7 +97,7 @@ class LayoutTrace:
 class _CollectiveRecorder(TorchDispatchMode):
     """Record every c10d and functional collective that passes through the dispatcher."""
 
-    def __init__(self, group_dims: dict[str, str], on_collective: Callable[[], None] | None = None) -> None:
+    def __init__(self, group_dims: dict[str, str], on_collective: Callable[[Collective], None] | None = None) -> None:
         super().__init__()
         self.group_dims = group_dims
         self.records: list[Collective] = []
@@ -113,7 +113,7 @@ class _CollectiveRecorder(TorchDispatchMode):
         else:
             return func(*args, **kwargs)
         if self.on_collective is not None:
-            self.on_collective()
+            self.on_collective(self.records[-1])
         return func(*args, **kwargs)
 
     def _group(self, group: Any) -> tuple[str, int]:
@@ -318,9 +318,15 @@ def _trace_step(
         part.model.inv_freq = rope_inverse_frequencies(model_cfg, device=torch.device("cpu"))
     params = list({id(p): p for part in parts for p in part.parameters() if p.requires_grad}.values())
     held: list[int] = []
+
     # FSDP's gathered buffers peak around its collectives (a unit gathered, the next prefetched, gradients waiting
     # for their reduce-scatter): look at them there, and after each forward and backward.
-    recorder = _CollectiveRecorder(_group_dims(dims), lambda: held.append(unsharded_bytes(parts)))
+    def look(collective: Collective) -> None:
+        # A gradient reduce-scatter's fp32 input is a buffer of its own, next to whatever is still gathered.
+        reducing = collective.kind == "reduce_scatter" and collective.dim in ("dp_shard", "dp_replicate")
+        held.append(unsharded_bytes(parts) + (collective.message_bytes if reducing else 0))
+
+    recorder = _CollectiveRecorder(_group_dims(dims), look)
     tokens = torch.zeros(micro_batch, seq_len, dtype=torch.long)
     # First, middle and last micro-batch: what differs between them is when gradients are reduced and
     # parameters resharded, which the trainer (pp = 1) and the pipeline schedule (pp > 1) decide.
