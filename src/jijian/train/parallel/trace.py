@@ -12,6 +12,7 @@ pipeline schedule use, so collectives that happen once per step are counted once
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,6 +219,7 @@ def _run_microbatch(
     layout: Layout,
     seq: int,
     held: list[int],
+    autocast: torch.dtype | None = None,
 ) -> list[Collective]:
     """Forward and backward of one micro-batch through this rank's stages; stage-boundary sends as `send`.
 
@@ -230,7 +232,7 @@ def _run_microbatch(
             inputs: torch.Tensor = tokens
         else:  # what the previous stage sends: the hidden states (this rank's sequence shard under SP)
             local_seq = seq // layout.tp if layout.sequence_parallel else seq
-            dtype = _compute_dtype(part)
+            dtype = autocast or _compute_dtype(part)
             inputs = torch.empty(batch, local_seq, part.cfg.dim, dtype=dtype, requires_grad=True)
         output = part(inputs)
         held.append(unsharded_bytes(parts))
@@ -294,8 +296,12 @@ def trace_layout(
             parallelize_stage(model_cfg, train_cfg, dims, stage_id, device, fsdp_dtype, parallel_cfg)
             for stage_id in stage_ids
         ]
+        # As `jijian train` on an accelerator: bf16 through FSDP's policy, or autocast when nothing is sharded.
+        autocast = param_dtype if fsdp_dtype is None else None
         with FakeTensorMode(allow_non_fake_inputs=True):
-            trace = _trace_step(parts, dims, stage_ids, n_stages, model_cfg, train_cfg, micro_batch, microbatches)
+            trace = _trace_step(
+                parts, dims, stage_ids, n_stages, model_cfg, train_cfg, micro_batch, microbatches, autocast
+            )
     trace.seconds = time.perf_counter() - start
     return trace
 
@@ -309,6 +315,7 @@ def _trace_step(
     train_cfg: TrainConfig,
     micro_batch: int,
     microbatches: int,
+    autocast: torch.dtype | None,
 ) -> LayoutTrace:
     """Materialise the parts as fake tensors, run the step's micro-batches and one optimizer step, and count."""
     layout, seq_len = dims.layout, train_cfg.seq_len
@@ -346,21 +353,27 @@ def _trace_step(
         else:
             set_gradient_sync(parts, last)
         before = len(recorder.records)
-        with recorder:
-            sends = _run_microbatch(parts, stage_ids, n_stages, tokens, layout, seq_len, held)
+        precision = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with recorder, precision:
+            sends = _run_microbatch(parts, stage_ids, n_stages, tokens, layout, seq_len, held, autocast)
         for record in [*recorder.records[before:], *sends]:
             collectives.append(Collective(record.kind, record.dim, record.group_size, record.message_bytes, count))
     # The real optimizer, stepped on this rank's local shards: a DTensor's optimizer states are shards laid out
     # like its parameter's, and stepping plain shards spares the sharding propagation of every foreach op.
+    # A gradient's local part is what the rank holds; DTensor may leave it laid out otherwise than its parameter
+    # (the vocabulary-split embedding's arrives replicated), so the optimizer gets it in the parameter's layout.
+    grad_bytes = sum(_nbytes(_local(p.grad)) for p in params if p.grad is not None)
     shards = []
     for param in params:
         shard = _local(param).detach().requires_grad_()
-        shard.grad = None if param.grad is None else _local(param.grad)
+        grad = param.grad
+        if isinstance(grad, DTensor) and grad.placements != param.placements:
+            grad = grad.redistribute(param.device_mesh, param.placements)
+        shard.grad = None if grad is None else _local(grad)
         shards.append(shard)
     optimizer = build_optimizer(shards, train_cfg)
     optimizer.step()
     param_bytes = sum(_nbytes(shard) for shard in shards)
-    grad_bytes = sum(_nbytes(_local(p.grad)) for p in params if p.grad is not None)
     optimizer_bytes = sum(
         _nbytes(_local(value))
         for state in optimizer.state.values()
