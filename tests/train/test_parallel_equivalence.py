@@ -37,6 +37,8 @@ LAYOUTS = {
     "chat_dp_shard2": (2, {"dp_shard": 2}, {}, "single_chat"),
     "tp2_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": True}, {}, "single"),
     "tp2_no_sp": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": False}, {}, "single"),
+    # Selective recomputation keeps the tensor-parallel reductions' outputs instead of sending them again.
+    "tp2_sp_ac_selective": (2, {"dp_shard": 1, "tp": 2, "sequence_parallel": True}, {"ac": "selective"}, "single"),
     "pp2_gpipe": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 2}, {}, "single"),
     "pp2_1f1b": (2, {"dp_shard": 1, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
     "pp2_interleaved_ac_full": (
@@ -49,6 +51,8 @@ LAYOUTS = {
     "dp_shard2_pp2": (4, {"dp_shard": 2, "pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 2}, {}, "single"),
     "lamb_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2}, {"optimizer": "lamb", "lr": 0.05}, "single_lamb"),
     "hsdp_ac_selective": (4, {"dp_replicate": 2, "dp_shard": 2, "fsdp_unit_params": 0}, {"ac": "selective"}, "single"),
+    # Gradient accumulation under HSDP: replicas all-reduce once per step, after the last micro-step.
+    "hsdp_accum2": (4, {"dp_replicate": 2, "dp_shard": 2}, {"grad_accum_steps": 2}, "single_accum2"),
     # Qwen3 (per-head q/k norms, replicated over the TP ranks) against its own single-process run.
     "qwen3_dp_shard2_tp2": (4, {"dp_shard": 2, "tp": 2, "fsdp_unit_params": 0}, {}, "single_qwen3"),
     "dp_shard2_tp2_pp2": (
@@ -61,6 +65,7 @@ LAYOUTS = {
 REFERENCES = {
     "single": {},
     "single_lamb": {"optimizer": "lamb", "lr": 0.05},
+    "single_accum2": {"grad_accum_steps": 2},
     "single_qwen3": {},
     "single_lora": LORA,
     "single_chat": {},

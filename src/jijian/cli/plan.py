@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,11 +18,11 @@ from rich.table import Table
 
 from jijian.cli.common import DefaultCommandGroup, err_console, out_console, reports_errors
 from jijian.files import write_text_atomic
-from jijian.plan.deploy import cluster_for, device_count, shape_for, workload_for
+from jijian.plan.deploy import cluster_for, device_count, model_config_for, shape_for, workload_for
 
 if TYPE_CHECKING:
-    from jijian.config import DeployConfig
-    from jijian.plan import Estimate
+    from jijian.config import DeployConfig, ModelConfig
+    from jijian.plan import Cluster, Estimate, Workload
 
 
 class _TrainByDefault(DefaultCommandGroup):
@@ -181,16 +181,25 @@ def plan_train(
     as_json: JsonOpt = False,
     emit: Annotated[Path | None, typer.Option("--emit", help="write the best layout's [parallel] section here")] = None,
     force: Annotated[bool, typer.Option("--force", help="let --emit overwrite an existing file")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="trace the layout (--layout, a deploy.toml's [parallel], or the best found) with jijian's own "
+            "parallelisation on a fake process group and compare its memory and traffic with the prediction",
+        ),
+    ] = False,
 ) -> None:
     """Find the fastest layouts that fit, with step time, MFU, days, GPU-hours, PF-days, energy and cost."""
-    from jijian.plan import PlanError, evaluate_layout, parse_layout, search
+    from jijian.plan import ModelShape, PlanError, evaluate_layout, parse_layout, search
     from jijian.plan.search import format_count, layout_gpus
 
     if recompute is not None and recompute not in ("none", "selective", "full"):
         raise PlanError(f"--recompute must be none, selective or full (got {recompute!r})")
     cfg = _load(config)
     shape_flags = {"n_layers": layers, "dim": hidden, "n_heads": heads, "n_kv_heads": kv_heads}
-    shape = shape_for(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    model_cfg = model_config_for(cfg, model, {**shape_flags, "ffn_dim": ffn, "vocab_size": vocab})
+    shape = ModelShape.from_config(model_cfg)
     cluster = cluster_for(cfg, gpu, devices_per_node)
     degrees = parse_layout(layout) if layout else None
     if degrees and gpus is None:
@@ -200,6 +209,14 @@ def plan_train(
         raise PlanError(_layout_mismatch(layout or "", degrees, count))
     work, tokens_note = workload_for(cfg, shape, count, seq, global_batch, tokens)
 
+    if check and not degrees and cfg is not None and cfg.parallel.model_fields_set:
+        from jijian.cli.plan_check import planner_layout_of
+
+        # The deployment's own [parallel] layout, resolved as `jijian train` would resolve it.
+        own = planner_layout_of(cfg, count)
+        _print_check(_trace_check(model_cfg, work, cluster, own, "[parallel] of " + str(config)), as_json)
+        return
+
     start = time.perf_counter()
     if degrees:
         results, evaluated, feasible = [evaluate_layout(work, cluster, degrees, recompute)], 1, 1
@@ -208,8 +225,13 @@ def plan_train(
         results, evaluated, feasible = found.best, found.evaluated, found.feasible
     elapsed = time.perf_counter() - start
     best = results[0]
-    if emit and not degrees and not best.jijian_runs:  # emit the fastest layout jijian train can run
+    if (emit or check) and not degrees and not best.jijian_runs:  # the fastest layout jijian train can run
         best = search(work, cluster, count, recompute, top=1, jijian_only=True).best[0]
+    if check:
+        _print_check(
+            _trace_check(model_cfg, work, cluster, best.layout, f"--layout {layout}" if layout else ""), as_json
+        )
+        return
     summary = (
         f"{format_count(shape.params)} parameters on {count} x {cluster.accelerator.name}, "
         f"{format_count(work.tokens)} tokens, seq {work.seq}, global batch {work.global_batch}"
@@ -246,6 +268,66 @@ def plan_train(
         out_console.print(f"sent per device per step by the best layout: {traffic or 'nothing'}", soft_wrap=True)
     if emit:
         err_console.print(f"wrote \\[parallel] for {best.layout.describe()} to {emit}")
+
+
+def _trace_check(model_cfg: ModelConfig, work: Workload, cluster: Cluster, layout: Any, source: str) -> Any:
+    """Trace `layout` with the engine; a layout jijian train cannot run is a PlanError naming where it came from."""
+    from jijian.cli.plan_check import check_layout
+    from jijian.plan import PlanError
+    from jijian.plan.estimate import jijian_cannot_run
+
+    problem = jijian_cannot_run(layout)
+    if problem:
+        where = f"{source}: " if source else ""
+        raise PlanError(f"--check: {where}layout {layout.describe()} cannot be traced: {problem}")
+    err_console.print(
+        f"tracing {layout.describe()} on a fake process group of {layout.gpus} ranks (rank 0, fake tensors)..."
+    )
+    return check_layout(source or "best layout", model_cfg, work, cluster, layout)
+
+
+def _print_check(agreement: Any, as_json: bool) -> None:
+    """Planner and engine side by side; exit code 1 when they disagree beyond the benchmark's targets."""
+    from jijian.cli.plan_check import COMM_CATEGORIES, COMM_TARGET, MEMORY_CATEGORIES, MEMORY_TARGET
+
+    agree = agreement.memory_rel_err <= MEMORY_TARGET and agreement.comm_rel_err <= COMM_TARGET
+    if as_json:
+        print(json.dumps(agreement.to_dict(), indent=2))
+    else:
+        engine = agreement.engine_layout
+        table = Table(
+            title=f"jijian plan --check: {agreement.estimate.layout.describe()} = [parallel] {engine.describe()}; "
+            f"{agreement.trace.microbatches} micro-batch(es) per step, traced in {agreement.trace_seconds:.1f} s",
+            title_justify="left",
+        )
+        for column in ("per device", "planner", "engine", "rel. error"):
+            table.add_column(column, justify="left" if column == "per device" else "right")
+        rows = [(f"{k} bytes", agreement.planner_memory[k], agreement.engine_memory[k]) for k in MEMORY_CATEGORIES]
+        rows.append(("memory total", sum(agreement.planner_memory.values()), sum(agreement.engine_memory.values())))
+        rows += [(f"sent/step {k}", agreement.planner_comm[k], agreement.engine_comm[k]) for k in COMM_CATEGORIES]
+        rows.append(("sent/step total", sum(agreement.planner_comm.values()), sum(agreement.engine_comm.values())))
+        for label, planned, traced in rows:
+            error = abs(planned - traced) / traced if traced else (0.0 if planned == 0 else float("inf"))
+            bold = label in ("memory total", "sent/step total")
+            cells = [label, _bytes(planned), _bytes(traced), f"{error:.1%}"]
+            table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
+        _show(table)
+        out_console.print(
+            "memory: model states plus FSDP's gathered parameters and unsharded gradients at their peak (activations "
+            "not compared); the planner counts bf16 weights and gradients plus fp32 master weights and Adam moments, "
+            "FSDP2 keeps fp32 weights (the master copy) and fp32 gradients: the same 16 bytes per parameter, split "
+            "differently. Bytes sent: every collective of the traced step as ring traffic.",
+            soft_wrap=True,
+        )
+        verdict = "agree" if agree else "DISAGREE"
+        out_console.print(
+            f"planner and engine {verdict}: memory {agreement.memory_rel_err:.1%} apart (target <= "
+            f"{MEMORY_TARGET:.0%}), bytes sent per step {agreement.comm_rel_err:.1%} apart "
+            f"(target <= {COMM_TARGET:.0%})",
+            soft_wrap=True,
+        )
+    if not agree:
+        raise typer.Exit(1)
 
 
 @plan_app.command("serve")

@@ -27,6 +27,11 @@ CHINCHILLA_TOKENS_PER_PARAM = 20
 
 def shape_for(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, int | None]) -> ModelShape:
     """The model from --model / shape flags, on top of the config's [model] when there is one."""
+    return ModelShape.from_config(model_config_for(cfg, preset, overrides))
+
+
+def model_config_for(cfg: DeployConfig | None, preset: str | None, overrides: dict[str, int | None]) -> ModelConfig:
+    """The `[model]` section that --model / shape flags describe, on top of the config's [model] when there is one."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if preset is not None:
         if preset not in MODEL_PRESETS:
@@ -43,7 +48,7 @@ def shape_for(cfg: DeployConfig | None, preset: str | None, overrides: dict[str,
             raise PlanError(f"give a deploy.toml, --model PRESET, or the whole shape (missing {', '.join(missing)})")
         fields = {"vocab_size": 128256}
     try:
-        return ModelShape.from_config(ModelConfig(**{**fields, **given}))
+        return ModelConfig(**{**fields, **given})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model'}: {e['msg']}" for e in exc.errors())
         raise PlanError(f"model shape: {problems}") from None

@@ -26,8 +26,9 @@ from jijian.plan.hardware import GB, Calibration, Cluster, capital_cost_per_devi
 from jijian.plan.memory import (
     GRAD_BYTES,
     PARAM_BYTES,
+    REDUCE_BYTES,
     activation_bytes_per_layer,
-    model_state_bytes_per_param,
+    model_state_split,
 )
 from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
 
@@ -162,6 +163,21 @@ def matmul_seconds(
     return layers * (seconds(layer, passes[0]) + seconds(scores, passes[1])) + head
 
 
+def tp_recompute_collectives(recompute: str, sequence_parallel: bool) -> float:
+    """Tensor-parallel collectives per layer (in all-reduces) that recomputing a layer's forward sends again.
+
+    As jijian's engine runs it (counted on a fake process group): full recomputation redoes the attention
+    output's reduction and, under sequence parallelism, both all-gathers of the norm outputs (the block's last
+    reduction is not needed by backward and is skipped); selective recomputation keeps the reductions' outputs
+    but recomputes the norms, so only the two all-gathers (one all-reduce's worth) run again.
+    """
+    if recompute == "full":
+        return 1.5 if sequence_parallel else 1.0
+    if recompute == "selective" and sequence_parallel:
+        return 1.0
+    return 0.0
+
+
 def stage_layers(shape: ModelShape, pp: int) -> int:
     """Layers on the busiest pipeline stage."""
     return math.ceil(shape.layers / pp)
@@ -175,6 +191,63 @@ def stage_params(shape: ModelShape, layout: Layout) -> float:
     """
     embeddings = shape.embedding_params if layout.pp == 1 else shape.vocab * shape.hidden
     return (stage_layers(shape, layout.pp) * shape.layer_params + embeddings) / layout.tp
+
+
+def model_state_breakdown(shape: ModelShape, layout: Layout) -> dict[str, float]:
+    """Bytes of parameters, gradients and optimizer states on one device of the busiest stage."""
+    stage, shard = zero_sharding(layout)
+    params = stage_params(shape, layout)
+    split = model_state_split(stage, shard)
+    pad = fsdp_padding(shape, layout.tp, shard) if stage in (2, 3) else 1.0  # ZeRO-2/3 run as FSDP2 (dim-0 chunks)
+    sharded = {"params": stage >= 3, "grads": stage >= 2, "optimizer": stage >= 1}
+    return {name: params * per_param * (pad if sharded[name] else 1.0) for name, per_param in split.items()}
+
+
+def fsdp_padding(shape: ModelShape, tp: int, ranks: int) -> float:
+    """How much larger FSDP2's shards are than an even split: it cuts each weight's dim 0 into `ranks` chunks of
+    ceil(rows / ranks) rows, padding the last ones, so a weight with fewer rows than ranks is padded up to one row
+    per rank (a tp=8 Llama 3 8B's 128-row k_proj over 2,048 ranks moves and stores 16 times its size)."""
+    if ranks <= 1:
+        return 1.0
+    h, q, kv, ffn = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ffn
+    # (rows on one TP rank, columns, how many) per layer: q, k and v and the MLP's inputs split their rows over
+    # TP, the output projections their columns; the norms are replicated.
+    layer = [(q // tp, h, 1), (kv // tp, h, 2), (h, q // tp, 1), (ffn // tp, h, 2 if shape.gated else 1)]
+    layer += [(h, ffn // tp, 1), (h, 1, 2)]
+    ends = [(shape.vocab // tp, h, 1 if shape.tied_embeddings else 2)]  # embedding and head split the vocabulary
+    weights = [(rows, cols, count * shape.layers) for rows, cols, count in layer] + ends
+    even = sum(rows * cols * count for rows, cols, count in weights)
+    padded = sum(math.ceil(rows / ranks) * ranks * cols * count for rows, cols, count in weights)
+    return padded / even
+
+
+def sharding_buffers(shape: ModelShape, layout: Layout) -> float:
+    """Bytes of gathered parameters and unsharded gradients that sharded data parallelism holds at its peak.
+
+    As jijian's engine runs FSDP2 (measured on a fake process group by `jijian plan --check`): without a pipeline
+    the root (embedding and head) stays gathered from forward to backward, next to the layers being gathered and
+    reduced, and at backward's end its gradients are reduce-scattered from an fp32 buffer. With a pipeline,
+    PyTorch's schedule keeps the whole stage gathered and accumulates its gradients unsharded in fp32 until the
+    last micro-batch: ZeRO-3 then saves optimizer memory only. ZeRO-2 (FSDP2 without resharding) already counts
+    its gathered parameters.
+    """
+    zero2 = layout.fsdp == 1 and layout.dp > 1 and layout.zero_stage == 2
+    if layout.fsdp == 1 and not zero2:
+        return 0.0
+    gathered = 0 if zero2 else PARAM_BYTES
+    if zero2 and layout.pp == 1:  # the layer being reduced: its bf16 gradients and their fp32 buffer
+        return shape.layer_params / layout.tp * (GRAD_BYTES + REDUCE_BYTES)
+    # DTensor computes the gradient of the row-wise (vocabulary-split) embedding replicated: every TP rank holds
+    # the whole vocabulary's, which a pipeline accumulates across micro-batches.
+    replicated_embedding = shape.vocab * shape.hidden * (1 - 1 / layout.tp)
+    if layout.pp > 1:
+        return stage_params(shape, layout) * (gathered + REDUCE_BYTES) + replicated_embedding * REDUCE_BYTES
+    root = shape.embedding_params / layout.tp
+    layer = shape.layer_params / layout.tp
+    return max(
+        root * REDUCE_BYTES,  # backward's end: the root resharded, its gradients in their fp32 reduce-scatter buffer
+        root * gathered + 2 * layer * (gathered + GRAD_BYTES),  # mid-backward: two layers gathered, with gradients
+    )
 
 
 def zero_sharding(layout: Layout) -> tuple[int, int]:
@@ -220,7 +293,6 @@ def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[s
     """
     shape, tp, pp = work.shape, layout.tp, layout.pp
     layers = stage_layers(shape, pp)
-    stage, shard = zero_sharding(layout)
     microbatches = work.global_batch // (layout.data_ranks * layout.micro_batch)
     in_flight = pipeline_in_flight(layout.schedule, pp, microbatches, layout.chunks)
     per_layer = activation_bytes_per_layer(
@@ -237,11 +309,9 @@ def memory_breakdown(work: Workload, layout: Layout, cluster: Cluster) -> dict[s
         first = per_layer * (shape.layers // pp) * in_flight + recomputed
         last = per_layer * layers + recomputed
         activations, logits = (first, 0.0) if first >= last + logits else (last, logits)
-    buffers = 0.0
-    if layout.fsdp > 1:  # two unsharded layers (current + prefetched) and their unsharded gradients
-        buffers = 2 * shape.layer_params / tp * (PARAM_BYTES + GRAD_BYTES)
+    buffers = sharding_buffers(shape, layout)
     return {
-        "model_states": stage_params(shape, layout) * model_state_bytes_per_param(stage, shard),
+        "model_states": sum(model_state_breakdown(shape, layout).values()),
         "activations": activations,
         "logits": logits,
         "buffers": buffers,
@@ -286,10 +356,15 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
     def link(stride: int, size: int) -> float:
         return device.link_gbs if group_is_intra_node(stride, size, per_node) else device.network_gbs
 
-    # Tensor parallelism: 2 all-reduces per layer forward, 2 backward, 2 more when recomputing fully
-    # (with sequence parallelism each becomes an all-gather + reduce-scatter: the same bytes).
-    collectives = 4 + (2 if layout.recompute == "full" else 0)
-    tp_bytes = collectives * layers * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
+    # Tensor parallelism: 2 all-reduces per layer forward and 2 backward (with sequence parallelism each becomes
+    # an all-gather + reduce-scatter: the same bytes), plus what recomputation sends again (tp_recompute_collectives)
+    # and the all-gather of the logits over the vocabulary for the loss (jijian's head returns full logits). The
+    # embedding's output and the head's input take one all-reduce's worth each (the head's stage has one, the
+    # stage holding both without a pipeline two).
+    collectives = 4 + tp_recompute_collectives(layout.recompute, layout.sequence_parallel)
+    ends = 2 if pp == 1 else 1
+    tp_bytes = (collectives * layers + ends) * all_reduce_bytes(tokens_mb * shape.hidden * PARAM_BYTES, tp)
+    tp_bytes += all_gather_bytes(tokens_mb * shape.vocab * PARAM_BYTES, tp)
     tp_s = transfer_time(tp_bytes, link(1, tp), calib.link_efficiency)
     chunks = layout.chunks if layout.schedule == "interleaved_1f1b" else 1
     pp_bytes = 0.0 if pp == 1 else 2.0 * chunks * tokens_mb * shape.hidden * PARAM_BYTES / split
@@ -301,11 +376,16 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
 
     # Data parallelism over the stage's parameters.
     params = stage_params(shape, layout)
-    grad_bytes = params * GRAD_BYTES
+    grad_bytes = params * REDUCE_BYTES  # as reduced: in fp32
     fsdp_bytes = fsdp_exposed_s = 0.0
     if layout.fsdp > 1:
-        gathers = 2 if pp == 1 else 1  # without a pipeline FSDP reshards after forward and gathers again
-        per_round = (gathers + 1) * all_gather_bytes(params * PARAM_BYTES, layout.fsdp)
+        # Without a pipeline FSDP reshards after forward and gathers again for backward, except the root (embedding
+        # and head, needed at once by backward) and the last layer, which backward starts with.
+        kept = 0.0 if pp > 1 else (shape.embedding_params + shape.layer_params) / tp
+        gathered = (2 if pp == 1 else 1) * params - kept
+        pad = fsdp_padding(shape, tp, layout.fsdp)
+        per_round = all_gather_bytes(gathered * PARAM_BYTES * pad, layout.fsdp)
+        per_round += all_gather_bytes(params * REDUCE_BYTES * pad, layout.fsdp)  # the gradients' reduce-scatter
         rounds = microbatches if pp == 1 else 1
         fsdp_bytes = per_round * rounds
         round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
@@ -318,8 +398,9 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         # the bytes of one all-reduce. ZeRO-1 keeps whole gradients and reduce-scatters once, overlapping the
         # last backward; ZeRO-2 keeps only its shard, so every micro-batch's backward reduce-scatters. The
         # parameter all-gather overlaps the next step's first forward.
-        scatter = all_gather_bytes(grad_bytes, layout.dp)
-        gather = all_gather_bytes(params * PARAM_BYTES, layout.dp)
+        pad = fsdp_padding(shape, tp, layout.dp) if stage == 2 else 1.0  # jijian runs ZeRO-2 as FSDP2
+        scatter = all_gather_bytes(grad_bytes * pad, layout.dp)
+        gather = all_gather_bytes(params * PARAM_BYTES * pad, layout.dp)
         rounds = microbatches if stage == 2 else 1
         dp_bytes = scatter * rounds + gather
         scatter_s = transfer_time(scatter, dp_link, calib.link_efficiency)

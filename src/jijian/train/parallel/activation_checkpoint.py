@@ -23,6 +23,11 @@ _SAVED_OPS = {
     torch.ops.aten._scaled_dot_product_flash_attention.default,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
     torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    # Tensor-parallel outputs (a reduce-scatter's shard under sequence parallelism, else an all-reduce's sum):
+    # saving them is cheap and spares re-sending them while recomputing (torchtitan keeps the same list).
+    # The all-gathered norm outputs are recomputed and gathered again: storing them would cost tp times more.
+    torch.ops._c10d_functional.reduce_scatter_tensor.default,
+    torch.ops._c10d_functional.all_reduce.default,
 }
 
 

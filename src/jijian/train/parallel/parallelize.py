@@ -63,6 +63,52 @@ def reshard_after_forward(layout: Layout, policy: str) -> bool:
     return policy == "always"
 
 
+def parallelize_stage(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dims: ParallelDims,
+    stage_id: int,
+    device: torch.device,
+    param_dtype: torch.dtype | None,
+    parallel_cfg: ParallelConfig,
+) -> CausalLM:
+    """Pipeline stage `stage_id` of the model on the meta device, with LoRA, TP/SP, AC, compile and FSDP2 applied.
+
+    Nothing is allocated: the caller materialises it (training) or fills it with fake tensors (the layout trace).
+    """
+    layout = dims.layout
+    n_stages = layout.pp * layout.stages_per_rank
+    tp_mesh, fsdp_mesh = dims.submesh("tp"), dims.fsdp_mesh
+    with torch.device("meta"):
+        model = CausalLM(model_cfg)
+    if layout.pp > 1:
+        prune_to_stage(model, stage_id, n_stages)
+    if train_cfg.lora is not None:
+        lora = train_cfg.lora
+        add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
+    blocks = list(model.model.layers.values())
+    if tp_mesh is not None:
+        apply_tensor_parallel(
+            model, tp_mesh, layout.sequence_parallel, first=stage_id == 0, last=stage_id == n_stages - 1
+        )
+    apply_activation_checkpointing(blocks, train_cfg.ac)
+    if train_cfg.compile:
+        for block in blocks:
+            block.compile()
+    if fsdp_mesh is not None:
+        apply_fsdp(
+            model,
+            blocks,
+            fsdp_mesh,
+            param_dtype=param_dtype,
+            cpu_offload=train_cfg.cpu_offload,
+            reshard_after_forward=reshard_after_forward(layout, parallel_cfg.fsdp_reshard_after_forward),
+            unit_params=parallel_cfg.fsdp_unit_params,
+            explicit_prefetch=device.type == "cpu",
+        )
+    return model
+
+
 def build_model_parts(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -82,36 +128,9 @@ def build_model_parts(
     parallel_cfg = parallel_cfg or ParallelConfig()
     n_stages = layout.pp * layout.stages_per_rank
     stage_ids = stage_indices(layout, dims.pp_rank) if layout.pp > 1 else [0]
-    tp_mesh, fsdp_mesh = dims.submesh("tp"), dims.fsdp_mesh
     parts = []
     for stage_id in stage_ids:
-        with torch.device("meta"):
-            model = CausalLM(model_cfg)
-        if layout.pp > 1:
-            prune_to_stage(model, stage_id, n_stages)
-        if train_cfg.lora is not None:
-            lora = train_cfg.lora
-            add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
-        blocks = list(model.model.layers.values())
-        if tp_mesh is not None:
-            apply_tensor_parallel(
-                model, tp_mesh, layout.sequence_parallel, first=stage_id == 0, last=stage_id == n_stages - 1
-            )
-        apply_activation_checkpointing(blocks, train_cfg.ac)
-        if train_cfg.compile:
-            for block in blocks:
-                block.compile()
-        if fsdp_mesh is not None:
-            apply_fsdp(
-                model,
-                blocks,
-                fsdp_mesh,
-                param_dtype=param_dtype,
-                cpu_offload=train_cfg.cpu_offload,
-                reshard_after_forward=reshard_after_forward(layout, parallel_cfg.fsdp_reshard_after_forward),
-                unit_params=parallel_cfg.fsdp_unit_params,
-                explicit_prefetch=device.type == "cpu",
-            )
+        model = parallelize_stage(model_cfg, train_cfg, dims, stage_id, device, param_dtype, parallel_cfg)
         model.to_empty(device="cpu" if train_cfg.cpu_offload else device)
         model.tie_weights()
         if initial_hf_dir is None:
