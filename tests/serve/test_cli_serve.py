@@ -22,7 +22,8 @@ def test_serve_bench_sweeps_concurrency_and_writes_a_plot(small_model, tmp_path)
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "4"]
-    assert all(r[2] == "0" and float(r[3]) > 0 for r in rows)  # no errors, some throughput
+    assert all(r[2] == "0" and int(r[3]) == 4 * 5 and float(r[4]) > 0 for r in rows)  # no errors, all tokens
+    assert "the server's usage: 8 requests" in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -48,59 +48,74 @@ def serve_bench(
     url: Annotated[str, typer.Option(help="base URL of the server")] = "http://127.0.0.1:8000",
     model: Annotated[str | None, typer.Option(help="model name; default: the server's first")] = None,
     concurrency: Annotated[str, typer.Option(help="comma-separated concurrency levels")] = "1,4,16",
-    requests: Annotated[int, typer.Option(help="requests per level")] = 32,
-    max_tokens: Annotated[int, typer.Option(help="output tokens per request")] = 64,
-    prompt_words: Annotated[str, typer.Option(help="min,max words per prompt (varied)")] = "8,128",
+    workload: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSONL of requests to replay at every level: {"prompt": ...} or {"messages": [...]}, '
+            'optional "max_tokens"; default: synthetic completion prompts'
+        ),
+    ] = None,
+    requests: Annotated[
+        int | None, typer.Option(help="requests per level (default 32; with --workload: the whole file, cycled)")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="output tokens per request (a workload line may set its own)")] = 64,
+    prompt_words: Annotated[str, typer.Option(help="min,max words per synthetic prompt (varied)")] = "8,128",
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="tokenizer.json, model directory or deploy.toml whose model counts the streamed text when the "
+            "server sends no usage (else chunks with text are counted)"
+        ),
+    ] = None,
+    ignore_eos: Annotated[
+        bool, typer.Option(help="ask the server to generate exactly max_tokens (vLLM's and jijian's ignore_eos)")
+    ] = True,
     api_key: Annotated[str | None, typer.Option(help="Bearer key, if the server needs one")] = None,
     plot_path: Annotated[Path, typer.Option("--plot", help="PNG to write")] = Path("serve_bench.png"),
 ) -> None:
-    """Sweep concurrency; print throughput and TTFT/TPOT percentiles; write a PNG plot."""
+    """Replay a workload at each concurrency; print throughput, TTFT/TPOT percentiles, how tokens were counted; plot."""
     import httpx
 
-    from jijian.serve.loadgen import percentile, plot, sweep
+    from jijian.serve.loadgen import counting_summary, load_tokenizer, load_workload, percentile, plot, sweep
+    from jijian.serve.loadgen import synthetic_workload as synthetic
 
     try:
         levels = [int(c) for c in concurrency.split(",")]
         low, high = (int(w) for w in prompt_words.split(","))
-        if min(levels) < 1 or requests < 1 or max_tokens < 1 or not 1 <= low <= high:
+        if min(levels) < 1 or (requests is not None and requests < 1) or max_tokens < 1 or not 1 <= low <= high:
             raise ValueError
     except ValueError:
-        raise fail("--concurrency must be positive integers, --prompt-words 'min,max' with 1 <= min <= max") from None
+        raise fail(
+            "--concurrency must be positive integers, --requests and --max-tokens positive, "
+            "--prompt-words 'min,max' with 1 <= min <= max"
+        ) from None
+    if workload is not None:
+        replay = load_workload(workload, default_max_tokens=max_tokens)
+        if requests is not None:
+            replay = [replay[i % len(replay)] for i in range(requests)]
+    else:
+        replay = synthetic(requests or 32, max_tokens, (low, high))
+    counter = load_tokenizer(tokenizer) if tokenizer is not None else None
     if model is None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
             model = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()["data"][0]["id"]
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise fail(f"cannot list models at {url}: {exc}") from None
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "while",
-        "the",
-        "server",
-        "keeps",
-        "every",
-        "request",
-        "moving",
-    ]
-    prompts = [
-        " ".join(words[(i + j) % len(words)] for j in range(low + (i * 37) % (high - low + 1))) for i in range(requests)
-    ]
-    results = sweep(url, model, prompts, levels, max_tokens, api_key)
-    header = ["conc", "req", "err", "tok/s", "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99"]
+    extra = {"ignore_eos": True} if ignore_eos else None
+    results = sweep(url, model, replay, levels, api_key, tokenizer=counter, extra_body=extra)
+    header = ["conc", "req", "err", "tokens", "tok/s", "TTFT p50", "p90", "p99", "TPOT p50", "p90", "p99"]
     print(" ".join(f"{h:>9}" for h in header) + "  (latencies in ms)")
     for r in results:
         t = [percentile(r.ttft, q) * 1000 for q in (50, 90, 99)]
         p = [percentile(r.tpot, q) * 1000 for q in (50, 90, 99)]
-        row = [r.concurrency, r.requests, r.errors, round(r.tokens_per_s, 1), *(round(v, 1) for v in (*t, *p))]
+        row = [r.concurrency, r.requests, r.errors, r.output_tokens, round(r.tokens_per_s, 1)]
+        row += [round(v, 1) for v in (*t, *p)]
         print(" ".join(f"{v:>9}" for v in row))
+    print(f"output tokens counted by {counting_summary(results)}")
+    for r in results:
+        for message in r.error_messages:
+            err_console.print(f"concurrency {r.concurrency}: {message}", markup=False, soft_wrap=True)
     err_console.print(f"plot: {plot(results, plot_path)}")
     if any(r.errors for r in results):
         raise typer.Exit(code=1)
