@@ -103,6 +103,10 @@ def test_decode_path_setting_resolves_per_device_and_rejects_unknown_values():
     with pytest.raises(ValueError, match="compile_decode"):
         DeployConfig.model_validate({"serve": {"compile_decode": "fast"}})
     assert DeployConfig.model_validate({}).serve.compile_decode == "auto"
+    # "auto" on the CPU: the static path for small batches only (larger ones group rows by context length).
+    model = build_model(ModelConfig(preset="llama-tiny"))
+    assert ModelRunner(model, 8, 4, decode="auto", max_num_seqs=64).static_decoder.sizes == [1, 2, 4]
+    assert ModelRunner(model, 8, 4, decode="static", max_num_seqs=64).static_decoder.sizes[-1] == 64
 
 
 @pytest.mark.slow

@@ -37,8 +37,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_speculative_tokens: int = 0  # n-gram drafts verified per decode step; 0: one token at a time
     ngram_range: tuple[int, int] = (2, 4)  # shortest and longest tail the proposer matches
-    # Pure decode steps: "auto" (CUDA graphs on CUDA, the static-shape path elsewhere), "on" (also
-    # torch.compile on the CPU), "off" (the dynamic path), or a path by name (runner.DECODE_PATHS).
+    # Pure decode steps: "auto" (CUDA graphs on CUDA, the static-shape path for small batches on the CPU),
+    # "on" (torch.compile on the CPU), "off" (the dynamic path), or a path by name (runner.DECODE_PATHS).
     compile_decode: str = "auto"
 
 

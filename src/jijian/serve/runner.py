@@ -110,14 +110,18 @@ class PagedKVCache:
 
 
 DECODE_PATHS = ("dynamic", "static", "compile", "graphs")
+# With "auto" on the CPU, decode batches up to this size take the static path. It saves per-step index
+# building, which counts at a few rows; larger batches pad every row to the longest context, where the
+# dynamic path's grouping by context length does less attention work.
+CPU_STATIC_MAX_BATCH = 4
 
 
 def resolve_decode_path(setting: str, device: torch.device) -> str:
     """The decode path `[serve] compile_decode` asks for on this device.
 
-    "auto" captures CUDA graphs on a CUDA device and takes the static-shape path elsewhere (on the
-    CPU, `torch.compile` costs minutes of start-up for a few percent: see `benchmarks/decode_single_stream.py`);
-    "on" compiles on the CPU and captures graphs on CUDA; "off" runs every step through the dynamic path.
+    "auto" captures CUDA graphs on a CUDA device and takes the static-shape path elsewhere (for small
+    batches on the CPU: `CPU_STATIC_MAX_BATCH`); "on" compiles the static step on the CPU (minutes of
+    start-up there) and captures graphs on CUDA; "off" runs every step through the dynamic path.
     """
     if setting in DECODE_PATHS:
         return setting
@@ -154,7 +158,7 @@ class ModelRunner:
             self.model = copy.deepcopy(model, memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
         self.adapters = AdapterSet(self.model, model.cfg, adapters) if adapters else None
         # LoRA hooks pick rows per step, which a fixed-shape step does not model: adapters decode dynamically.
-        decode = "dynamic" if self.adapters is not None else resolve_decode_path(decode, self.device)
+        setting, decode = decode, "dynamic" if self.adapters is not None else resolve_decode_path(decode, self.device)
         if decode == "graphs" and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
         self.cache = PagedKVCache(model, num_blocks, block_size, sink_block=decode != "dynamic")
@@ -166,7 +170,8 @@ class ModelRunner:
             # Inductor packs the weights itself (freezing) and cannot lower the runner's pre-packed copies.
             self.static_decoder = StaticDecoder(
                 model if decode == "compile" else self.model, self.cache.keys, self.cache.values, block_size,
-                max_num_seqs, max_blocks_per_seq=-(-max_len // block_size), mode=decode,
+                min(max_num_seqs, CPU_STATIC_MAX_BATCH) if setting == "auto" and decode == "static" else max_num_seqs,
+                max_blocks_per_seq=-(-max_len // block_size), mode=decode,
             )  # fmt: skip
             self.static_decoder.capture()
 
