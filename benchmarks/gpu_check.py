@@ -7,13 +7,16 @@
   bf16 parameters and fp32 reduction over `cpu:gloo,cuda:nccl`); the RESULT line is the FSDP2 one.
 - serve: the same shape with random weights (no 1B model ships offline; throughput does not depend on
   the weights' values) served by jijian's engine (continuous batching, paged KV cache) with
-  `--concurrency` requests of `--output-tokens` each (EOS ignored), against `transformers` `generate`
-  on the same weights, one request at a time, on the same GPU.
+  32 requests of 128 output tokens each (EOS ignored), and one request alone, against `transformers`
+  `generate` on the same weights, one request at a time, on the same GPU. The engine runs twice: decode
+  steps replayed as CUDA graphs (the default, `compile_decode = "auto"`) and the eager dynamic path.
 
     python3 benchmarks/gpu_check.py                       # on a CUDA machine (scripts/gpu-check runs it)
     python3 benchmarks/gpu_check.py --device cpu --preset llama-tiny --quick   # the same code, on a CPU
 
-Ends with `RESULT gpu_train_mfu <x> target >= 0.4` and `RESULT gpu_serve_vs_hf_generate <x> target >= 5`.
+Ends with `RESULT gpu_serve_graphs_vs_eager <x> target >= 1.5`, `RESULT gpu_single_stream_graphs_vs_eager <x>
+target >= 1.5`, `RESULT gpu_train_mfu <x> target >= 0.4` and `RESULT gpu_serve_vs_hf_generate <x> target >= 5`;
+`--serve-only` skips training.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from jijian.train.parallel import ParallelDims, build_model_parts
 
 MFU_TARGET = 0.4
 SERVE_TARGET = 5.0
+GRAPHS_TARGET = 1.5  # decode replayed as CUDA graphs over the eager engine: launch overhead dominates at 1B
 
 
 def synchronize(device: torch.device) -> None:
@@ -110,8 +114,23 @@ def train_figures(
     return tokens_per_s, mfu
 
 
+def engine_tokens_per_s(engine, prompts: list[list[int]], output: int, device: torch.device) -> float:
+    """Output tokens/s of `engine` running `prompts` together to `output` tokens each (EOS ignored)."""
+    from jijian.serve.request import SamplingParams
+
+    synchronize(device)
+    start = time.perf_counter()
+    outs = engine.generate(prompts, SamplingParams(max_tokens=output, ignore_eos=True))
+    synchronize(device)
+    return sum(len(o) for o in outs) / (time.perf_counter() - start)
+
+
 def serve_figures(cfg: ModelConfig, device: torch.device, concurrency: int, prompt_len: int, output: int) -> float:
-    """jijian engine output tokens/s over transformers `generate` one request at a time, same weights."""
+    """jijian engine output tokens/s over transformers `generate` one request at a time, same weights.
+
+    The engine runs twice: with decode steps replayed as CUDA graphs (`compile_decode = "auto"`, the
+    default) and on the eager dynamic path (`"off"`), each with `concurrency` requests and with one.
+    """
     import transformers
 
     from jijian.model import build_model
@@ -131,14 +150,27 @@ def serve_figures(cfg: ModelConfig, device: torch.device, concurrency: int, prom
         torch.randint(0, cfg.vocab_size, (prompt_len,), generator=generator).tolist() for _ in range(concurrency)
     ]
     blocks = concurrency * ((prompt_len + output) // 16 + 2)
-    engine = LLMEngine(ours, None, EngineConfig(num_blocks=blocks, block_size=16, max_num_seqs=concurrency))
-    params = SamplingParams(max_tokens=output, ignore_eos=True)
-    engine.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
-    synchronize(device)
-    start = time.perf_counter()
-    outs = engine.generate(prompts, params)
-    synchronize(device)
-    ours_tps = sum(len(o) for o in outs) / (time.perf_counter() - start)
+    rates: dict[str, tuple[float, float]] = {}
+    for path in ("off", "auto"):
+        began = time.perf_counter()
+        config = EngineConfig(num_blocks=blocks, block_size=16, max_num_seqs=concurrency,
+                              max_model_len=prompt_len + output, compile_decode=path)  # fmt: skip
+        engine = LLMEngine(ours, None, config)
+        engine.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+        ready = time.perf_counter() - began
+        rates[path] = (
+            engine_tokens_per_s(engine, prompts, output, device),
+            engine_tokens_per_s(engine, prompts[:1], output, device),
+        )
+        static = engine.runner.static_decoder
+        mode = static.mode if static is not None else "dynamic"
+        replays = f", {static.replays} graph replays" if static is not None and static.graphs else ""
+        print(f"serve: jijian engine, {mode} decode (ready in {ready:.1f} s{replays}): "
+              f"{rates[path][0]:,.0f} output tokens/s at concurrency {concurrency}, "
+              f"{rates[path][1]:,.1f} tokens/s single stream", flush=True)  # fmt: skip
+        del engine
+        release(device)
+    ours_tps = rates["auto"][0]
 
     sample = prompts[: min(4, concurrency)]  # one at a time: a few requests give the rate
     with torch.inference_mode():
@@ -155,8 +187,12 @@ def serve_figures(cfg: ModelConfig, device: torch.device, concurrency: int, prom
             produced += out.shape[1] - len(prompt)
         synchronize(device)
     hf_tps = produced / (time.perf_counter() - start)
-    print(f"serve: jijian {ours_tps:,.0f} output tokens/s at concurrency {concurrency}; "
-          f"transformers generate one at a time {hf_tps:,.0f} tokens/s", flush=True)  # fmt: skip
+    print(f"serve: transformers generate one at a time {hf_tps:,.1f} tokens/s", flush=True)
+    graphs_gain, single_gain = rates["auto"][0] / rates["off"][0], rates["auto"][1] / rates["off"][1]
+    print(f"RESULT gpu_serve_graphs_vs_eager {graphs_gain:.2f} target >= {GRAPHS_TARGET} "
+          f"{'PASS' if graphs_gain >= GRAPHS_TARGET else 'FAIL'}")  # fmt: skip
+    print(f"RESULT gpu_single_stream_graphs_vs_eager {single_gain:.2f} target >= {GRAPHS_TARGET} "
+          f"{'PASS' if single_gain >= GRAPHS_TARGET else 'FAIL'}")  # fmt: skip
     return ours_tps / hf_tps
 
 
@@ -165,17 +201,21 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--preset", default="llama-1b")
     parser.add_argument("--quick", action="store_true", help="fewer steps and tokens (a smoke run)")
+    parser.add_argument("--serve-only", action="store_true", help="only the serving figures")
     args = parser.parse_args()
     device = resolve_device(args.device, "--device")
     cfg = ModelConfig(preset=args.preset, max_seq_len=2048)
     seq_len, batch, steps = (64, 2, 3) if args.quick else (2048, 4, 20)
-    train_figures(cfg, device, seq_len, batch, steps, fsdp=False)
-    release(device)  # the first model and optimizer state are unreachable now
-    _, mfu = train_figures(cfg, device, seq_len, batch, steps, fsdp=True)
-    release(device)
+    mfu = None
+    if not args.serve_only:
+        train_figures(cfg, device, seq_len, batch, steps, fsdp=False)
+        release(device)  # the first model and optimizer state are unreachable now
+        _, mfu = train_figures(cfg, device, seq_len, batch, steps, fsdp=True)
+        release(device)
     concurrency, prompt_len, output = (4, 16, 8) if args.quick else (32, 256, 128)
     ratio = serve_figures(cfg, device, concurrency, prompt_len, output)
-    print(f"RESULT gpu_train_mfu {mfu:.3f} target >= {MFU_TARGET} {'PASS' if mfu >= MFU_TARGET else 'FAIL'}")
+    if mfu is not None:
+        print(f"RESULT gpu_train_mfu {mfu:.3f} target >= {MFU_TARGET} {'PASS' if mfu >= MFU_TARGET else 'FAIL'}")
     verdict = "PASS" if ratio >= SERVE_TARGET else "FAIL"
     print(f"RESULT gpu_serve_vs_hf_generate {ratio:.2f} target >= {SERVE_TARGET} {verdict}")
     if dist.is_initialized():

@@ -355,6 +355,11 @@ class ServeConfig(Section):
     max_model_len: int | None = Field(default=None, ge=1)
     kv_cache_mb: int = Field(default=1024, ge=1)
     prefix_caching: bool = True
+    compile_decode: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="decode steps padded to static shapes: auto = CUDA graphs on CUDA, the static eager step on "
+        "the CPU; on = torch.compile on the CPU too (slow start); off = the dynamic path",
+    )
     speculative_tokens: int = Field(
         default=0,
         ge=0,

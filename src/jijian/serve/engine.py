@@ -37,6 +37,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_speculative_tokens: int = 0  # n-gram drafts verified per decode step; 0: one token at a time
     ngram_range: tuple[int, int] = (2, 4)  # shortest and longest tail the proposer matches
+    # Pure decode steps: "auto" (CUDA graphs on CUDA, the static-shape path for small batches on the CPU),
+    # "on" (torch.compile on the CPU), "off" (the dynamic path), or a path by name (runner.DECODE_PATHS).
+    compile_decode: str = "auto"
 
 
 @dataclass
@@ -93,7 +96,10 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
         if runner is not None and adapters:
             raise ValueError("LoRA adapters are served by the single-process runner only")
-        self.runner = runner if runner is not None else ModelRunner(model, cfg.num_blocks, cfg.block_size, adapters)
+        self.runner = runner if runner is not None else ModelRunner(
+            model, cfg.num_blocks, cfg.block_size, adapters,
+            decode=cfg.compile_decode, max_num_seqs=cfg.max_num_seqs, max_model_len=self.max_model_len,
+        )  # fmt: skip
         self.adapter_names = list(adapters or {})
         self.sampler = Sampler(self.runner.device)
         self.proposer = (

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from jijian.model.llama import CausalLM
 from jijian.serve.adapters import AdapterSet
 from jijian.serve.matmul import with_packed_linears
+from jijian.serve.static_decode import StaticDecoder
 
 SHORT_QUERY = 16  # queries per request up to which attention uses batched matmuls instead of SDPA
 
@@ -54,8 +55,10 @@ class PagedKVCache:
     for the packed varlen batch.
     """
 
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, *, sink_block: bool = False) -> None:
+        """`sink_block` adds one block past `num_blocks` that the padding rows of static decode steps write to."""
         cfg = model.cfg
+        num_blocks += int(sink_block)
         param = next(model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
         # The model's own k_proj says how many KV heads it computes: all of them, or a tensor-parallel share.
@@ -106,20 +109,71 @@ class PagedKVCache:
         return out.unsqueeze(0)
 
 
+DECODE_PATHS = ("dynamic", "static", "compile", "graphs")
+# With "auto" on the CPU, decode batches up to this size take the static path. It saves per-step index
+# building, which counts at a few rows; larger batches pad every row to the longest context, where the
+# dynamic path's grouping by context length does less attention work.
+CPU_STATIC_MAX_BATCH = 4
+
+
+def resolve_decode_path(setting: str, device: torch.device) -> str:
+    """The decode path `[serve] compile_decode` asks for on this device.
+
+    "auto" captures CUDA graphs on a CUDA device and takes the static-shape path elsewhere (for small
+    batches on the CPU: `CPU_STATIC_MAX_BATCH`); "on" compiles the static step on the CPU (minutes of
+    start-up there) and captures graphs on CUDA; "off" runs every step through the dynamic path.
+    """
+    if setting in DECODE_PATHS:
+        return setting
+    if setting == "off":
+        return "dynamic"
+    if setting == "on":
+        return "graphs" if device.type == "cuda" else "compile"
+    if setting == "auto":
+        return "graphs" if device.type == "cuda" else "static"
+    raise ValueError(f"compile_decode must be auto, on, off or one of {DECODE_PATHS}, got {setting!r}")
+
+
 class ModelRunner:
-    """Runs the jijian model on packed batches; returns logits only for the rows that sample."""
+    """Runs the jijian model on packed batches; returns logits only for the rows that sample.
+
+    Pure decode batches (one new token per request, no adapter) go through a `StaticDecoder` unless
+    `decode` is "dynamic": padded to fixed shapes, compiled or replayed as CUDA graphs.
+    """
 
     def __init__(
-        self, model: CausalLM, num_blocks: int, block_size: int, adapters: Mapping[str, str | Path] | None = None
+        self,
+        model: CausalLM,
+        num_blocks: int,
+        block_size: int,
+        adapters: Mapping[str, str | Path] | None = None,
+        *,
+        decode: str = "dynamic",
+        max_num_seqs: int = 64,
+        max_model_len: int | None = None,
     ) -> None:
         self.device = next(model.parameters()).device
         self.model = with_packed_linears(model) if self.device.type == "cpu" else model
         if adapters and self.model is model:  # hooks go on a view, never on the caller's model
             self.model = copy.deepcopy(model, memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
         self.adapters = AdapterSet(self.model, model.cfg, adapters) if adapters else None
-        self.cache = PagedKVCache(model, num_blocks, block_size)
+        # LoRA hooks pick rows per step, which a fixed-shape step does not model: adapters decode dynamically.
+        setting, decode = decode, "dynamic" if self.adapters is not None else resolve_decode_path(decode, self.device)
+        if decode == "graphs" and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
+        self.cache = PagedKVCache(model, num_blocks, block_size, sink_block=decode != "dynamic")
         self.block_size = block_size
         self.sliding_window = model.cfg.sliding_window
+        self.static_decoder: StaticDecoder | None = None
+        if decode != "dynamic":
+            max_len = min(max_model_len or model.cfg.max_seq_len, num_blocks * block_size)
+            # Inductor packs the weights itself (freezing) and cannot lower the runner's pre-packed copies.
+            self.static_decoder = StaticDecoder(
+                model if decode == "compile" else self.model, self.cache.keys, self.cache.values, block_size,
+                min(max_num_seqs, CPU_STATIC_MAX_BATCH) if setting == "auto" and decode == "static" else max_num_seqs,
+                max_blocks_per_seq=-(-max_len // block_size), mode=decode,
+            )  # fmt: skip
+            self.static_decoder.capture()
 
     @torch.inference_mode()
     def execute(
@@ -137,6 +191,14 @@ class ModelRunner:
         a decode step with d draft tokens 1 + d, a prompt chunk none. adapter_ids[i] is request i's
         LoRA adapter (an index into the runner's adapters; None for the base model).
         """
+        static = self.static_decoder
+        if (
+            static is not None
+            and all(len(t) == 1 for t in token_ids)
+            and all(c == 1 for c in logits_counts)
+            and static.accepts(len(token_ids), max(start_positions) // self.block_size + 1)
+        ):
+            return static.run([t[0] for t in token_ids], list(start_positions), [list(b) for b in block_tables])
         layout, tokens, positions, last_rows = self._layout(token_ids, start_positions, block_tables)
         self.cache.layout = layout
         if self.adapters is not None and adapter_ids is not None:

@@ -150,6 +150,7 @@ def build_server(
         enable_prefix_caching=serve.prefix_caching,
         num_speculative_tokens=serve.speculative_tokens,
         ngram_range=(serve.speculative_ngram[0], serve.speculative_ngram[1]),
+        compile_decode=serve.compile_decode,
     )
     runner = None
     if serve.tensor_parallel > 1:
