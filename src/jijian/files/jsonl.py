@@ -32,8 +32,7 @@ def read_json_lines(path: str | os.PathLike[str], *, strict: bool = False) -> li
         if strict:
             raise JsonLinesError(f"{path}: cannot read: {e}") from e
         return []
-    lines = text.split("\n")
-    torn = lines[-1]  # the text after the last newline: empty for a whole file
+    lines = text.split("\n")  # the last item is what follows the last newline: empty for a whole file
     records: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -41,8 +40,8 @@ def read_json_lines(path: str | os.PathLike[str], *, strict: bool = False) -> li
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            if number == len(lines) and line is torn:
-                break  # cut short by a kill mid-append
+            if number == len(lines):
+                break  # no newline after it: cut short by a kill mid-append
             if strict:
                 raise JsonLinesError(f"{path}:{number}: not valid JSON ({e.msg})") from e
             continue
