@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import threading
 
 import pytest
 import torch
@@ -140,6 +141,8 @@ def test_a_trained_model_continues_a_prompt_exactly_like_transformers(tmp_path, 
     tokenizer.save(tmp_path / "tokenizer")
     config = small_run_config(tmp_path, write_corpus(tmp_path, corpus_texts), tmp_path / "tokenizer")
     run = run_training(config)
+    # The batch-prefetch thread is stopped, not left to die with the interpreter (a rank abort at exit).
+    assert not [t for t in threading.enumerate() if t.name == "jijian-prefetch"]
 
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     logged_steps = [r["step"] for r in records if "loss" in r]

@@ -186,6 +186,9 @@ class ChatBatches:
             batches.append(tuple(torch.from_numpy(part[index]) for part in self.rows))
         return batches
 
+    def close(self) -> None:
+        """Nothing to stop: batches are made on demand (the same interface as PackedLoader)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Resume position."""
         return {"batches_yielded": self.batches_yielded}

@@ -193,7 +193,10 @@ class PackedLoader:
         self._queue = queue.Queue(maxsize=self.prefetch)
         # Numpy copies release the GIL, so the next batches are gathered while the model computes.
         self._thread = threading.Thread(
-            target=self._produce, args=(self.batches_yielded, self._queue, self._stop), daemon=True
+            target=self._produce,
+            args=(self.batches_yielded, self._queue, self._stop),
+            name="jijian-prefetch",
+            daemon=True,
         )
         self._thread.start()
 

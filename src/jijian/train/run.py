@@ -271,6 +271,10 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         try:
             result = trainer.fit()
         finally:
+            # The prefetch thread (started by fit's first batch) stops before the interpreter does: a
+            # daemon thread still copying tokens in numpy when Python finalises is unwound through C++
+            # frames and aborts the rank ("terminate called without an active exception").
+            batches.close()
             if trainer.checkpoints is not None:
                 trainer.checkpoints.close()
     if ledger is not None:
