@@ -37,7 +37,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from jijian.config import ModelConfig, TrainConfig
 from jijian.model.device import process_group_backend, resolve_device
-from jijian.train.flops import flops_per_token, peak_flops
+from jijian.spec.shape import ModelShape, training_flops_per_token
+from jijian.train.flops import peak_flops
 from jijian.train.layout import Layout
 from jijian.train.optim import build_optimizer
 from jijian.train.parallel import ParallelDims, build_model_parts
@@ -106,7 +107,7 @@ def train_figures(
     synchronize(device)
     tokens_per_s = steps * batch * seq_len / (time.perf_counter() - start)
     peak, source = peak_flops(device, None)
-    mfu = tokens_per_s * flops_per_token(cfg, seq_len) / peak
+    mfu = tokens_per_s * training_flops_per_token(ModelShape.from_config(cfg), seq_len) / peak
     precision = "bf16 parameters" if param_dtype else "bf16 autocast" if accelerator else "fp32"
     path = f"{'FSDP2 on a one-rank group' if fsdp else 'one device'}, {precision}"
     print(f"train ({path}): {tokens_per_s:,.0f} tokens/s, MFU {mfu:.1%} "

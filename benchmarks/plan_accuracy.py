@@ -42,7 +42,7 @@ from jijian.config import ModelConfig
 from jijian.plan.estimate import Estimate, Layout, Workload, estimate
 from jijian.plan.hardware import Calibration, Cluster, calibration, make_cluster
 from jijian.plan.search import parse_layout, search
-from jijian.plan.shape import ModelShape, training_flops_per_token
+from jijian.spec.shape import ModelShape, training_flops_per_token
 
 RUNS_FILE = Path(__file__).parent / "data" / "published_runs.toml"
 VOCAB_MEGATRON = 51200

@@ -31,7 +31,7 @@ from jijian.model import build_model
 from jijian.plan.estimate import Layout, Workload, estimate
 from jijian.plan.hardware import make_cluster
 from jijian.plan.profile import PROFILE_ENV, save_profile
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 from jijian.train import Trainer
 from jijian.train.hardware_probe import probe
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 
 from jijian.config import ModelConfig
+from jijian.plan import pf_days
 from jijian.plan.comms import all_gather_bytes, all_reduce_bytes, bubble_fraction, pipeline_in_flight
-from jijian.plan.memory import activation_bytes_per_layer, kv_cache_bytes_per_token, model_state_bytes_per_param
-from jijian.plan.shape import ModelShape, pf_days, recompute_flops_per_token, training_flops_per_token
+from jijian.plan.memory import model_state_bytes_per_param
+from jijian.spec.shape import (
+    ModelShape,
+    activation_bytes_per_layer,
+    kv_cache_bytes_per_token,
+    recompute_flops_per_token,
+    training_flops_per_token,
+)
 
 # GPT-3 175B (Brown et al. 2020): 96 layers, d_model 12288, 96 heads, 4h MLP, 50257-token vocabulary, tied.
 GPT3 = ModelShape(96, 12288, 96, 96, 128, 4 * 12288, 50257, gated=False, tied_embeddings=True, dropout=True,

@@ -48,7 +48,7 @@ def test_check_rejects_layouts_naming_the_option():
     assert zero1.exit_code == 2
     assert "--check" in zero1.output and "ZeRO-1" in zero1.output
     heads = invoke(*SMALL, "--layout", "fsdp=2,tp=3", "--check")
-    assert heads.exit_code == 2 and "--layout" in heads.output and "tp=3" in heads.output
+    assert heads.exit_code == 2 and "--layout" in heads.output and "tp = 3" in heads.output
 
 
 def write_deploy(tmp_path: Path, parallel: str) -> Path:

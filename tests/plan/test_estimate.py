@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jijian.config import HardwareConfig, ModelConfig
-from jijian.plan import Layout, PlanError, Workload, estimate, get_accelerator, make_cluster
-from jijian.plan.shape import ModelShape, pf_days, training_flops
+from jijian.plan import Layout, PlanError, Workload, estimate, get_accelerator, make_cluster, pf_days
+from jijian.spec.shape import ModelShape, training_flops_per_token
 
 LLAMA_70B = ModelShape.from_config(ModelConfig(preset="llama3-70b"))
 WORK = Workload(LLAMA_70B, 4096, 512, 1e12)
@@ -46,7 +46,7 @@ def test_costs_follow_from_time_and_prices():
     )
     bought = estimate(WORK, Layout(fsdp=32, tp=8), owned)
     assert bought.cost_buy == pytest.approx(bought.gpu_hours * 1e5 / (2 * 24 * 365) + bought.cost_electricity)
-    assert result.pf_days == pytest.approx(pf_days(training_flops(LLAMA_70B, 4096, 1e12)))
+    assert result.pf_days == pytest.approx(pf_days(training_flops_per_token(LLAMA_70B, 4096) * 1e12))
     assert 0 < result.mfu < 1
 
 

@@ -9,7 +9,7 @@ import pytest
 from jijian.plan import PlanError, Workload, make_cluster
 from jijian.plan.estimate import Layout, estimate
 from jijian.plan.profile import PROFILE_ENV, load_profile, local_device, machine_fingerprint, save_profile
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 
 MEASURED = {
     "device": "cpu",

@@ -7,7 +7,7 @@ import pytest
 from jijian.config import ModelConfig
 from jijian.plan import PlanError, Workload, make_cluster, plot_scaling, scaling_report
 from jijian.plan.scaling import device_counts
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 
 
 def test_device_counts_double_up_to_the_limit():

@@ -7,7 +7,7 @@ import pytest
 from jijian.config import ModelConfig, ParallelConfig
 from jijian.plan import PlanError, Workload, evaluate_layout, make_cluster, parallel_section, parse_layout, search
 from jijian.plan.search import parse_count
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 
 
 def shape(preset: str) -> ModelShape:
@@ -95,22 +95,26 @@ def test_parallel_section_is_valid_for_jijian_train():
     ParallelConfig.model_validate(section)
 
 
-def test_searched_layouts_pass_jijian_trains_own_layout_check():
-    from jijian.config import parse_config
+def test_searched_layouts_give_a_train_section_the_layout_rules_accept():
     from jijian.plan.train_config import train_settings
-    from jijian.train.layout import resolve_layout
+    from jijian.spec.layout import batch_problem, pipeline_problem, tensor_parallel_problem
 
     work = Workload(shape("llama3-70b"), 4096, 512, 1e12)
+    model = ModelConfig(preset="llama3-70b")
     found = search(work, make_cluster("H800"), 256, top=50, jijian_only=True)
     assert any(e.layout.pp > 1 for e in found.best) and any(e.layout.pp == 1 for e in found.best)
     for result in found.best:
-        train = {**train_settings(result), "seq_len": 4096, "warmup_steps": 0}
-        config = parse_config({"model": {"preset": "llama3-70b"}, "train": train, "parallel": parallel_section(result)})
-        resolved = resolve_layout(config, 256)
-        assert (resolved.dp, resolved.tp, resolved.pp) == (result.layout.data_ranks, result.layout.tp, result.layout.pp)
+        train, layout = train_settings(result), result.layout
         assert train["batch_size"] * train["grad_accum_steps"] == 512  # the planned global batch
-        if result.layout.pp > 1:
-            assert resolved.pp_microbatches == result.microbatches
+        microbatches = result.microbatches if layout.pp > 1 else 1
+        # The same rules `jijian train` checks before any rank starts (jijian.spec.layout).
+        assert tensor_parallel_problem(
+            layout.tp, heads=model.n_heads, kv_heads=model.kv_heads, ffn=model.ffn_dim, seq_len=4096
+        ) is None
+        assert pipeline_problem(
+            layout.pp, schedule=layout.schedule, microbatches=microbatches, layers=model.n_layers, tied_embeddings=False
+        ) is None
+        assert batch_problem(train["batch_size"], layout.data_ranks, microbatches) is None
 
 
 def test_zero_layouts_parse_evaluate_and_are_searched():

@@ -7,7 +7,7 @@ import pytest
 from jijian.config import HardwareConfig, ModelConfig
 from jijian.plan import PlanError, Traffic, make_cluster, plan_serving
 from jijian.plan.serving import weight_bytes
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 
 LLAMA_70B = ModelShape.from_config(ModelConfig(preset="llama3-70b"))
 

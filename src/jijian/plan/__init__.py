@@ -4,13 +4,13 @@ Pure Python over `jijian.config` (no torch), so a whole layout search answers in
 """
 
 from jijian.plan.errors import PlanError
-from jijian.plan.estimate import Estimate, Layout, Workload, estimate
+from jijian.plan.estimate import Estimate, Layout, Workload, estimate, pf_days
 from jijian.plan.hardware import Accelerator, Cluster, accelerator_names, get_accelerator, make_cluster
 from jijian.plan.scaling import ScalingPoint, plot_scaling, scaling_report
 from jijian.plan.search import SearchResult, evaluate_layout, parse_count, parse_layout, search
 from jijian.plan.serving import ServePlan, Traffic, plan_serving
-from jijian.plan.shape import ModelShape, pf_days, training_flops, training_flops_per_token
 from jijian.plan.train_config import parallel_section
+from jijian.spec.shape import ModelShape, training_flops_per_token
 
 __all__ = [
     "Accelerator",
@@ -37,6 +37,5 @@ __all__ = [
     "plot_scaling",
     "scaling_report",
     "search",
-    "training_flops",
     "training_flops_per_token",
 ]

@@ -14,7 +14,7 @@ from jijian.plan.errors import PlanError
 from jijian.plan.estimate import Workload
 from jijian.plan.hardware import Cluster, make_cluster
 from jijian.plan.search import parse_count
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape
 
 if TYPE_CHECKING:
     from jijian.config import DeployConfig

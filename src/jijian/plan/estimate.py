@@ -27,17 +27,23 @@ from jijian.plan.memory import (
     GRAD_BYTES,
     PARAM_BYTES,
     REDUCE_BYTES,
-    activation_bytes_per_layer,
     model_state_split,
 )
-from jijian.plan.shape import PF_DAY, ModelShape, training_flops_per_token
+from jijian.spec.layout import PIPELINE_CHUNKS
+from jijian.spec.shape import ModelShape, activation_bytes_per_layer, training_flops_per_token
 
-PIPELINE_CHUNKS = 2  # model chunks per stage in the interleaved schedule
+# Units the planner reports compute in: one PetaFLOP/s sustained for one day (Inspur's unit).
+PF_DAY = 1e15 * 86400
 # Softmax and cross-entropy over the vocabulary: fp32 logits written, read for the loss, and their gradient
 # written and read again (4 passes of 4 bytes per logit).
 LOGITS_TRAFFIC_BYTES = 16
 # Bottleneck = the largest loss unless every loss is smaller than this share of the step.
 COMPUTE_BOUND_SHARE = 0.15
+
+
+def pf_days(flops: float) -> float:
+    """FLOPs expressed in PetaFLOP/s-days."""
+    return flops / PF_DAY
 
 
 @dataclass(frozen=True)
@@ -468,7 +474,7 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         steps=steps,
         days=hours / 24,
         gpu_hours=hours * layout.gpus,
-        pf_days=training_flops_per_token(shape, work.seq) * work.tokens / PF_DAY,
+        pf_days=pf_days(training_flops_per_token(shape, work.seq) * work.tokens),
         energy_kwh=energy_kwh,
         cost_electricity=electricity,
         cost_rent=hours * layout.gpus * prices.rent_per_device_hour,

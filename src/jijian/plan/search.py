@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 
 from jijian.plan.errors import PlanError
 from jijian.plan.estimate import (
-    PIPELINE_CHUNKS,
     Estimate,
     Layout,
     Workload,
@@ -18,7 +17,9 @@ from jijian.plan.estimate import (
 )
 from jijian.plan.hardware import Cluster, accelerator_names, make_cluster
 from jijian.plan.memory import RECOMPUTE_POLICIES
-from jijian.plan.shape import ModelShape
+from jijian.spec.layout import pipeline_chunks, tensor_parallel_problem
+from jijian.spec.layout import pipeline_problem as spec_pipeline_problem
+from jijian.spec.shape import ModelShape
 
 MAX_MICRO_BATCH = 16
 MAX_GPUS = 1 << 17
@@ -40,29 +41,19 @@ def divisors(n: int) -> list[int]:
 
 
 def tp_problem(shape: ModelShape, tp: int, seq: int) -> str | None:
-    """Why `jijian train` could not split the model `tp` ways (None when it can)."""
-    for name, size in (("attention heads", shape.heads), ("key/value heads", shape.kv_heads), ("MLP width", shape.ffn)):
-        if size % tp:
-            return f"tp={tp} does not divide the {size} {name}"
-    if seq % tp:
-        return f"tp={tp} does not divide the sequence length {seq} (sequence parallelism splits it)"
-    return None
+    """Why `jijian train` could not split the model `tp` ways (None when it can); plans assume sequence parallelism."""
+    return tensor_parallel_problem(tp, heads=shape.heads, kv_heads=shape.kv_heads, ffn=shape.ffn, seq_len=seq)
 
 
 def pipeline_problem(shape: ModelShape, pp: int, schedule: str, microbatches: int) -> str | None:
-    """Why `jijian train` could not run this pipeline (None when it can)."""
-    if pp == 1:
-        return None
-    if shape.tied_embeddings:
-        return "pp > 1 puts the embedding and the output head on different stages: tied embeddings need pp=1"
-    chunks = PIPELINE_CHUNKS if schedule == "interleaved_1f1b" else 1
-    if pp * chunks > shape.layers:
-        return f"pp={pp} needs {pp * chunks} stages, more than the {shape.layers} layers"
-    if schedule != "gpipe" and microbatches < pp:
-        return f"{schedule} needs at least pp={pp} micro-batches per step, the batch gives {microbatches}"
-    if schedule == "interleaved_1f1b" and (microbatches % pp or shape.layers % (pp * chunks)):
-        return f"interleaved_1f1b needs micro-batches ({microbatches}) and layers ({shape.layers}) in multiples of pp"
-    return None
+    """Why `jijian train` could not run this pipeline, or the estimate could not model it (None when both can)."""
+    problem = spec_pipeline_problem(
+        pp, schedule=schedule, microbatches=microbatches, layers=shape.layers, tied_embeddings=shape.tied_embeddings
+    )
+    if problem is None and shape.layers % (pp * pipeline_chunks(pp, schedule)) and schedule == "interleaved_1f1b":
+        # The trainer splits layers unevenly; the estimate's interleaved schedule assumes equal chunks.
+        return f"the planner models interleaved_1f1b only with model.n_layers ({shape.layers}) a multiple of 2 x pp"
+    return problem
 
 
 def candidate_layouts(work: Workload, gpus: int, devices_per_node: int, recompute: str | None) -> Iterator[Layout]:

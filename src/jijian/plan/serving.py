@@ -21,9 +21,8 @@ from jijian.plan.hardware import (
     kwh_per_device_hour,
     make_cluster,
 )
-from jijian.plan.memory import kv_cache_bytes_per_token
 from jijian.plan.search import divisors
-from jijian.plan.shape import ModelShape
+from jijian.spec.shape import ModelShape, kv_cache_bytes_per_token
 
 HBM_EFFICIENCY = 0.8  # achieved fraction of peak HBM bandwidth in decode kernels (assumed)
 WORKSPACE_FRACTION = 0.05  # device memory kept for activations and sampling buffers (assumed)

@@ -31,6 +31,7 @@ from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import QuantizationError, quantize_model
 from jijian.serve.rag import Retriever
 from jijian.serve.tensor_parallel import start_tensor_parallel
+from jijian.spec.shape import ModelShape, kv_cache_bytes_per_token
 
 if TYPE_CHECKING:
     from jijian.kb import KnowledgeBase
@@ -48,10 +49,8 @@ class Server:
 
 def kv_block_bytes(model: CausalLM, block_size: int, tensor_parallel: int = 1) -> int:
     """Bytes of keys and values one block holds across all layers on one device (the rank with the most heads)."""
-    cfg = model.cfg
     element = next(model.parameters()).element_size()
-    kv_heads = -(-cfg.kv_heads // tensor_parallel)
-    return 2 * cfg.n_layers * block_size * kv_heads * cfg.head_size * element
+    return block_size * kv_cache_bytes_per_token(ModelShape.from_config(model.cfg), element, tensor_parallel)
 
 
 def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:

@@ -1,4 +1,4 @@
-"""Model FLOPs per token and the device's peak, for model FLOPs utilisation (MFU)."""
+"""The device's peak FLOP/s, for model FLOPs utilisation (MFU; the FLOPs per token are jijian.spec.shape's)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,7 @@ import time
 
 import torch
 
-from jijian.config import ModelConfig
 from jijian.spec import accelerator_for_device, catalogue
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per weight of every matmul plus the attention score and value products.
-
-    The PaLM-paper count (Chowdhery et al. 2022, appendix B): 6N + 12·L·H·Q·T, with N the
-    parameters except the input embedding (a lookup, not a matmul). Recompute is not counted —
-    that is what makes it *model* FLOPs utilisation.
-    """
-    params = (
-        cfg.n_layers
-        * (
-            cfg.dim * cfg.n_heads * cfg.head_size * 2  # q and o projections
-            + cfg.dim * cfg.kv_heads * cfg.head_size * 2  # k and v projections
-            + cfg.dim * cfg.ffn_dim * 3  # gate, up, down
-        )
-        + cfg.dim * cfg.vocab_size
-    )  # LM head
-    return 6.0 * params + 12.0 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
 
 
 def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jijian.config import DeployConfig, ParallelConfig, UserInputError
+from jijian.spec.layout import batch_problem, pipeline_chunks, pipeline_problem, tensor_parallel_problem
 
 
 class LayoutError(UserInputError):
@@ -40,7 +41,7 @@ class Layout:
     @property
     def stages_per_rank(self) -> int:
         """Pipeline stages held by each pipeline rank (2 for the interleaved schedule, else 1)."""
-        return 2 if self.pp > 1 and self.pp_schedule == "interleaved_1f1b" else 1
+        return pipeline_chunks(self.pp, self.pp_schedule)
 
     def describe(self) -> str:
         """Short human-readable form, e.g. 'dp_shard=2 x tp=2 (world 4)'."""
@@ -79,56 +80,28 @@ def resolve_layout(config: DeployConfig, world_size: int) -> Layout:
                 f"parallel: dp_replicate x dp_shard x tp x pp = {par.dp_replicate} x {dp_shard} x {par.tp} x "
                 f"{par.pp} = {others * dp_shard}, but the world size is {world_size}; the product must equal it"
             )
-    if par.tp > 1:
-        if model.n_heads % par.tp:
-            raise LayoutError(f"parallel.tp = {par.tp} does not divide model.n_heads = {model.n_heads}")
-        if model.kv_heads % par.tp:
-            raise LayoutError(f"parallel.tp = {par.tp} does not divide the key/value heads ({model.kv_heads})")
-        if model.ffn_dim % par.tp:
-            raise LayoutError(f"parallel.tp = {par.tp} does not divide model.ffn_dim = {model.ffn_dim}")
-        if par.sequence_parallel and train.seq_len % par.tp:
-            raise LayoutError(
-                f"parallel.sequence_parallel splits train.seq_len = {train.seq_len} over tp = {par.tp}: it must divide"
-            )
-    stages_per_rank = 2 if par.pp > 1 and par.pp_schedule == "interleaved_1f1b" else 1
-    microbatches = par.pp_microbatches
+    problem = tensor_parallel_problem(
+        par.tp,
+        heads=model.n_heads,
+        kv_heads=model.kv_heads,
+        ffn=model.ffn_dim,
+        seq_len=train.seq_len,
+        sequence_parallel=par.sequence_parallel,
+    )
+    microbatches = 1
     if par.pp > 1:
-        stages = par.pp * stages_per_rank
-        if stages > model.n_layers:
-            raise LayoutError(
-                f"parallel.pp = {par.pp} needs {stages} pipeline stages"
-                + (" (2 per rank for interleaved_1f1b)" if stages_per_rank == 2 else "")
-                + f", more than model.n_layers = {model.n_layers}"
-            )
-        if model.tie_embeddings:
-            raise LayoutError(
-                "parallel.pp > 1 puts the embedding and the LM head on different stages, "
-                "so model.tie_embeddings must be false"
-            )
-        if microbatches is None:
-            microbatches = par.pp * stages_per_rank
-        if par.pp_schedule in ("1f1b", "interleaved_1f1b") and microbatches < par.pp:
-            raise LayoutError(
-                f"parallel.pp_microbatches = {microbatches} is less than pp = {par.pp}: "
-                f"{par.pp_schedule} needs at least one microbatch per stage"
-            )
-        if par.pp_schedule == "interleaved_1f1b" and microbatches % par.pp:
-            raise LayoutError(
-                f"parallel.pp_microbatches = {microbatches} must be a multiple of pp = {par.pp} for interleaved_1f1b"
-            )
-    else:
-        microbatches = 1
-    dp = par.dp_replicate * dp_shard
-    if train.batch_size % dp:
-        raise LayoutError(
-            f"train.batch_size = {train.batch_size} must divide by the data-parallel degree "
-            f"dp_replicate x dp_shard = {dp}"
-        )
-    if (train.batch_size // dp) % microbatches:
-        raise LayoutError(
-            f"each data-parallel rank gets train.batch_size / dp = {train.batch_size // dp} sequences, "
-            f"which parallel.pp_microbatches = {microbatches} does not divide"
-        )
+        # The default keeps every stage busy: one microbatch per stage a rank holds.
+        microbatches = par.pp_microbatches or par.pp * pipeline_chunks(par.pp, par.pp_schedule)
+    problem = problem or pipeline_problem(
+        par.pp,
+        schedule=par.pp_schedule,
+        microbatches=microbatches,
+        layers=model.n_layers,
+        tied_embeddings=model.tie_embeddings,
+    )
+    problem = problem or batch_problem(train.batch_size, par.dp_replicate * dp_shard, microbatches)
+    if problem:
+        raise LayoutError(problem)
     return Layout(
         pp=par.pp,
         dp_replicate=par.dp_replicate,

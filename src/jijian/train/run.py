@@ -26,10 +26,11 @@ from jijian.model.device import resolve_device
 from jijian.model.hf import model_config_from_hf
 from jijian.model.lora import base_fingerprint, lora_state, save_peft_adapter
 from jijian.model.tokenizer import Tokenizer
+from jijian.spec.shape import ModelShape, training_flops_per_token
 from jijian.train.checkpoint import CheckpointManager, checkpoint_step, newest_valid_checkpoint
 from jijian.train.consolidate import MODEL_PREFIX, read_lora_from_dcp, write_hf_from_dcp
 from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0
-from jijian.train.flops import flops_per_token, peak_flops
+from jijian.train.flops import peak_flops
 from jijian.train.goodput import LEDGER, GoodputLedger
 from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
@@ -195,7 +196,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         parallel_cfg=config.parallel,
     )
     peak, peak_source = peak_flops(device, config.hardware.peak_tflops)
-    throughput = Throughput(flops_per_token(model_cfg, tcfg.seq_len), peak, layout.world_size)
+    model_flops = training_flops_per_token(ModelShape.from_config(model_cfg), tcfg.seq_len)
+    throughput = Throughput(model_flops, peak, layout.world_size)
 
     output_dir = tcfg.output_dir
     metrics_path = output_dir / "metrics.jsonl"
