@@ -147,3 +147,25 @@ def test_abort_frees_blocks(small_model, prompts_of_lengths):
     assert engine.kv_cache.usage() > 0
     assert engine.abort(request.request_id)
     assert engine.kv_cache.usage() == 0 and not engine.has_unfinished()
+
+
+def test_a_sliding_window_model_serves_contexts_longer_than_its_kv_cache():
+    from jijian.config import ModelConfig
+    from jijian.model import build_model
+
+    torch.manual_seed(5)
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=512, max_seq_len=512,
+                      architecture="mistral", sliding_window=8)  # fmt: skip
+    model = build_model(cfg).eval()
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 512, (n,), generator=generator).tolist() for n in (30, 70, 45)]
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    # 16 blocks of 4 = 64 slots: each request needs up to 130 positions, three run at once, and blocks
+    # behind the 8-token window are given back as they advance.
+    small = LLMEngine(model, None, EngineConfig(num_blocks=16, block_size=4, max_batch_tokens=16, max_num_seqs=3))
+    roomy = LLMEngine(model, None, EngineConfig(num_blocks=128, block_size=4, max_batch_tokens=16, max_num_seqs=3))
+    outputs = small.generate(prompts, params)
+    assert outputs == roomy.generate(prompts, params)
+    for prompt, output in zip(prompts, outputs, strict=True):  # and both are the model's own greedy continuation
+        assert output == generate(model, prompt, 60)
+    assert small.kv_cache.num_free_blocks == 16

@@ -42,3 +42,25 @@ def test_freed_blocks_stay_cached_until_evicted_oldest_first():
     kv.free("c")
     assert kv.allocate("e", 8)
     assert kv.find_cached_prefix("f", [1, 2, 3, 4, 5]) == 0
+
+
+def test_blocks_behind_a_sliding_window_are_given_back_once():
+    cache = KVCacheManager(num_blocks=12, block_size=4, sliding_window=8)
+    assert cache.allocate("a", 40)  # 10 blocks
+    assert cache.num_free_blocks == 2
+    # The next query (position 40) sees keys 33..40: blocks 0-7 (positions 0-31) are out of reach; block 8 is not.
+    assert cache.release_out_of_window("a", 40) == 8
+    assert cache.release_out_of_window("a", 41) == 0  # nothing is given back twice
+    assert cache.num_free_blocks == 10
+    assert len(cache.block_ids("a")) == 10  # positions still map to slots
+    assert cache.allocate("b", 32)  # another request takes the released blocks
+    cache.free("a")  # only the two blocks still held are released
+    assert cache.num_free_blocks == 4 and all(block.ref_count >= 0 for block in cache.blocks)
+    cache.free("b")
+    assert cache.num_free_blocks == 12
+
+
+def test_without_a_window_nothing_is_released_early():
+    cache = KVCacheManager(num_blocks=12, block_size=4)
+    assert cache.allocate("a", 40)
+    assert cache.release_out_of_window("a", 40) == 0 and cache.num_free_blocks == 2

@@ -92,7 +92,12 @@ class LLMEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_model_len = min(cfg.max_model_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
-        self.kv_cache = KVCacheManager(cfg.num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        self.kv_cache = KVCacheManager(
+            cfg.num_blocks,
+            cfg.block_size,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            sliding_window=model.cfg.sliding_window,
+        )
         self.scheduler = Scheduler(self.kv_cache, max_num_seqs=cfg.max_num_seqs, max_batch_tokens=cfg.max_batch_tokens)
         if runner is not None and adapters:
             raise ValueError("LoRA adapters are served by the single-process runner only")
@@ -146,12 +151,24 @@ class LLMEngine:
                 code="context_length_exceeded",
             )
         capacity = self.config.num_blocks * self.config.block_size
-        if total > capacity:
+        needed = self.kv_cache_tokens_needed(total)
+        if needed > capacity:
             raise InvalidRequestError(
-                f"the request needs {total} tokens of KV cache; the server holds {capacity}",
+                f"the request needs {needed} tokens of KV cache; the server holds {capacity}",
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+
+    def kv_cache_tokens_needed(self, total_tokens: int) -> int:
+        """Cache slots a request of `total_tokens` holds at its peak.
+
+        Under a sliding window the blocks behind the window are given back as it advances, so the peak
+        is the window, one step's tokens and a partial block at either end — not the whole context.
+        """
+        window = self.model.cfg.sliding_window
+        if window is None:
+            return total_tokens
+        return min(total_tokens, window + self.config.max_batch_tokens + 2 * self.config.block_size)
 
     def add_request(
         self, prompt_token_ids: Sequence[int], params: SamplingParams, request_id: str | None = None

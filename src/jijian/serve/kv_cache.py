@@ -8,6 +8,11 @@ crafted prompt whose hash collided with another tenant's prefix would read that 
 Python's 64-bit `hash` of a tuple is not built to resist that. Blocks
 nobody uses go to a free queue in least-recently-used order; a cached block stays findable there
 until a new allocation evicts it, which is when its hash is forgotten.
+
+Under sliding-window attention (Mistral) a request's leading blocks fall out of every future query's
+window; they are given back as the request advances, so a long request holds about a window's worth of
+blocks instead of its whole context. Its table keeps their ids, so positions still map to slots: the
+runner masks those keys out, so what a reused block holds there is never seen.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class BlockTable:
     block_ids: list[int] = field(default_factory=list)
     num_hashed: int = 0
     last_hash: bytes | None = None
+    num_released: int = 0  # leading blocks given back because they left the sliding window
 
 
 def chain_hash(parent: bytes | None, tokens: Sequence[int]) -> bytes:
@@ -47,10 +53,15 @@ def chain_hash(parent: bytes | None, tokens: Sequence[int]) -> bytes:
 class KVCacheManager:
     """Allocates, shares and frees KV-cache blocks; the scheduler's only view of cache memory."""
 
-    def __init__(self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True, sliding_window: int | None = None
+    ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError("sliding_window must be positive")
         self.block_size = block_size
+        self.sliding_window = sliding_window
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
@@ -135,17 +146,39 @@ class KVCacheManager:
             table.last_hash = block_hash
             table.num_hashed = index + 1
 
+    def release_out_of_window(self, request_id: str, num_computed: int) -> int:
+        """Give back the blocks no query from position `num_computed` on can see; returns how many now.
+
+        A query at position p sees keys after p - window, so every block that ends before
+        num_computed - window + 1 is out of reach for good (positions only grow until a preemption,
+        which frees the whole table anyway). Without a sliding window this does nothing.
+        """
+        table = self.tables.get(request_id)
+        if self.sliding_window is None or table is None:
+            return 0
+        first_visible = num_computed - self.sliding_window + 1
+        releasable = min(max(0, first_visible) // self.block_size, len(table.block_ids))
+        released = 0
+        for index in range(table.num_released, releasable):
+            self._release(table.block_ids[index])
+            released += 1
+        table.num_released = max(table.num_released, releasable)
+        return released
+
     def free(self, request_id: str) -> None:
         """Release a request's blocks; blocks nobody else holds become free (still cached)."""
         table = self.tables.pop(request_id, None)
         if table is None:
             return
-        # Tail blocks first, so a shared prefix is the last thing evicted.
-        for block_id in reversed(table.block_ids):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free_queue[block_id] = None
+        # Tail blocks first, so a shared prefix is the last thing evicted; released ones were given back already.
+        for block_id in reversed(table.block_ids[table.num_released :]):
+            self._release(block_id)
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free_queue[block_id] = None
 
     def _reference(self, block_id: int) -> None:
         block = self.blocks[block_id]

@@ -68,6 +68,7 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            self.kv_cache.release_out_of_window(request.request_id, request.num_computed_tokens)
             pending = request.num_tokens - request.num_computed_tokens
             drafts = len(request.spec_token_ids) if pending == 1 else 0  # only a decode step verifies drafts
             num_new = min(pending + drafts, budget)
@@ -92,6 +93,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             cached = self.kv_cache.find_cached_prefix(request.request_id, request.all_token_ids, request.cache_salt)
+            self.kv_cache.release_out_of_window(request.request_id, cached)
             num_new = min(request.num_tokens - cached, budget)
             if not self.kv_cache.allocate(request.request_id, cached + num_new):
                 # Give the prefix references back: a waiting request must not pin blocks others need.
