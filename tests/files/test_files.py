@@ -112,3 +112,29 @@ def test_checkpoint_listing_reports_truncated_files(tmp_path):
         (20, "model.bin is truncated or overwritten", False),
         (10, "ok", True),
     ]
+
+
+def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
+    from jijian.files import replaced_directory
+
+    target = tmp_path / "model"
+    with replaced_directory(target) as staging:
+        (staging / "a.bin").write_bytes(b"old")
+    assert (target / "a.bin").read_bytes() == b"old"
+
+    with pytest.raises(RuntimeError, match="disk full"), replaced_directory(target) as staging:
+        (staging / "a.bin").write_bytes(b"half")
+        raise RuntimeError("disk full")
+    # The failed write left the old directory as it was, and no staging directory behind.
+    assert (target / "a.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    with replaced_directory(target) as staging:
+        (staging / "nested").mkdir()
+        (staging / "nested" / "b.bin").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["nested"]  # the old files are gone with the old directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file"), replaced_directory(tmp_path / "file"):
+        pass

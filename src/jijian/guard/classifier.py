@@ -14,7 +14,9 @@ scikit-learn would do the same job but would add a 30 MB dependency for ~80 line
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jijian.files import write_atomic
 from jijian.guard.normalize import normalize
 
 HASH_BITS = 18
@@ -208,11 +211,8 @@ def default_classifier() -> InjectionClassifier:
     weights, bias = train_classifier(
         [normalize(str(r["text"]))[0] for r in rows], [int(str(r["label"])) for r in rows], steps=TRAINING_STEPS
     )
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.npz")
-        np.savez(tmp, weights=weights, bias=np.float64(bias))
-        os.replace(tmp, cached)
-    except OSError:
-        pass  # a read-only home is fine: we simply train again next time
+    buffer = io.BytesIO()
+    np.savez(buffer, weights=weights, bias=np.float64(bias))
+    with contextlib.suppress(OSError):  # a read-only home is fine: we simply train again next time
+        write_atomic(cached, buffer.getvalue())
     return InjectionClassifier(weights, bias, key)

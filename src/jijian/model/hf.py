@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from jijian.config.hf_config import (
     model_fields_from_hf,
     read_hf_config,
 )
+from jijian.files import replaced_directory
 from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 from jijian.model.quantized import quantized_layer, split_quantized
 
@@ -185,9 +183,9 @@ def save_hf_tensors(
     saved_dtype = dtype or specs[names[0]].dtype
     shards = _plan_shards(sizes, max_shard_bytes)
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    if directory.exists() and not directory.is_dir():
+        raise HFFormatError(f"{directory}: exists and is not a directory")
+    with replaced_directory(directory) as staging:
         metadata = {"format": "pt"}
 
         def save_weights(part: list[str], path: Path) -> None:
@@ -217,12 +215,6 @@ def save_hf_tensors(
             }
             _write_json(staging / "generation_config.json", generation, write_bytes)
             tokenizer.save(staging, write_bytes=write_bytes)
-        for path in staging.iterdir():
-            _fsync(path)
-        _replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
@@ -343,21 +335,3 @@ def _plan_shards(sizes: Mapping[str, int], max_bytes: int) -> list[list[str]]:
 
 def _write_json(path: Path, data: Any, write_bytes: WriteBytes | None = None) -> None:
     (write_bytes or Path.write_bytes)(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _replace_directory(staging: Path, directory: Path) -> None:
-    if not directory.exists():
-        staging.rename(directory)
-        return
-    if not directory.is_dir():
-        raise HFFormatError(f"{directory}: exists and is not a directory")
-    retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-    retired.rmdir()
-    directory.rename(retired)
-    staging.rename(directory)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -10,8 +10,6 @@ transformers model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 
 from jijian.config.errors import UserInputError
 from jijian.config.schema import LORA_TARGETS
+from jijian.files import replaced_directory
 from jijian.model.llama import CausalLM
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -131,19 +130,11 @@ def save_peft_adapter(
         "base_model_name_or_path": base_model,
     }
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in adapters.items()}
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with replaced_directory(directory) as staging:  # the old adapter stays whole until the new one is
         save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if base_fingerprint is not None:
             (staging / BASE_FINGERPRINT).write_text(json.dumps(dict(base_fingerprint)) + "\n", encoding="utf-8")
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
