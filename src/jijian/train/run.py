@@ -167,10 +167,6 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         raise TrainSetupError(
             f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {model_cfg.vocab_size}"
         )
-    if tcfg.lora is not None and layout.tp > 1:
-        raise TrainSetupError(
-            "train.lora with parallel.tp > 1 is not supported: shard a LoRA run with dp_shard / dp_replicate instead"
-        )
     if config.data.format == "chat" and layout.pp > 1:
         raise TrainSetupError("data.format = 'chat' (document-masked packing) does not run under parallel.pp > 1")
     if tcfg.seq_len > model_cfg.max_seq_len:

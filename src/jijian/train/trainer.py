@@ -29,6 +29,7 @@ from jijian.train.norms import clip_grad_norm_
 from jijian.train.optim import build_lr_scheduler, build_optimizer
 from jijian.train.parallel.mesh import ParallelDims
 from jijian.train.parallel.parallelize import ModelParts
+from jijian.train.parallel.tensor_parallel import reduce_partial_gradients
 
 Batch = tuple[torch.Tensor, ...]
 """(inputs, targets), or (inputs, targets, document_ids) for packed sequences that must not see each other."""
@@ -287,6 +288,7 @@ class Trainer:
             loss = self._loss(batch, self._trained_tokens) / accum
             loss.backward()
             total += loss.detach()
+        reduce_partial_gradients(self.parameters)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         pp_group = self.dims.pp_group if self.dims is not None else None
         grad_norm = clip_grad_norm_(self.parameters, max_norm, pp_group)

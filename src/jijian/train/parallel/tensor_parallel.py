@@ -4,14 +4,24 @@ Megatron's split: q/k/v and gate/up column-wise, o/down row-wise, so each block 
 all-reduce forward and one backward (or, under sequence parallelism, an all-gather before and a
 reduce-scatter after, with norms and the residual stream sharded along the sequence). Under SP
 the residual stream stays a DTensor so shapes seen by the model are global (RoPE tables, views).
+
+LoRA adapters follow their base layer's split, as in Megatron: a column-parallel layer's B is split
+along its output (A replicated), a row-parallel layer's A along its input (B replicated). The adapter
+hook runs on the base layer's DTensor output before the TP output hook, so a row-parallel adapter's
+partial sum joins the base's and one reduction serves both: adapters add no collective forward.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
+import torch
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Placement, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
+    ParallelStyle,
     PrepareModuleInput,
     PrepareModuleOutput,
     RowwiseParallel,
@@ -26,6 +36,8 @@ def apply_tensor_parallel(
     model: CausalLM, tp_mesh: DeviceMesh, sequence_parallel: bool, *, first: bool, last: bool
 ) -> None:
     """Shard `model` (a whole model or one pipeline stage) over `tp_mesh` in place."""
+    # SequenceParallel re-creates the norm weights it replicates as trainable parameters: keep frozen ones frozen.
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     sp = sequence_parallel
     stream = Shard(1) if sp else Replicate()  # layout of the residual stream between blocks
     root_plan: dict = {}
@@ -75,4 +87,69 @@ def apply_tensor_parallel(
         if sp:
             plan["input_layernorm"] = SequenceParallel()
             plan["post_attention_layernorm"] = SequenceParallel()
-        parallelize_module(layer, tp_mesh, plan)
+        parallelize_adapted(layer, tp_mesh, plan)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+
+
+def parallelize_adapted(module: nn.Module, tp_mesh: DeviceMesh, plan: dict[str, ParallelStyle]) -> None:
+    """`parallelize_module(module, tp_mesh, plan)`, with the LoRA adapters of its split linear layers split to match.
+
+    Torch's linear styles treat every module below the layer as a linear to shard alike, so the adapter
+    modules are taken off while the plan is applied and put back with DTensor weights: column-parallel
+    (output split) -> A replicated, B Shard(0); row-parallel (input split) -> A Shard(1), B replicated.
+    """
+    adapted = []
+    for path, style in plan.items():
+        linear = module.get_submodule(path)
+        if isinstance(style, (ColwiseParallel, RowwiseParallel)) and hasattr(linear, "lora_A"):
+            children = dict(linear.named_children())  # lora_A, lora_B, lora_dropout
+            for name in children:
+                delattr(linear, name)
+            adapted.append((linear, children, isinstance(style, ColwiseParallel)))
+    parallelize_module(module, tp_mesh, plan)
+    for linear, children, column in adapted:
+        _distribute_weight(children["lora_A"], tp_mesh, Replicate() if column else Shard(1))
+        _distribute_weight(children["lora_B"], tp_mesh, Shard(0) if column else Replicate())
+        for name, child in children.items():
+            setattr(linear, name, child)
+
+
+def _distribute_weight(linear: nn.Module, tp_mesh: DeviceMesh, placement: Placement) -> None:
+    weight = linear.weight
+    # src_data_rank=None: no broadcast; parameters are (re)initialised from their full values afterwards.
+    shard = distribute_tensor(weight.detach(), tp_mesh, [placement], src_data_rank=None)
+    linear.weight = nn.Parameter(shard, requires_grad=weight.requires_grad)
+
+
+@torch.no_grad()
+def reduce_partial_gradients(parameters: list[torch.Tensor]) -> None:
+    """Sum the partial gradients of replicated parameters over the ranks that hold the partial sums.
+
+    A parameter replicated over the TP ranks (norm weights under SP, the unsplit half of a LoRA adapter)
+    gets from DTensor's backward a gradient that is only this rank's partial sum. FSDP reduces those itself;
+    without FSDP they are summed here, before clipping and the optimizer read them: one all-reduce per
+    (mesh, layout) group of flattened gradients, not one per parameter.
+    """
+    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    for param in parameters:
+        grad = param.grad
+        if not isinstance(grad, DTensor) or grad.placements == param.placements:
+            continue
+        if _differs_only_by_partial_sums(grad.placements, param.placements):
+            groups[(grad.device_mesh, grad.placements, param.placements)].append(param)
+        else:
+            param.grad = grad.redistribute(param.device_mesh, param.placements)
+    for (mesh, partial, target), params in groups.items():
+        local = [param.grad.to_local() for param in params]
+        flat = torch.cat([g.reshape(-1) for g in local])
+        summed = DTensor.from_local(flat, mesh, partial, run_check=False).redistribute(mesh, target).to_local()
+        for param, grad, piece in zip(params, local, summed.split([g.numel() for g in local]), strict=True):
+            param.grad = DTensor.from_local(
+                piece.view_as(grad), mesh, target, run_check=False, shape=param.shape, stride=param.stride()
+            )
+
+
+def _differs_only_by_partial_sums(grad: tuple[Placement, ...], param: tuple[Placement, ...]) -> bool:
+    return all(g == p or (g.is_partial() and p.is_replicate()) for g, p in zip(grad, param, strict=True))
