@@ -8,10 +8,13 @@ the residual stream stays a DTensor so shapes seen by the model are global (RoPE
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
+    ParallelStyle,
     PrepareModuleInput,
     PrepareModuleOutput,
     RowwiseParallel,
@@ -20,6 +23,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from jijian.model import CausalLM
+from jijian.model.llama import DecoderLayer
 
 
 def apply_tensor_parallel(
@@ -28,7 +32,7 @@ def apply_tensor_parallel(
     """Shard `model` (a whole model or one pipeline stage) over `tp_mesh` in place."""
     sp = sequence_parallel
     stream = Shard(1) if sp else Replicate()  # layout of the residual stream between blocks
-    root_plan: dict = {}
+    root_plan: dict[str, ParallelStyle] = {}
     if first:
         root_plan["model.embed_tokens"] = RowwiseParallel(
             input_layouts=Replicate(), output_layouts=stream, use_local_output=not sp
@@ -54,6 +58,7 @@ def apply_tensor_parallel(
         )
 
     for layer in model.model.layers.values():
+        attention = cast(DecoderLayer, layer).self_attn  # the decoder's ModuleDict holds only DecoderLayers
         plan = {
             "self_attn": PrepareModuleInput(
                 input_layouts=(stream, None, None, None, None),
@@ -68,7 +73,7 @@ def apply_tensor_parallel(
             "mlp.up_proj": ColwiseParallel(),
             "mlp.down_proj": RowwiseParallel(output_layouts=stream, use_local_output=not sp),
         }
-        if layer.self_attn.q_norm is not None:
+        if attention.q_norm is not None:
             # Qwen3's per-head norms see (batch, seq, local heads, head_dim): replicated weights, heads sharded.
             plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
             plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
