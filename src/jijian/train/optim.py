@@ -44,6 +44,7 @@ class LAMB(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "adapt": True})
 
+    # Ignored override: no closure is taken, while torch's overloads promise a closure's loss back.
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         """One LAMB update of every parameter with a gradient."""
@@ -97,6 +98,7 @@ class LARS(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    # Ignored override: no closure is taken, while torch's overloads promise a closure's loss back.
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         """One LARS update of every parameter with a gradient."""
