@@ -49,7 +49,7 @@ def resolve_device(name: str, field: str) -> torch.device:
 def supports_dtype(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the device computes in `dtype`: bf16 needs CUDA compute capability 8.0+; CPUs lack fast fp16."""
     if dtype == torch.bfloat16 and device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return bool(torch.cuda.is_bf16_supported())
     return not (dtype == torch.float16 and device.type == "cpu")
 
 

@@ -24,6 +24,7 @@ import torch
 
 from jijian.config import ModelConfig
 from jijian.config.errors import UserInputError
+from jijian.config.schema import Architecture
 from jijian.model.hf import save_hf_state_dict
 from jijian.model.quantized import (
     INT4_GROUP_SIZES,
@@ -51,7 +52,7 @@ _LAYER_NAMES = {
     "ffn_norm": "post_attention_layernorm",
 }
 # GGUF `general.architecture` -> jijian architecture; Mistral 7B's GGUF files say 'llama'.
-SUPPORTED_GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+SUPPORTED_GGUF_ARCHITECTURES: dict[str, Architecture] = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 # llama.cpp's pre-tokeniser regexes that differ from GPT-2's: Qwen2's (also Qwen3's) splits digits one by one.
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -130,10 +131,10 @@ def read_gguf(
         if heads is not None:
             values = unpermute_rope_rows(values, heads)
         state[name] = torch.from_numpy(np.ascontiguousarray(values))
-    state = {"model.embed_tokens.weight": state.pop("model.embed_tokens.weight", None), **state}
-    embed = state.get("model.embed_tokens.weight")
+    embed = state.pop("model.embed_tokens.weight", None)
     if embed is None:
         raise GGUFFormatError(f"{path}: no token_embd.weight tensor")
+    state = {"model.embed_tokens.weight": embed, **state}
     dim = int(key("embedding_length"))
     window = meta.get(f"{arch}.attention.sliding_window")
     cfg = ModelConfig(
@@ -288,7 +289,7 @@ def _tokenizer(reader: Any, meta: dict[str, Any], arch: str) -> Tokenizer | None
     backend = Backend(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
     # llama.cpp's 'smollm' (and 'gpt2') pre-tokenisers: the GPT-2 split, and digits one at a time for SmolLM.
     pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None
-    steps = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    steps: list[pre_tokenizers.PreTokenizer] = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if pre == "smollm":
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
     elif pre in ("qwen2", "qwen3"):

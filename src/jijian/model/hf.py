@@ -47,7 +47,9 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def hf_config_dict(cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32) -> dict:
+def hf_config_dict(
+    cfg: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
     """The `config.json` of this model's family and shape (readable by transformers v4 and v5)."""
     rope_scaling = None
     if cfg.rope_scaling is not None:

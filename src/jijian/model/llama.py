@@ -163,7 +163,8 @@ class Attention(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             out = cache.attend(self.layer_idx, q, k, v, start_pos)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        projected: torch.Tensor = self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return projected
 
 
 class FeedForward(nn.Module):
@@ -176,7 +177,8 @@ class FeedForward(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -197,12 +199,16 @@ class DecoderLayer(nn.Module):
         cache: AttentionCache | None = None,
         start_pos: int = 0,
     ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        attended: torch.Tensor = self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos)
+        h = x + attended
+        mixed: torch.Tensor = self.mlp(self.post_attention_layernorm(h))
+        return h + mixed
 
 
 class Decoder(nn.Module):
     """Embedding, the stack of layers and the final norm (HF's `model.model`)."""
+
+    inv_freq: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -279,7 +285,7 @@ class CausalLM(nn.Module):
             cache = DocumentAttention(document_ids, self.cfg.sliding_window)
             positions = positions_within_documents(document_ids)
         # positions as a keyword: tensor parallelism prepares only the positional inputs (tokens, cache, start_pos).
-        h = self.model(tokens, cache, start_pos, positions=positions)
+        h: torch.Tensor = self.model(tokens, cache, start_pos, positions=positions)
         return self.lm_head(h) if self.lm_head is not None else h
 
     def init_std(self, name: str) -> float | None:
@@ -322,7 +328,8 @@ class CausalLM(nn.Module):
         self, tokens: torch.Tensor, *, cache: AttentionCache | None = None, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Final-norm hidden states, without the head (a server projects only the rows it samples from)."""
-        return self.model(tokens, cache, 0, positions)
+        h: torch.Tensor = self.model(tokens, cache, 0, positions)
+        return h
 
 
 def build_model(

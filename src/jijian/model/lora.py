@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,8 +35,12 @@ class LoRAError(UserInputError):
 
 
 def _add_lora_output(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-    x = module.lora_dropout(args[0])
-    return output + module.lora_B(module.lora_A(x)) * module.lora_scaling
+    # add_lora set these attributes; nn.Module's __getattr__ types every attribute as Tensor | Module.
+    dropout = cast(nn.Module, module.lora_dropout)
+    lora_a, lora_b = cast(nn.Module, module.lora_A), cast(nn.Module, module.lora_B)
+    scaling = cast(float, module.lora_scaling)
+    adapted: torch.Tensor = output + lora_b(lora_a(dropout(args[0]))) * scaling
+    return adapted
 
 
 def add_lora(model: CausalLM, rank: int, alpha: float, dropout: float, targets: Iterable[str]) -> list[str]:
@@ -62,7 +66,8 @@ def add_lora(model: CausalLM, rank: int, alpha: float, dropout: float, targets: 
         module.lora_A = nn.Linear(module.in_features, rank, bias=False, device=device, dtype=dtype)
         module.lora_B = nn.Linear(rank, module.out_features, bias=False, device=device, dtype=dtype)
         module.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        module.lora_scaling = alpha / rank
+        # nn.Module.__setattr__ is typed for Tensor | Module only; a plain float attribute is valid at runtime.
+        module.lora_scaling = alpha / rank  # type: ignore[assignment]
         if device.type != "meta":
             with torch.no_grad():
                 nn.init.normal_(module.lora_A.weight, std=model.cfg.init_std)

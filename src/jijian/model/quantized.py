@@ -40,6 +40,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 class Int8Linear(nn.Module):
     """A linear layer holding int8 weights (out, in) and per-output-channel fp32 scales."""
 
+    weight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         if weight.dtype != torch.int8 or weight.dim() != 2 or scale.shape != weight.shape[:1]:
@@ -66,7 +70,7 @@ class Int8Linear(nn.Module):
         ones = self._unit_scales
         if ones is None or ones.dtype != dtype or ones.device != x.device:
             ones = self._unit_scales = torch.ones(self.out_features, dtype=dtype, device=x.device)
-        out = torch.ops.aten._weight_int8pack_mm(_flat(x).to(dtype), self.weight, ones)
+        out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(_flat(x).to(dtype), self.weight, ones)
         out = out.to(x.dtype) * self.scale.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
@@ -81,6 +85,11 @@ class Int4Linear(nn.Module):
     and `scales_and_zeros`, bf16 (in / group_size, out, 2). The kernel's layout for the current device
     is a second, derived copy kept beside them and rebuilt if the module moves to another device.
     """
+
+    qweight: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    bias: torch.Tensor | None
+    packed: torch.Tensor
 
     def __init__(
         self,
@@ -141,6 +150,7 @@ class Int4Linear(nn.Module):
             self.packed = _pack_int4(self.qweight)
             self.packed_for = str(self.qweight.device)
         flat = _flat(x).to(COMPUTE_DTYPE)
+        out: torch.Tensor
         if x.device.type == "cpu":
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
         else:
@@ -153,6 +163,9 @@ class Int4Linear(nn.Module):
 
 class Bf16Linear(nn.Module):
     """A linear layer holding bf16 weights under a wider model (the server's runner multiplies a oneDNN-packed copy)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -222,10 +235,12 @@ def _pack_int4(qweight: torch.Tensor) -> torch.Tensor:
     """The kernel layout of nibble-packed (out, in / 2) codes on their device."""
     if qweight.device.type == "cpu":
         codes = torch.stack([qweight >> 4, qweight & 15], dim=-1).reshape(qweight.shape[0], -1)
-        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        packed: torch.Tensor = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        return packed
     in_features = 2 * qweight.shape[1]
     inner_k_tiles = next(t for t in (8, 4, 2) if in_features % (t * 16) == 0)
-    return torch.ops.aten._convert_weight_to_int4pack(qweight, inner_k_tiles)
+    packed = torch.ops.aten._convert_weight_to_int4pack(qweight, inner_k_tiles)
+    return packed
 
 
 # Suffixes of a quantised projection's tensors in a saved state dict (`jijian model import-gguf --weights`).

@@ -350,8 +350,9 @@ def _token_content(value: Any) -> str | None:
     # HF configs hold special tokens either as strings or as serialized AddedToken dicts.
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
+    content = value.get("content") if isinstance(value, dict) else None
+    if isinstance(content, str):
+        return content
     raise ValueError(f"cannot read special token {value!r}")
 
 

@@ -25,19 +25,23 @@ import random
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from numpy.typing import NDArray
+
+# DCP's package __init__ re-exports these without __all__, so strict mypy sees them only in their own modules.
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse, async_save
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from jijian.config import UserInputError
 from jijian.files import fsync_dir, write_text_atomic
@@ -127,7 +131,7 @@ def validate_checkpoint(directory: Path) -> str | None:
 
 def newest_valid_checkpoint(root: Path, below_step: int | None = None) -> tuple[Path | None, list[Rejected]]:
     """The newest checkpoint that validates (optionally older than `below_step`), and those skipped on the way."""
-    rejected = []
+    rejected: list[Rejected] = []
     for path in committed_checkpoints(root):
         step = checkpoint_step(path)
         if below_step is not None and step is not None and step >= below_step:
@@ -173,11 +177,13 @@ def retained(steps: list[int], keep_last: int, keep_every: int) -> set[int]:
 
 def rng_state() -> dict[str, Any]:
     """Every random-number generator this process uses."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    # legacy=True is the default; numpy's stubs type the default call as the dict form.
+    legacy_state = cast(tuple[str, NDArray[np.uint32], int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, cached_gaussian = legacy_state
     # Only tensors, lists and plain numbers, so that loading needs no pickle beyond `weights_only=True`.
     numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian]
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # unannotated in torch
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -192,7 +198,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def optimizer_tensors(parts: list[torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def optimizer_tensors(parts: Sequence[torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Optimizer state flattened to `optim.<parameter name>.<slot>`: unique, layout-independent keys DCP can reshard."""
     flat = {}
     for part in parts:
@@ -265,8 +271,8 @@ class CheckpointManager:
             self._stager = DefaultStager(options)
         # Rank 0 checksums, renames and prunes on a worker thread: the shards are durable when save returns.
         self._committer = ThreadPoolExecutor(max_workers=1) if self.rank == 0 else None
-        self._staging: Future | None = None
-        self._pending: tuple[Future | None, Future | None] | None = None
+        self._staging: Future[None] | None = None
+        self._pending: tuple[Future[Any] | None, Future[None] | None] | None = None
         if self.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(f"{_PREFIX}*{_TMP}"):
@@ -296,13 +302,13 @@ class CheckpointManager:
         torch.save(rng_state(), tmp / "rng" / f"rank{self.rank}.pt")
         writer = FileSystemWriter(tmp, sync_files=True)
         state = self.tensors()
-        upload: Future | None = None
+        upload: Future[Any] | None = None
         if self.async_mode == "off":
             # DCP's coordinator writes .metadata after gathering every rank's results: all shards are on disk.
-            dcp.save(state, storage_writer=writer, no_dist=not self.distributed)
+            dcp_save(state, storage_writer=writer, no_dist=not self.distributed)
         else:
             kind = AsyncCheckpointerType.PROCESS if self.async_mode == "process" else AsyncCheckpointerType.THREAD
-            response = dcp.async_save(
+            response = async_save(
                 state,
                 storage_writer=writer,
                 process_group=self._group,
@@ -310,8 +316,10 @@ class CheckpointManager:
                 async_stager=self._stager,
                 no_dist=not self.distributed,
             )
-            upload = getattr(response, "upload_completion", response)
-            self._staging = getattr(response, "staging_completion", None)
+            if isinstance(response, AsyncSaveResponse):
+                upload, self._staging = response.upload_completion, response.staging_completion
+            else:
+                upload, self._staging = response, None
         commit = None
         if self._committer is not None:
             commit = self._committer.submit(self._commit_after, upload, tmp, final, step)
@@ -327,7 +335,7 @@ class CheckpointManager:
         staging.result()
         return time.perf_counter() - start
 
-    def _commit_after(self, upload: Future | None, tmp: Path, final: Path, step: int) -> None:
+    def _commit_after(self, upload: Future[Any] | None, tmp: Path, final: Path, step: int) -> None:
         if upload is not None:
             upload.result()
         self._commit(tmp, final, step)
@@ -387,7 +395,7 @@ class CheckpointManager:
         state = self.tensors()
         reader = FileSystemReader(path)
         check_shapes(path, reader, state)
-        dcp.load(state, storage_reader=reader, no_dist=not self.distributed)
+        dcp_load(state, storage_reader=reader, no_dist=not self.distributed)
         rng_path = path / "rng" / f"rank{self.rank}.pt"
         if rng_path.is_file():  # absent when resuming on more ranks than saved: only the RNG stream differs
             try:
@@ -397,4 +405,5 @@ class CheckpointManager:
                 log.warning("%s: RNG state not restored (not loadable with weights_only=True: %s)", rng_path, e)
             else:
                 set_rng_state(saved_rng)
-        return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        trainer_state: dict[str, Any] = json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+        return trainer_state

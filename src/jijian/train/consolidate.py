@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
+
+# DCP's package __init__ re-exports these without __all__, so strict mypy sees them only in their own modules.
+from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from jijian.config import ModelConfig
 from jijian.config.hf_config import WriteBytes
@@ -38,7 +40,7 @@ def model_tensor_specs(checkpoint: Path, prefix: str = MODEL_PREFIX) -> dict[str
 def _load(checkpoint: Path, specs: dict[str, TensorSpec], names: list[str]) -> dict[str, torch.Tensor]:
     """Just these model tensors, each assembled by DCP from however many ranks' shards were saved."""
     state = {MODEL_PREFIX + n: torch.empty(specs[n].shape, dtype=specs[n].dtype) for n in names}
-    dcp.load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
+    dcp_load(state, storage_reader=FileSystemReader(checkpoint), no_dist=True)
     return {n: state[MODEL_PREFIX + n] for n in names}
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from jijian.config import UserInputError, load_config
 from jijian.config.hf_config import WriteBytes
-from jijian.train.checkpoint import checkpoint_step, newest_valid_checkpoint, validate_checkpoint
+from jijian.files.rundir import checkpoint_step
+from jijian.train.checkpoint import newest_valid_checkpoint, validate_checkpoint
 from jijian.train.consolidate import read_lora_from_dcp, write_hf_from_dcp
 from jijian.train.run import checkpoint_dir, load_tokenizer, model_shape, save_lora_adapter
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ def softmax_cost_ns(budget_s: float, tokens: int = 2048, vocab: int = 4096) -> f
     targets = torch.randint(0, vocab, (tokens,))
 
     def loss_step() -> None:
-        torch.nn.functional.cross_entropy(logits, targets).backward()
+        torch.nn.functional.cross_entropy(logits, targets).backward()  # type: ignore[no-untyped-call]  # unannotated in torch
 
     return _median_seconds(loss_step, budget_s) / (tokens * vocab) * 1e9
 
@@ -93,8 +94,12 @@ def memory_bandwidth(budget_s: float) -> list[dict[str, float]]:
     for size in MEMORY_SIZES:
         count = size // 12  # three fp32 tensors
         a, b = torch.randn(count), torch.randn(count)
+
         # A fresh output each call, as eager training allocates one per operation (page faults included).
-        seconds = _median_seconds(lambda a=a, b=b: torch.add(a, b), per_size)
+        def add(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+            return torch.add(a, b)
+
+        seconds = _median_seconds(add, per_size)
         results.append({"bytes": 12 * count, "gbs": 12 * count / seconds / 1e9})
     return results
 
@@ -120,7 +125,7 @@ def optimizer_cost_ns(budget_s: float, params: int = 1 << 22) -> float:
     return _median_seconds(step, budget_s) / params * 1e9
 
 
-def probe(seconds: float = 45.0) -> dict:
+def probe(seconds: float = 45.0) -> dict[str, Any]:
     """Measure this machine (about `seconds` of work, fp32 as jijian trains on a CPU) for the planner."""
     started = time.perf_counter()
     overhead = op_overhead_us(seconds * 0.1)

@@ -85,13 +85,22 @@ def torchrun_command(
     return [*cmd, "-m", "jijian.train.worker", str(config_path)]
 
 
-def launch(config_path: Path, plan: LaunchPlan, **kwargs: object) -> int:
+def launch(
+    config_path: Path,
+    plan: LaunchPlan,
+    *,
+    node_rank: int = 0,
+    rdzv_endpoint: str | None = None,
+    max_restarts: int = 0,
+) -> int:
     """Run torchrun for this node and return its exit code."""
     env = dict(os.environ)
     # Restarted gloo workers must not reuse the agent's rendezvous store (stale peer addresses).
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
-    command = torchrun_command(config_path, plan, **kwargs)  # type: ignore[arg-type]
+    command = torchrun_command(
+        config_path, plan, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, max_restarts=max_restarts
+    )
     if plan.nnodes > 1:
         return subprocess.call(command, env=env)
     # One node: the ranks meet through a file, not a port torchrun found free and then let go of.

@@ -9,10 +9,12 @@ one per parameter. The same code runs on plain tensors, so single-process and sh
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Partial, Replicate
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Partial, Placement, Replicate
 
 
 def local_part(tensor: torch.Tensor) -> torch.Tensor:
@@ -29,7 +31,7 @@ def global_norms(tensors: list[torch.Tensor], like: list[torch.Tensor] | None = 
     if not tensors:
         return torch.zeros(0)
     device = local_part(tensors[0]).device
-    groups: dict[object, list[int]] = defaultdict(list)
+    groups: dict[tuple[DeviceMesh, tuple[Placement, ...]] | None, list[int]] = defaultdict(list)
     for i, tensor in enumerate(tensors):
         layout = tensor if like is None else like[i]
         key = (layout.device_mesh, tuple(layout.placements)) if isinstance(layout, DTensor) else None
@@ -49,7 +51,7 @@ def global_norms(tensors: list[torch.Tensor], like: list[torch.Tensor] | None = 
 
 @torch.no_grad()
 def clip_grad_norm_(
-    parameters: list[torch.Tensor], max_norm: float, pp_group: dist.ProcessGroup | None = None
+    parameters: Sequence[torch.Tensor], max_norm: float, pp_group: dist.ProcessGroup | None = None
 ) -> torch.Tensor:
     """Scale gradients so their global norm is at most `max_norm` (0 or inf: no clipping); return the norm.
 

@@ -18,9 +18,10 @@ from jijian.config import TrainConfig
 from jijian.train.norms import global_norms, local_part
 
 
-def parameter_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(params: Iterable[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
     """Matrices decay and adapt; vectors (norm weights, biases) do neither — decay would pull them to zero."""
-    decay, no_decay = [], []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for param in params:
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
@@ -43,6 +44,7 @@ class LAMB(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "adapt": True})
 
+    # Ignored override: no closure is taken, while torch's overloads promise a closure's loss back.
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         """One LAMB update of every parameter with a gradient."""
@@ -96,6 +98,7 @@ class LARS(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    # Ignored override: no closure is taken, while torch's overloads promise a closure's loss back.
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         """One LARS update of every parameter with a gradient."""
@@ -128,7 +131,7 @@ def _trust_ratios(params: list[torch.Tensor], updates: list[torch.Tensor]) -> to
     return torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
 
 
-def build_optimizer(params: nn.Module | Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: nn.Module | Iterable[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer `train.optimizer` names, with decay and layer adaptation on matrices only."""
     if isinstance(params, nn.Module):
         params = params.parameters()

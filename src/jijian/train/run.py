@@ -9,25 +9,29 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from rich.console import Console
-from torch.distributed.checkpoint import FileSystemWriter
+
+# DCP's package __init__ re-exports these without __all__, so strict mypy sees them only in their own modules.
+from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from jijian.config import DeployConfig, ModelConfig, UserInputError, dump_config
 from jijian.config.hf_config import read_hf_config
 from jijian.config.schema import LoraConfig
 from jijian.data import PackedLoader, open_train_loader
+from jijian.files.rundir import checkpoint_step
 from jijian.model import CausalLM
 from jijian.model.device import resolve_device
 from jijian.model.hf import model_config_from_hf
 from jijian.model.lora import base_fingerprint, lora_state, save_peft_adapter
 from jijian.model.tokenizer import Tokenizer
 from jijian.spec.shape import ModelShape, training_flops_per_token
-from jijian.train.checkpoint import CheckpointManager, checkpoint_step, newest_valid_checkpoint
+from jijian.train.checkpoint import CheckpointManager, Rejected, newest_valid_checkpoint
 from jijian.train.consolidate import MODEL_PREFIX, read_lora_from_dcp, write_hf_from_dcp
 from jijian.train.distributed import check_dtype, env_world_size, init_distributed, is_rank0
 from jijian.train.flops import peak_flops
@@ -43,6 +47,9 @@ from jijian.train.trainer import (
     cross_entropy_loss,
     read_instability,
 )
+
+if TYPE_CHECKING:
+    from jijian.data.chat import ChatBatches
 
 INSTABILITY = "instability.json"
 
@@ -91,7 +98,7 @@ def model_shape(config: DeployConfig) -> ModelConfig:
 
 def _batches(
     config: DeployConfig, tokenizer: Tokenizer, console: Console | None
-) -> tuple[PackedLoader, list | None, int, int]:
+) -> tuple[PackedLoader | ChatBatches, list[tuple[torch.Tensor, ...]] | None, int, int]:
     """The packed shards of [data] (built or reused by rank 0 first) as global batches and validation batches."""
     # Every rank draws the same global batches and keeps its own rows: the layout never changes the data.
     # Only rank 0 builds, so ranks never write the same shard files; the others open them afterwards.
@@ -126,7 +133,7 @@ def write_final_model(
         state = {f"{MODEL_PREFIX}{k}": v for part in trainer.parts.parts for k, v in part.state_dict().items()}
         if is_rank0():
             shutil.rmtree(scratch, ignore_errors=True)
-        dcp.save(state, storage_writer=FileSystemWriter(scratch), no_dist=not dist.is_initialized())
+        dcp_save(state, storage_writer=FileSystemWriter(scratch), no_dist=not dist.is_initialized())
         source = scratch
     if is_rank0():
         lora = config.train.lora
@@ -215,7 +222,8 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
         autocast=torch.bfloat16 if bf16 and not fsdp_bf16 else None,
         ledger=ledger,
     )
-    resumed_from, skipped = None, []
+    resumed_from: Path | None = None
+    skipped: list[Rejected] = []
     if config.checkpoint.enabled:
         ckpt = config.checkpoint
         trainer.checkpoints = CheckpointManager(

@@ -20,6 +20,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from jijian.config import TrainConfig, UserInputError
 from jijian.files import write_json_atomic
+from jijian.model import CausalLM
 from jijian.train.checkpoint import CheckpointManager, materialize_optimizer_state, optimizer_tensors
 from jijian.train.distributed import agree_any
 from jijian.train.flops import peak_memory_bytes
@@ -160,7 +161,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module | ModelParts,
+        model: CausalLM | ModelParts,
         cfg: TrainConfig,
         batches: Iterator[Batch],
         *,
@@ -220,7 +221,7 @@ class Trainer:
         dist.all_reduce(value)
         return value
 
-    def _compute_context(self) -> AbstractContextManager:
+    def _compute_context(self) -> AbstractContextManager[None]:
         if self.autocast is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
@@ -261,10 +262,11 @@ class Trainer:
         """Run the pipeline schedule on one micro-batch; returns the mean loss on the last stage, else 0."""
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.parts.has_first_stage else ()
-        kwargs = {"target": targets, "losses": losses} if self.parts.has_last_stage else {}
+        kwargs: dict[str, Any] = {"target": targets, "losses": losses} if self.parts.has_last_stage else {}
         schedule = self.parts.schedule
+        assert schedule is not None, "called only when the parts run a pipeline schedule"
         with self._compute_context():
-            schedule.step(*args, **kwargs) if train else schedule.eval(*args, **kwargs)  # type: ignore[attr-defined]
+            schedule.step(*args, **kwargs) if train else schedule.eval(*args, **kwargs)
         if not losses:
             return torch.zeros((), device=self.device)
         return torch.stack([loss.detach().float() for loss in losses]).mean()
@@ -286,7 +288,7 @@ class Trainer:
             # (with loss masks, as in chat SFT, it is the mean of the micro-batches' means).
             set_gradient_sync(self.parts.parts, last=micro_step == accum - 1)
             loss = self._loss(batch, self._trained_tokens) / accum
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
             total += loss.detach()
         reduce_partial_gradients(self.parameters)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")

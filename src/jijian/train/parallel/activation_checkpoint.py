@@ -49,4 +49,4 @@ def apply_activation_checkpointing(blocks: list[nn.Module], mode: str) -> None:
     if mode not in ("full", "selective"):
         raise ValueError(f"train.ac must be none, full or selective, not {mode!r}")
     for block in blocks:
-        block.forward = functools.partial(_checkpointed, block.forward, mode)  # type: ignore[method-assign]
+        block.forward = functools.partial(_checkpointed, block.forward, mode)

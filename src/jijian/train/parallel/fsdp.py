@@ -6,6 +6,8 @@ sum over many ranks does not lose bits); CPU stays fp32. HSDP comes from a 2-D m
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -57,13 +59,14 @@ def apply_fsdp(
             reshard_after_forward=reshard_after_forward and i < len(units) - 1,
         )
     # The root's parameters are needed again right at the start of backward: keep them unsharded.
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, offload_policy=offload, reshard_after_forward=False)
+    root = fully_shard(model, mesh=mesh, mp_policy=mp_policy, offload_policy=offload, reshard_after_forward=False)
     if explicit_prefetch and len(units) > 1:
         # A unit's FSDP state hangs on its first module; prefetching it gathers the whole unit.
-        heads: list[FSDPModule] = [unit[0] for unit in units]  # type: ignore[misc]
+        # fully_shard swapped each head's class in place: it is an FSDPModule now.
+        heads = [cast(FSDPModule, unit[0]) for unit in units]
         for i, head in enumerate(heads):
             if i + 1 < len(heads):
                 head.set_modules_to_forward_prefetch([heads[i + 1]])
             if i > 0:
                 head.set_modules_to_backward_prefetch([heads[i - 1]])
-        model._set_unshard_async_op(True)  # type: ignore[operator]
+        root._set_unshard_async_op(True)

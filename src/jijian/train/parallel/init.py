@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+# DCP's package __init__ re-exports these without __all__, so strict mypy sees them only in their own modules.
+from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from jijian.config.hf_config import HFFormatError
@@ -69,10 +73,11 @@ def load_hf_shards(model: CausalLM, hf_dir: Path, device: torch.device, seed: in
             f"{hf_dir}: weights do not match config.json: missing {len(missing)} tensors, e.g. {missing[:3]}"
         )
     for name, param in state.items():
-        saved = tuple(metadata[name].size)
+        # The reader describes every safetensors entry as a tensor (never as bytes).
+        saved = tuple(cast(TensorStorageMetadata, metadata[name]).size)
         if saved != tuple(param.shape):
             raise HFFormatError(f"{hf_dir}: tensor {name} has shape {saved}, config.json implies {tuple(param.shape)}")
-    dcp.load(state, storage_reader=HuggingFaceStorageReader(str(hf_dir)), no_dist=not dist.is_initialized())
+    dcp_load(state, storage_reader=HuggingFaceStorageReader(str(hf_dir)), no_dist=not dist.is_initialized())
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from jijian.train.parallel.activation_checkpoint import apply_activation_checkpo
 from jijian.train.parallel.fsdp import apply_fsdp
 from jijian.train.parallel.init import init_parameters, load_hf_shards
 from jijian.train.parallel.mesh import ParallelDims
-from jijian.train.parallel.pipeline import build_schedule, prune_to_stage, stage_indices
+from jijian.train.parallel.pipeline import PipelineSchedule, build_schedule, prune_to_stage, stage_indices
 from jijian.train.parallel.tensor_parallel import apply_tensor_parallel
 
 
@@ -28,7 +28,7 @@ class ModelParts:
     parts: list[CausalLM]
     stage_ids: list[int]
     n_stages: int
-    schedule: object | None = None
+    schedule: PipelineSchedule | None = None
 
     @property
     def has_first_stage(self) -> bool:
@@ -138,7 +138,7 @@ def build_model_parts(
         else:
             load_hf_shards(model, initial_hf_dir, device, train_cfg.seed)
         parts.append(model)
-    schedule = None
+    schedule: PipelineSchedule | None = None
     if layout.pp > 1:
         schedule = build_schedule(parts, stage_ids, layout, device, dims.pp_group, loss_fn)
     return ModelParts(parts=parts, stage_ids=stage_ids, n_stages=n_stages, schedule=schedule)

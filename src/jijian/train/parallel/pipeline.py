@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.pipelining.schedules import PipelineScheduleMulti, PipelineScheduleSingle
 
 from jijian.model import CausalLM
 from jijian.train.layout import Layout
+
+if TYPE_CHECKING:
+    # The stage base class torch's schedules are typed against (private, so imported for annotations only).
+    from torch.distributed.pipelining.stage import _PipelineStageBase
+
+PipelineSchedule = PipelineScheduleSingle | PipelineScheduleMulti
 
 
 def stage_layer_ranges(n_layers: int, n_stages: int) -> list[range]:
@@ -43,16 +51,16 @@ def prune_to_stage(model: CausalLM, stage: int, n_stages: int) -> CausalLM:
 
 
 def build_schedule(
-    stages: list[nn.Module],
+    stages: Sequence[nn.Module],
     stage_ids: list[int],
     layout: Layout,
     device: torch.device,
-    group: torch.distributed.ProcessGroup,
+    group: torch.distributed.ProcessGroup | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> object:
+) -> PipelineSchedule:
     """Wrap the stage modules in `PipelineStage`s and the configured schedule."""
     n_stages = layout.pp * layout.stages_per_rank
-    pipeline_stages = [
+    pipeline_stages: list[_PipelineStageBase] = [
         PipelineStage(module, stage_id, n_stages, device, group=group)
         for module, stage_id in zip(stages, stage_ids, strict=True)
     ]

@@ -14,6 +14,8 @@ partial sum joins the base's and one reduction serves both: adapters add no coll
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,6 +32,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from jijian.model import CausalLM
+from jijian.model.llama import DecoderLayer
 
 
 def apply_tensor_parallel(
@@ -40,7 +43,7 @@ def apply_tensor_parallel(
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     sp = sequence_parallel
     stream = Shard(1) if sp else Replicate()  # layout of the residual stream between blocks
-    root_plan: dict = {}
+    root_plan: dict[str, ParallelStyle] = {}
     if first:
         root_plan["model.embed_tokens"] = RowwiseParallel(
             input_layouts=Replicate(), output_layouts=stream, use_local_output=not sp
@@ -66,6 +69,7 @@ def apply_tensor_parallel(
         )
 
     for layer in model.model.layers.values():
+        attention = cast(DecoderLayer, layer).self_attn  # the decoder's ModuleDict holds only DecoderLayers
         plan = {
             "self_attn": PrepareModuleInput(
                 input_layouts=(stream, None, None, None, None),
@@ -80,7 +84,7 @@ def apply_tensor_parallel(
             "mlp.up_proj": ColwiseParallel(),
             "mlp.down_proj": RowwiseParallel(output_layouts=stream, use_local_output=not sp),
         }
-        if layer.self_attn.q_norm is not None:
+        if attention.q_norm is not None:
             # Qwen3's per-head norms see (batch, seq, local heads, head_dim): replicated weights, heads sharded.
             plan["self_attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
             plan["self_attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
@@ -117,14 +121,14 @@ def parallelize_adapted(module: nn.Module, tp_mesh: DeviceMesh, plan: dict[str, 
 
 
 def _distribute_weight(linear: nn.Module, tp_mesh: DeviceMesh, placement: Placement) -> None:
-    weight = linear.weight
+    weight = cast(nn.Parameter, linear.weight)
     # src_data_rank=None: no broadcast; parameters are (re)initialised from their full values afterwards.
     shard = distribute_tensor(weight.detach(), tp_mesh, [placement], src_data_rank=None)
     linear.weight = nn.Parameter(shard, requires_grad=weight.requires_grad)
 
 
 @torch.no_grad()
-def reduce_partial_gradients(parameters: list[torch.Tensor]) -> None:
+def reduce_partial_gradients(parameters: Sequence[torch.Tensor]) -> None:
     """Sum the partial gradients of replicated parameters over the ranks that hold the partial sums.
 
     A parameter replicated over the TP ranks (norm weights under SP, the unsplit half of a LoRA adapter)
@@ -132,20 +136,21 @@ def reduce_partial_gradients(parameters: list[torch.Tensor]) -> None:
     without FSDP they are summed here, before clipping and the optimizer read them: one all-reduce per
     (mesh, layout) group of flattened gradients, not one per parameter.
     """
-    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    groups: dict[tuple[DeviceMesh, tuple[Placement, ...], tuple[Placement, ...]], list[DTensor]] = defaultdict(list)
     for param in parameters:
         grad = param.grad
-        if not isinstance(grad, DTensor) or grad.placements == param.placements:
+        if not isinstance(grad, DTensor) or not isinstance(param, DTensor) or grad.placements == param.placements:
             continue
         if _differs_only_by_partial_sums(grad.placements, param.placements):
             groups[(grad.device_mesh, grad.placements, param.placements)].append(param)
         else:
             param.grad = grad.redistribute(param.device_mesh, param.placements)
     for (mesh, partial, target), params in groups.items():
-        local = [param.grad.to_local() for param in params]
+        local = [cast(DTensor, param.grad).to_local() for param in params]
         flat = torch.cat([g.reshape(-1) for g in local])
         summed = DTensor.from_local(flat, mesh, partial, run_check=False).redistribute(mesh, target).to_local()
-        for param, grad, piece in zip(params, local, summed.split([g.numel() for g in local]), strict=True):
+        pieces = torch.split(summed, [g.numel() for g in local])
+        for param, grad, piece in zip(params, local, pieces, strict=True):
             param.grad = DTensor.from_local(
                 piece.view_as(grad), mesh, target, run_check=False, shape=param.shape, stride=param.stride()
             )

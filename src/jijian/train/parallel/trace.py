@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed.distributed_c10d import GroupName
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -95,11 +96,12 @@ class LayoutTrace:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes
 
 
-class _CollectiveRecorder(TorchDispatchMode):
+# TorchDispatchMode's __init_subclass__ and __init__ carry no annotations in torch.
+class _CollectiveRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Record every c10d and functional collective that passes through the dispatcher."""
 
     def __init__(self, group_dims: dict[str, str], on_collective: Callable[[Collective], None] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.group_dims = group_dims
         self.records: list[Collective] = []
         self.on_collective = on_collective
@@ -119,12 +121,13 @@ class _CollectiveRecorder(TorchDispatchMode):
 
     def _group(self, group: Any) -> tuple[str, int]:
         if isinstance(group, str):
-            group = dist.distributed_c10d._resolve_process_group(group)
+            # Functional collectives name their group; torch resolves names only through this private function.
+            group = dist.distributed_c10d._resolve_process_group(GroupName(group))  # type: ignore[attr-defined]
         elif not isinstance(group, dist.ProcessGroup):
             group = dist.ProcessGroup.unbox(group)
         return self.group_dims.get(group.group_name, "other"), group.size()
 
-    def _c10d(self, kind: str, name: str, args: tuple) -> Collective:
+    def _c10d(self, kind: str, name: str, args: tuple[Any, ...]) -> Collective:
         if name in ("_allgather_base_", "allgather_into_tensor_coalesced_", "_reduce_scatter_base_"):
             outputs, inputs, group = args[0], args[1], args[2]
             full = outputs if kind == "all_gather" else inputs
@@ -135,7 +138,7 @@ class _CollectiveRecorder(TorchDispatchMode):
         dim, size = self._group(group)
         return Collective(kind, dim, size, _nbytes(full))
 
-    def _functional(self, kind: str, args: tuple) -> Collective:
+    def _functional(self, kind: str, args: tuple[Any, ...]) -> Collective:
         tensor, group = args[0], args[-1]
         dim, size = self._group(group)
         message = _nbytes(tensor) * (size if kind == "all_gather" else 1)
@@ -180,10 +183,11 @@ def _forget_meshes() -> None:
 
 
 def _group_dims(dims: ParallelDims) -> dict[str, str]:
-    names = {}
+    names: dict[str, str] = {}
     for dim in MESH_DIMS:
-        if getattr(dims.layout, dim) > 1:
-            names[dims.mesh[dim].get_group().group_name] = dim
+        mesh = dims.submesh(dim)  # None when the dimension has degree 1
+        if mesh is not None:
+            names[mesh.get_group().group_name] = dim
     return names
 
 
@@ -196,7 +200,7 @@ def unsharded_bytes(parts: list[CausalLM]) -> int:
         for module in part.modules():
             if not isinstance(module, FSDPModule):
                 continue
-            for group in module._get_fsdp_state()._fsdp_param_groups:  # type: ignore[attr-defined]
+            for group in module._get_fsdp_state()._fsdp_param_groups:
                 for fsdp_param in group.fsdp_params:
                     unsharded = fsdp_param._unsharded_param if hasattr(fsdp_param, "_unsharded_param") else None
                     if unsharded is None:
@@ -238,7 +242,7 @@ def _run_microbatch(
         held.append(unsharded_bytes(parts))
         if stage_id == n_stages - 1:
             loss = cross_entropy_loss(output, torch.zeros(tokens.shape, dtype=torch.long))
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         else:
             sends.append(Collective("send", "pp", layout.pp, _nbytes(output)))
             output.backward(torch.empty_like(output))
@@ -250,7 +254,7 @@ def _run_microbatch(
 
 def _compute_dtype(part: CausalLM) -> torch.dtype:
     if isinstance(part, FSDPModule):
-        policy = part._get_fsdp_state()._mp_policy  # type: ignore[attr-defined]
+        policy = part._get_fsdp_state()._mp_policy
         if policy.param_dtype is not None:
             return policy.param_dtype
     return torch.float32
@@ -284,7 +288,8 @@ def trace_layout(
     """
     start = time.perf_counter()
     parallel_cfg = parallel_cfg or ParallelConfig()
-    train_cfg = TrainConfig(seq_len=seq_len, ac=ac)
+    # Validated as the config file's [train] section is: `ac` arrives as a plain string.
+    train_cfg = TrainConfig.model_validate({"seq_len": seq_len, "ac": ac})
     # The device only decides CPU-specific choices (explicit FSDP prefetch); trace the accelerator's path.
     device = torch.device("cuda")
     with fake_process_group(layout.world_size, rank):
@@ -367,8 +372,10 @@ def _trace_step(
     for param in params:
         shard = _local(param).detach().requires_grad_()
         grad = param.grad
-        if isinstance(grad, DTensor) and grad.placements != param.placements:
-            grad = grad.redistribute(param.device_mesh, param.placements)
+        if isinstance(grad, DTensor):
+            sharded = cast(DTensor, param)  # a DTensor gradient belongs to a DTensor parameter
+            if grad.placements != sharded.placements:
+                grad = grad.redistribute(sharded.device_mesh, sharded.placements)
         shard.grad = None if grad is None else _local(grad)
         shards.append(shard)
     optimizer = build_optimizer(shards, train_cfg)
@@ -397,7 +404,7 @@ def _trace_step(
 
 def _merge(collectives: list[Collective]) -> list[Collective]:
     """Identical collectives folded into one entry with their summed count."""
-    merged: dict[tuple, float] = {}
+    merged: dict[tuple[str, str, int, int], float] = {}
     for c in collectives:
         key = (c.kind, c.dim, c.group_size, c.message_bytes)
         merged[key] = merged.get(key, 0.0) + c.count
