@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 import typer.core
@@ -17,7 +17,8 @@ from rich.console import Console
 
 err_console = Console(stderr=True)
 out_console = Console()
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -34,18 +35,18 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
-def reports_errors(func: F) -> F:
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn user-input errors into a red message on stderr and exit code 2."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except _user_errors() as exc:
             # soft_wrap inside fail(): paths in messages must stay copyable, not broken at the terminal width.
             raise fail(str(exc)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class DefaultCommandGroup(typer.core.TyperGroup):

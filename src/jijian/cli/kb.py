@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from jijian.cli.common import err_console, out_console, reports_errors
+
+if TYPE_CHECKING:
+    from jijian.config import KBConfig
 
 kb_app = typer.Typer(
     help="Knowledge base: ingest documents, search collections, serve the HTTP API.",
@@ -22,7 +25,7 @@ PathOption = Annotated[Path | None, typer.Option("--path", help="knowledge base 
 EmbedOption = Annotated[str | None, typer.Option("--embedding-model", help="overrides [kb] embedding_model")]
 
 
-def _kb_config(config: Path | None, path: Path | None, embedding_model: str | None):
+def _kb_config(config: Path | None, path: Path | None, embedding_model: str | None) -> KBConfig:
     from jijian.config import KBConfig, load_config
 
     section = load_config(config).kb if config else KBConfig()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -138,7 +138,7 @@ def quickstart(
     from jijian.up.runner import StageFailed
 
     path = config or bundled_example()
-    overrides: dict = {}
+    overrides: dict[str, Any] = {}
     if minutes is not None:
         overrides["up"] = {"train_minutes": minutes}
     if steps is not None:

@@ -111,8 +111,8 @@ def _layout_mismatch(text: str, degrees: dict[str, int], count: int) -> str:
 
 def _results_table(results: list[Estimate], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    columns = ("#", "layout", "jijian", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours", "rent", "buy")
-    columns += ("bound",)
+    columns: tuple[str, ...] = ("#", "layout", "jijian", "MFU", "step s", "tokens/s", "GB/dev", "time", "GPU-hours")
+    columns += ("rent", "buy", "bound")
     for column in columns:
         table.add_column(column, justify="left" if column in ("layout", "bound", "jijian") else "right")
     for rank, e in enumerate(results, 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from jijian.config import DeployConfig, ModelConfig, ParallelConfig
 from jijian.plan import Cluster, Estimate, PlanError, Workload, estimate, parallel_section
@@ -60,7 +61,7 @@ class Agreement:
         """|planner - engine| / engine of the bytes each device sends per step."""
         return _rel_err(sum(self.planner_comm.values()), sum(self.engine_comm.values()))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready: both sides' figures in bytes, the errors and whether they agree."""
         return {
             "layout": self.estimate.layout.describe(),
@@ -81,6 +82,16 @@ def _rel_err(predicted: float, measured: float) -> float:
     if measured == 0:
         return 0.0 if predicted == 0 else float("inf")
     return abs(predicted - measured) / measured
+
+
+class _TraceOptions(TypedDict):
+    """The keyword arguments both traces of one layout share (`jijian.train.parallel.trace.trace_layout`)."""
+
+    seq_len: int
+    micro_batch: int
+    microbatches: int
+    ac: str
+    parallel_cfg: ParallelConfig
 
 
 def engine_layout(result: Estimate) -> tuple[EngineLayout, ParallelConfig, int]:
@@ -134,7 +145,7 @@ def check_layout(name: str, model_cfg: ModelConfig, work: Workload, cluster: Clu
         raise PlanError(f"layout {layout.describe()}: {problem}")
     engine, parallel, microbatches = engine_layout(result)
 
-    options = {
+    options: _TraceOptions = {
         "seq_len": work.seq,
         "micro_batch": layout.micro_batch,
         "microbatches": microbatches,

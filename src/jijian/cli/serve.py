@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -15,7 +14,9 @@ from jijian.cli.common import err_console, fail, reports_errors
 class _ServeGroup(TyperGroup):
     """`serve <config>` runs the hidden `run` command; `serve bench ...` the sub-command."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+    # Any for click's Context and Command: recent typer releases bundle their own click (typer._click), older
+    # ones use the click package, and pyproject allows both (typer>=0.12).
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             return "run", self.commands["run"], args
         return super().resolve_command(ctx, args)

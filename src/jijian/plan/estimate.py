@@ -11,7 +11,9 @@ compute of the micro-batch they belong to; only what sticks out of that compute 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from jijian.plan.comms import (
     all_gather_bytes,
@@ -128,7 +130,7 @@ class Estimate:
         low, high = self.mfu_range
         return f"{self.mfu:.0%} ({low:.0%}-{high:.0%})"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; `layout` also appears as its short text."""
         out = asdict(self)
         out["layout"] = {**asdict(self.layout), "text": self.layout.describe()}
@@ -158,7 +160,7 @@ def matmul_seconds(
     selective_scores = 3.0 if shape.flash_attention else 4.0  # without flash, selective redoes the scores
     passes = {"none": (3.0, 3.0), "selective": (3.0, selective_scores), "full": (4.0, 4.0)}[recompute]
 
-    def seconds(matmuls: list[tuple[float, float, float, float]], repeat: float) -> float:
+    def seconds(matmuls: Sequence[tuple[float, float, float, float]], repeat: float) -> float:
         total = 0.0
         for m, k, n, count in matmuls:
             flops = 2.0 * m * k * n

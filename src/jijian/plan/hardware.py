@@ -130,7 +130,8 @@ def calibration(device_class: str = "gpu") -> Calibration:
         raise PlanError(f"unknown device class {device_class!r}; known: {', '.join(DEVICE_CLASSES)}")
     section = _catalogue()["calibration"][device_class]
     measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit", "optimizer_ns_per_param")
-    return Calibration(**{f.name: float(section[f.name]) for f in fields(Calibration) if f.name not in measured})
+    constants: dict[str, Any] = {f.name: float(section[f.name]) for f in fields(Calibration) if f.name not in measured}
+    return Calibration(**constants)
 
 
 def get_accelerator(name: str) -> Accelerator:

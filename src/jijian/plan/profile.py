@@ -13,6 +13,7 @@ import platform
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from jijian.files import write_json_atomic
 from jijian.plan.errors import PlanError
@@ -42,7 +43,7 @@ def machine_fingerprint() -> dict[str, str | int]:
     return {"host": platform.node(), "cpu": model, "logical_cpus": os.cpu_count() or 1}
 
 
-def save_profile(measured: dict, path: Path) -> dict:
+def save_profile(measured: dict[str, Any], path: Path) -> dict[str, Any]:
     """Write a probe's measurements with this machine's fingerprint (atomically); returns what was written."""
     profile = {
         "version": PROFILE_VERSION,
@@ -54,13 +55,13 @@ def save_profile(measured: dict, path: Path) -> dict:
     return profile
 
 
-def load_profile(path: Path | None = None, *, require_this_machine: bool = True) -> dict:
+def load_profile(path: Path | None = None, *, require_this_machine: bool = True) -> dict[str, Any]:
     """Read a profile; PlanError if it is missing, unreadable, or (by default) from another machine."""
     path = path or default_profile_path()
     if not path.exists():
         raise PlanError(f"no local hardware profile at {path}; run `jijian plan calibrate` (about a minute) first")
     try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
+        profile: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         matmul, memory = profile["matmul"], profile["memory"]
         float(profile["op_overhead_us"])
         if profile.get("version") != PROFILE_VERSION or not matmul or not memory:
@@ -87,7 +88,7 @@ def profile_matches_this_machine(path: Path | None = None) -> bool:
     return True
 
 
-def local_device(profile: dict) -> tuple[Accelerator, Calibration]:
+def local_device(profile: dict[str, Any]) -> tuple[Accelerator, Calibration]:
     """The profiled machine as one device: peak = its fastest matmul; measured curves for matmuls and memory."""
     peak_tflops = max(row["tflops"] for row in profile["matmul"])
     curve = sorted((2.0 * r["m"] * r["k"] * r["n"], r["tflops"] / peak_tflops) for r in profile["matmul"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from jijian.plan.errors import PlanError
 from jijian.plan.hardware import (
@@ -59,7 +60,7 @@ class ServePlan:
     cost_per_million_output_tokens_rent: float
     currency: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
 

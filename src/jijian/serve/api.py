@@ -87,7 +87,7 @@ def create_app(
         ).response()
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> dict[str, str]:
         if engine.error is not None:
             raise ApiError(503, f"engine failed: {engine.error!r}", "server_error")
         return {"status": "ok", "model": settings.model_name}

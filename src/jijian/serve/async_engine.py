@@ -32,7 +32,7 @@ MAX_CONSECUTIVE_STEP_FAILURES = 3
 
 @dataclass
 class _Stream:
-    queue: asyncio.Queue
+    queue: asyncio.Queue[RequestOutput | BaseException]
     loop: asyncio.AbstractEventLoop
     arrival: float
 

@@ -56,7 +56,8 @@ class KnowledgeBaseEmbedder:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, as lists of floats."""
-        return self.embedder.embed(list(texts)).tolist()
+        vectors: list[list[float]] = self.embedder.embed(list(texts)).tolist()
+        return vectors
 
 
 def protect_restricted_documents(kb: KnowledgeBase, policy: GuardPolicy) -> int:

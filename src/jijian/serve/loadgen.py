@@ -208,7 +208,7 @@ def load_workload(path: str | Path, default_max_tokens: int | None = None) -> li
     size = path.stat().st_size
     if size > MAX_WORKLOAD_BYTES:
         raise WorkloadError(f"{path}: {size} bytes, more than the {MAX_WORKLOAD_BYTES} a workload may have")
-    requests = []
+    requests: list[WorkloadRequest] = []
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
@@ -258,9 +258,8 @@ def _chunk_text(chunk: Mapping[str, Any]) -> str:
 
 def _usage_tokens(chunk: Mapping[str, Any]) -> int | None:
     usage = chunk.get("usage")
-    if isinstance(usage, Mapping) and isinstance(usage.get("completion_tokens"), int):
-        return usage["completion_tokens"]
-    return None
+    tokens = usage.get("completion_tokens") if isinstance(usage, Mapping) else None
+    return tokens if isinstance(tokens, int) else None
 
 
 async def one_request(

@@ -27,7 +27,8 @@ M = TypeVar("M", bound=nn.Module)
 
 def packing_available() -> bool:
     """True when this PyTorch build has oneDNN (mkldnn) linear kernels."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # unannotated in torch
+    return bool(available) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class PackedLinear(nn.Module):
@@ -37,18 +38,27 @@ class PackedLinear(nn.Module):
     packed copy is a plain attribute, not a buffer, and is not refreshed if the weight changes later.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    packed: torch.Tensor
+
     def __init__(self, linear: nn.Linear | Bf16Linear) -> None:
         super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
+        weight, bias = linear.weight, linear.bias
+        # Bf16Linear holds its weight and bias as buffers, which nn.Module's typing sees as Tensor | Module.
+        assert isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))
+        self.weight = weight
+        self.bias = bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
         with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inference only (the runner runs under inference_mode): the packed kernel has no backward.
+        out: torch.Tensor
         if self.weight.dtype == x.dtype:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return out
         # bf16 weights under an fp32 model: the product in bf16 (plain F.linear takes a slow path for a few rows).
         out = torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.packed, None, "none", [], "").to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)

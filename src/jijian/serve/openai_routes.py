@@ -70,7 +70,7 @@ class ApiSettings:
         raise KeyError(model)
 
 
-def _usage(output: RequestOutput) -> dict:
+def _usage(output: RequestOutput) -> dict[str, Any]:
     return {
         "prompt_tokens": output.prompt_tokens,
         "completion_tokens": output.completion_tokens,
@@ -79,7 +79,7 @@ def _usage(output: RequestOutput) -> dict:
     }
 
 
-def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
+def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
@@ -285,7 +285,7 @@ class OpenAIRoutes:
             assert last is not None
             return "".join(text), last
 
-        async def until_disconnected(task: asyncio.Task) -> None:
+        async def until_disconnected(task: asyncio.Task[tuple[str, RequestOutput]]) -> None:
             while not task.done():
                 if await request.is_disconnected():
                     task.cancel()
@@ -344,13 +344,13 @@ class OpenAIRoutes:
         await self.screen([("prompt", text)], principal, request_id)
         outputs = await self.started(prompt, params, request_id, principal)
 
-        def choice(text: str, reason: str | None) -> dict:
+        def choice(text: str, reason: str | None) -> dict[str, Any]:
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
 
         base = {"id": request_id, "object": "text_completion", "created": created, "model": self.settings.model_name}
         if body.stream:
 
-            async def chunks() -> AsyncIterator[dict]:
+            async def chunks() -> AsyncIterator[dict[str, Any]]:
                 async for text, output, reason in self.guarded_stream(outputs, principal, request_id):
                     chunk = {**base, "choices": [choice(text, reason)]}
                     if reason is not None:
@@ -415,7 +415,7 @@ class OpenAIRoutes:
         extra = {"citations": citations(passages)} if body.rag is not None else {}
         if body.stream:
 
-            async def chunks() -> AsyncIterator[dict]:
+            async def chunks() -> AsyncIterator[dict[str, Any]]:
                 first = True
                 async for text, output, reason in self.guarded_stream(outputs, principal, request_id):
                     delta: dict[str, str] = {"content": text}
@@ -456,7 +456,7 @@ class OpenAIRoutes:
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
 
-    def models(self) -> dict:
+    def models(self) -> dict[str, Any]:
         """GET /v1/models."""
         base = self.settings.model_name
         return {
@@ -476,7 +476,7 @@ class OpenAIRoutes:
         caller = Depends(auth)
 
         @router.get("/models")
-        async def models(principal: Principal = caller) -> dict:
+        async def models(principal: Principal = caller) -> dict[str, Any]:
             return self.models()
 
         @router.post("/completions", openapi_extra=body_schema(CompletionBody))

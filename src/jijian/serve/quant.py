@@ -13,7 +13,8 @@ tensor's name and leaves the model as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -34,7 +35,8 @@ class QuantizationError(UserInputError):
 def projections(model: CausalLM) -> Iterator[tuple[str, nn.Module, str, nn.Linear]]:
     """(qualified name, parent, attribute, layer) of every float projection that a weight format replaces."""
     for index, layer in model.model.layers.items():
-        for part, parent in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
+        for part in ("self_attn", "mlp"):
+            parent = layer.get_submodule(part)
             for name, child in parent.named_children():
                 if type(child) is nn.Linear:
                     yield f"model.layers.{index}.{part}.{name}", parent, name, child
@@ -58,6 +60,7 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
     if weights in ("auto", "fp32"):
         return model
     layers = list(projections(model))
+    make: Callable[[nn.Linear], nn.Module]
     if weights == "bf16":
         make = Bf16Linear.from_linear
         layers = [entry for entry in layers if entry[3].weight.dtype != torch.bfloat16]
@@ -79,9 +82,7 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
                     f'{tuple(linear.weight.shape)}: {problem}; use serve.weights = "int8" or another '
                     "serve.int4_group_size"
                 )
-
-        def make(linear: nn.Linear) -> nn.Module:
-            return Int4Linear.from_linear(linear, group_size)
+        make = functools.partial(Int4Linear.from_linear, group_size=group_size)
 
     with torch.no_grad():
         for name, parent, attribute, linear in layers:

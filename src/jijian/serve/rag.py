@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jijian.guard.principals import Principal
 
@@ -75,7 +75,7 @@ def augment_messages(
     return out
 
 
-def citations(passages: Sequence[Passage]) -> list[dict]:
+def citations(passages: Sequence[Passage]) -> list[dict[str, Any]]:
     """The citation list returned to the client: number, id, source and score of each passage."""
     return [
         {"index": number, "id": p.id, "source": p.source, "score": p.score}

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,9 @@ class PagedKVCache:
         param = next(model.parameters())
         dtype = param.dtype if param.is_floating_point() else torch.float32
         # The model's own k_proj says how many KV heads it computes: all of them, or a tensor-parallel share.
-        kv_heads = model.model.layers["0"].self_attn.k_proj.out_features // cfg.head_size
+        # (Every projection class, float or quantised, has an int out_features; nn.Module's typing cannot say so.)
+        k_proj = model.get_submodule("model.layers.0.self_attn.k_proj")
+        kv_heads = cast(int, k_proj.out_features) // cfg.head_size
         shape = (cfg.n_layers, kv_heads, num_blocks * block_size, cfg.head_size)
         self.keys = torch.zeros(shape, dtype=dtype, device=param.device)
         self.values = torch.zeros(shape, dtype=dtype, device=param.device)
@@ -93,7 +96,7 @@ class PagedKVCache:
             keys = key_blocks.index_select(1, group.context_blocks).view(kv_heads, batch, -1, dim)
             values = value_blocks.index_select(1, group.context_blocks).view(kv_heads, batch, -1, dim)
             queries = q[0][:, group.query_index]  # (heads, B, Q, d)
-            if width <= SHORT_QUERY:
+            if width <= SHORT_QUERY and group.mask is not None:  # a causal group (no mask) is wider than SHORT_QUERY
                 attended = _short_query_attention(queries, keys, values, group.mask)  # (heads, B, Q, d)
             else:
                 # Without a mask (prompts from position 0) the kernel skips the blocks above the diagonal.

@@ -75,7 +75,7 @@ class RowParallelLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.local(x)
+        out: torch.Tensor = self.local(x)
         dist.all_reduce(out)  # the default group: the serving ranks and nothing else
         return out if self.bias is None else out + self.bias
 
@@ -83,8 +83,11 @@ class RowParallelLinear(nn.Module):
 def _sliced(module: nn.Module, rows: slice = slice(None), cols: slice = slice(None)) -> nn.Module:
     """A copy of a linear layer (float, int8 or int4) keeping output rows `rows` and input columns `cols`."""
     if isinstance(module, Int8Linear):
-        bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
-        return Int8Linear(module.weight[rows, cols].contiguous(), module.scale[rows].contiguous(), bias)
+        weight, scale, full_bias = module.weight, module.scale, module.bias
+        # Buffers, which nn.Module's typing sees as Tensor | Module.
+        assert isinstance(weight, torch.Tensor) and isinstance(scale, torch.Tensor)
+        bias = full_bias[rows] if isinstance(full_bias, torch.Tensor) and cols == slice(None) else None
+        return Int8Linear(weight[rows, cols].contiguous(), scale[rows].contiguous(), bias)
     if isinstance(module, Int4Linear):  # a directory imported with int4 projections: split its portable form
         return _sliced_int4(module, rows, cols)
     if not isinstance(module, nn.Linear):
@@ -106,9 +109,12 @@ def _sliced_int4(module: Int4Linear, rows: slice, cols: slice) -> Int4Linear:
             f"{FIELD}: input features {start}..{stop} of an int4 projection do not fall on its groups of {group}; "
             "serve this model with fewer ranks, or import it with --weights int8 or fp32"
         )
-    bias = module.bias[rows] if module.bias is not None and cols == slice(None) else None
-    qweight = module.qweight[rows, start // 2 : stop // 2].contiguous()
-    scales_and_zeros = module.scales_and_zeros[start // group : stop // group, rows].contiguous()
+    packed, scales, full_bias = module.qweight, module.scales_and_zeros, module.bias
+    # Buffers, which nn.Module's typing sees as Tensor | Module.
+    assert isinstance(packed, torch.Tensor) and isinstance(scales, torch.Tensor)
+    bias = full_bias[rows] if isinstance(full_bias, torch.Tensor) and cols == slice(None) else None
+    qweight = packed[rows, start // 2 : stop // 2].contiguous()
+    scales_and_zeros = scales[start // group : stop // group, rows].contiguous()
     return Int4Linear(qweight, scales_and_zeros, group, bias)
 
 
@@ -125,14 +131,14 @@ def shard_model(model: CausalLM, rank: int, world: int) -> CausalLM:
     ffn_start, ffn_end = even_split(cfg.ffn_dim, world)[rank]
     ffn_rows = slice(ffn_start, ffn_end)
     for layer in model.model.layers.values():
-        attn, mlp = layer.self_attn, layer.mlp
-        attn.q_proj = _sliced(attn.q_proj, rows=q_rows)
-        attn.k_proj = _sliced(attn.k_proj, rows=kv_rows)
-        attn.v_proj = _sliced(attn.v_proj, rows=kv_rows)
-        attn.o_proj = _row_parallel(attn.o_proj, q_rows)
-        mlp.gate_proj = _sliced(mlp.gate_proj, rows=ffn_rows)
-        mlp.up_proj = _sliced(mlp.up_proj, rows=ffn_rows)
-        mlp.down_proj = _row_parallel(mlp.down_proj, ffn_rows)
+        attn, mlp = layer.get_submodule("self_attn"), layer.get_submodule("mlp")
+        attn.q_proj = _sliced(attn.get_submodule("q_proj"), rows=q_rows)
+        attn.k_proj = _sliced(attn.get_submodule("k_proj"), rows=kv_rows)
+        attn.v_proj = _sliced(attn.get_submodule("v_proj"), rows=kv_rows)
+        attn.o_proj = _row_parallel(attn.get_submodule("o_proj"), q_rows)
+        mlp.gate_proj = _sliced(mlp.get_submodule("gate_proj"), rows=ffn_rows)
+        mlp.up_proj = _sliced(mlp.get_submodule("up_proj"), rows=ffn_rows)
+        mlp.down_proj = _row_parallel(mlp.get_submodule("down_proj"), ffn_rows)
     return model
 
 
@@ -177,7 +183,7 @@ class TensorParallelTeam:
         self.store_dir = store_dir
         self.closed = False
 
-    def send(self, step: list | None) -> None:
+    def send(self, step: list[Any] | None) -> None:
         """Broadcast one step's inputs (None: stop) from rank 0."""
         dist.broadcast_object_list([step], src=0)
 
@@ -199,7 +205,8 @@ class TensorParallelTeam:
 
 def _join_group(store_dir: Path, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
     # A file store: no port to find, hold and hand over (another process could take it in between).
-    store = dist.FileStore(str(store_dir / "store"), world)
+    # torch.distributed re-exports FileStore without __all__ or an `as` alias, which strict mypy does not count.
+    store = dist.FileStore(str(store_dir / "store"), world)  # type: ignore[attr-defined]
     dist.init_process_group(
         process_group_backend(device), store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 ANONYMOUS = "anonymous"
 
@@ -42,12 +43,12 @@ class UsageMeter:
             if not math.isnan(cost_per_million):
                 usage.cost = (usage.cost or 0.0) + completion_tokens * cost_per_million / 1e6
 
-    def of(self, user: str | None) -> dict:
+    def of(self, user: str | None) -> dict[str, Any]:
         """One user's usage as a JSON-ready dict (zeros for a user never seen)."""
         with self._lock:
             return asdict(self._usage.get(user or ANONYMOUS, Usage()))
 
-    def all(self) -> dict[str, dict]:
+    def all(self) -> dict[str, dict[str, Any]]:
         """Every user's usage, by user name."""
         with self._lock:
             return {user: asdict(usage) for user, usage in sorted(self._usage.items())}

@@ -143,7 +143,8 @@ def login_router(dashboard: Dashboard) -> APIRouter:
     async def login(request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
         key = (form.get("api_key") or [""])[0].strip()
-        next_url = _safe_next((form.get("next") or [None])[0])
+        next_values = form.get("next")
+        next_url = _safe_next(next_values[0] if next_values else None)
         if not auth.keys_required():
             return RedirectResponse(next_url, status_code=303)
         sent, expected = (form.get("csrf") or [""])[0], request.cookies.get(LOGIN_CSRF_COOKIE, "")
