@@ -27,7 +27,7 @@ M = TypeVar("M", bound=nn.Module)
 
 def packing_available() -> bool:
     """True when this PyTorch build has oneDNN (mkldnn) linear kernels."""
-    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # unannotated in torch
+    available = torch.backends.mkldnn.is_available()
     return bool(available) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 

@@ -162,7 +162,7 @@ class StaticDecoder:
         if self.mode != "graphs":
             return
         pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]  # Stream.__new__ unannotated in torch
+        stream = torch.cuda.Stream(self.device)
         for width in reversed(self.widths):
             for size in reversed(self.sizes):
                 self._fill([], [], [], size, width)  # all padding rows: a valid batch

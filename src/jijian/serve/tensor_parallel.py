@@ -206,7 +206,7 @@ class TensorParallelTeam:
 def _join_group(store_dir: Path, rank: int, world: int, device: torch.device, timeout_s: float) -> None:
     # A file store: no port to find, hold and hand over (another process could take it in between).
     # torch.distributed re-exports FileStore without __all__ or an `as` alias, which strict mypy does not count.
-    store = dist.FileStore(str(store_dir / "store"), world)  # type: ignore[attr-defined]
+    store = dist.FileStore(str(store_dir / "store"), world)
     dist.init_process_group(
         process_group_backend(device), store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
     )

@@ -183,7 +183,7 @@ def rng_state() -> dict[str, Any]:
     # Only tensors, lists and plain numbers, so that loading needs no pickle beyond `weights_only=True`.
     numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian]
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]  # unannotated in torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

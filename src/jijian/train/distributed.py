@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from jijian.model.device import process_group_backend, resolve_dtype
 from jijian.train.launch import RENDEZVOUS_DIR_ENV
-
-if TYPE_CHECKING:
-    # Where torch's stubs declare it; torch.distributed re-exports it without __all__ (and only when available).
-    from torch._C._distributed_c10d import FileStore
 
 
 def check_dtype(device: torch.device, dtype: str, field: str = "train.dtype") -> None:
@@ -57,7 +52,7 @@ def init_distributed(device: torch.device, timeout_s: float) -> torch.device:
     return device
 
 
-def _file_store() -> FileStore | None:
+def _file_store() -> dist.FileStore | None:
     """A file-based store for a single-node job when the launcher names a directory for it, else None.
 
     torchrun hands the ranks a MASTER_PORT it found free and then released; rank 0 binds it seconds
@@ -70,7 +65,7 @@ def _file_store() -> FileStore | None:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "run")
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     path = os.path.join(directory, f"store-{run_id}-attempt{attempt}")
-    return dist.FileStore(path, int(os.environ["WORLD_SIZE"]))  # type: ignore[attr-defined]  # see the import above
+    return dist.FileStore(path, int(os.environ["WORLD_SIZE"]))
 
 
 def agree_any(flag: bool, device: torch.device, group: dist.ProcessGroup | None = None) -> bool:

@@ -288,7 +288,7 @@ class Trainer:
             # (with loss masks, as in chat SFT, it is the mean of the micro-batches' means).
             set_gradient_sync(self.parts.parts, last=micro_step == accum - 1)
             loss = self._loss(batch, self._trained_tokens) / accum
-            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
+            loss.backward()
             total += loss.detach()
         reduce_partial_gradients(self.parameters)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")

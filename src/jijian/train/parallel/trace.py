@@ -97,7 +97,7 @@ class LayoutTrace:
 
 
 # TorchDispatchMode's __init_subclass__ and __init__ carry no annotations in torch.
-class _CollectiveRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
+class _CollectiveRecorder(TorchDispatchMode):
     """Record every c10d and functional collective that passes through the dispatcher."""
 
     def __init__(self, group_dims: dict[str, str], on_collective: Callable[[Collective], None] | None = None) -> None:
@@ -122,7 +122,7 @@ class _CollectiveRecorder(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def _group(self, group: Any) -> tuple[str, int]:
         if isinstance(group, str):
             # Functional collectives name their group; torch resolves names only through this private function.
-            group = dist.distributed_c10d._resolve_process_group(GroupName(group))  # type: ignore[attr-defined]
+            group = dist.distributed_c10d._resolve_process_group(GroupName(group))
         elif not isinstance(group, dist.ProcessGroup):
             group = dist.ProcessGroup.unbox(group)
         return self.group_dims.get(group.group_name, "other"), group.size()
@@ -242,7 +242,7 @@ def _run_microbatch(
         held.append(unsharded_bytes(parts))
         if stage_id == n_stages - 1:
             loss = cross_entropy_loss(output, torch.zeros(tokens.shape, dtype=torch.long))
-            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
+            loss.backward()
         else:
             sends.append(Collective("send", "pp", layout.pp, _nbytes(output)))
             output.backward(torch.empty_like(output))
