@@ -8,14 +8,22 @@ then in one run measures each process's peak resident memory (ru_maxrss):
 - sharded: 4 CPU ranks under torchrun with `[parallel] dp_shard = 4` build the model on the meta
            device, apply FSDP2, and read only their own slices through DCP's Hugging Face reader.
 
-Also printed: the resident memory of a process that has only imported torch and jijian, which both
-figures include. Run from the repository root:
+- serving: each rank of `[serve] tensor_parallel = 4` loads its shard (`load_shard`: the meta model
+           cut first, then only its rows and columns of the split tensors read from the memory-mapped
+           files), one process per rank.
+
+Also printed: the resident memory of a process that has only imported torch and jijian, which every
+figure includes. Run from the repository root:
 
     .venv/bin/python benchmarks/load_memory.py --quick   # ~1 minute
     .venv/bin/python benchmarks/load_memory.py           # 1.1B parameters, a few minutes
 
-The last line is `RESULT load_peak_rss_per_rank_vs_full <ratio> target <= 0.4 PASS|FAIL` (the largest
-rank's peak over the full load's peak). Scratch files go under --dir and are removed at the end.
+The last lines are `RESULT load_peak_rss_per_rank_vs_full <ratio> target <= 0.4 PASS|FAIL` (the largest
+training rank's peak over the full load's peak) and `RESULT serve_tp_rank_peak_rss_vs_full <ratio>
+target < 1.0` (the largest serving rank's). A serving rank that loaded the whole model and then cut it,
+as before, is at 1.0 or above; its floor is its share of the parameters, printed beside it, which
+is larger than 1/4 because serving replicates the embedding and the output head (45 % of the quick
+0.37B model with its 128k vocabulary, 3 % of llama3-70b). Scratch files go under --dir and are removed at the end.
 """
 
 from __future__ import annotations
@@ -108,6 +116,17 @@ def worker_sharded(hf_dir: Path, out_dir: Path) -> None:
     shutdown()
 
 
+def worker_serve_shard(hf_dir: Path, rank: int, out: Path) -> None:
+    """One tensor-parallel serving rank's shard (fp32), read in slices."""
+    import torch
+
+    from jijian.serve.tensor_parallel import load_shard
+
+    model = load_shard(hf_dir, rank, RANKS, torch.float32)
+    record = {"peak_rss": peak_rss(), "parameter_bytes": sum(p.numel() * 4 for p in model.parameters())}
+    out.write_text(json.dumps(record), encoding="utf-8")
+
+
 def run(cmd: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -119,7 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="0.37B parameters instead of 1.1B")
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temporary one)")
-    parser.add_argument("--worker", choices=["write", "full", "baseline", "sharded"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["write", "full", "baseline", "sharded", "serve_shard"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,6 +153,8 @@ def main() -> None:
         return worker_baseline(args.out)
     if args.worker == "sharded":
         return worker_sharded(args.hf_dir, args.out)
+    if args.worker == "serve_shard":
+        return worker_serve_shard(args.hf_dir, args.rank, args.out)
 
     scratch = Path(tempfile.mkdtemp(prefix="load-memory-", dir=args.dir))
     try:
@@ -145,6 +169,9 @@ def main() -> None:
         run([*me, "--worker", "full", "--hf-dir", str(hf_dir), "--out", str(scratch / "full.json")])
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={RANKS}"]
         run([*torchrun, __file__, "--worker", "sharded", "--hf-dir", str(hf_dir), "--out", str(scratch)])
+        for r in range(RANKS):
+            out = scratch / f"serve{r}.json"
+            run([*me, "--worker", "serve_shard", "--rank", str(r), "--hf-dir", str(hf_dir), "--out", str(out)])
 
         baseline = json.loads((scratch / "baseline.json").read_text())["peak_rss"]
         full = json.loads((scratch / "full.json").read_text())
@@ -155,9 +182,17 @@ def main() -> None:
         print(f"{'full load (1 process)':<24}{full['peak_rss'] / gib:>14.2f}{full['parameter_bytes'] / gib:>16.2f}")
         for r, rec in enumerate(ranks):
             print(f"{f'dp_shard=4 rank {r}':<24}{rec['peak_rss'] / gib:>14.2f}{rec['parameter_bytes'] / gib:>16.2f}")
+        serving = [json.loads((scratch / f"serve{r}.json").read_text()) for r in range(RANKS)]
+        for r, rec in enumerate(serving):
+            print(f"{f'serve tp=4 rank {r}':<24}{rec['peak_rss'] / gib:>14.2f}{rec['parameter_bytes'] / gib:>16.2f}")
         ratio = max(rec["peak_rss"] for rec in ranks) / full["peak_rss"]
         verdict = "PASS" if ratio <= TARGET else "FAIL"
         print(f"RESULT load_peak_rss_per_rank_vs_full {ratio:.3f} target <= {TARGET} {verdict}")
+        share = max(rec["parameter_bytes"] for rec in serving) / full["parameter_bytes"]
+        serve_ratio = max(rec["peak_rss"] for rec in serving) / full["peak_rss"]
+        print(f"serving rank's share of the parameters: {share:.3f} (the floor of the ratio below)")
+        verdict = "PASS" if serve_ratio < 1.0 else "FAIL"
+        print(f"RESULT serve_tp_rank_peak_rss_vs_full {serve_ratio:.3f} target < 1.0 {verdict}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

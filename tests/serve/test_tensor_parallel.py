@@ -14,7 +14,14 @@ from jijian.model.hf import load_hf
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.request import SamplingParams
 from jijian.serve.server import load_model
-from jijian.serve.tensor_parallel import TensorParallelError, even_split, shard_model, start_tensor_parallel
+from jijian.model.hf import save_hf
+from jijian.serve.tensor_parallel import (
+    TensorParallelError,
+    even_split,
+    load_shard,
+    shard_model,
+    start_tensor_parallel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +52,28 @@ def test_tensor_parallel_wider_than_the_kv_heads_names_the_field():
         model = build_model(cfg)
     with pytest.raises(TensorParallelError, match=r"serve\.tensor_parallel = 4 exceeds the model's 2 key/value heads"):
         shard_model(model, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"architecture": "qwen2", "attention_bias": True, "tie_embeddings": True},  # biases split with their rows
+        {"architecture": "llama"},
+    ],
+)
+def test_a_rank_reads_exactly_its_shard_from_the_files(tmp_path, shape):
+    # 3 KV heads over 2 ranks (2 + 1) and FFN rows 96 = 48 + 48; several safetensors files (an index).
+    cfg = ModelConfig(dim=96, n_layers=2, n_heads=6, n_kv_heads=3, ffn_dim=96, vocab_size=80, **shape)
+    torch.manual_seed(0)
+    full = build_model(cfg).eval()
+    save_hf(full, None, tmp_path / "model", max_shard_bytes=40_000)
+    assert (tmp_path / "model" / "model.safetensors.index.json").is_file()
+    for rank in range(2):
+        expected = shard_model(load_hf(tmp_path / "model")[0], rank, 2).state_dict()
+        got = load_shard(tmp_path / "model", rank, 2, torch.float32).state_dict()
+        assert got.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(got[name], tensor), name
 
 
 @pytest.mark.model

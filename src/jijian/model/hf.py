@@ -278,6 +278,65 @@ def load_hf(
     return model, tokenizer
 
 
+def has_quantized_projections(directory: str | Path) -> bool:
+    """Whether the directory stores projections quantised (`import-gguf --weights int4|int8`), read from the headers."""
+    directory = Path(directory)
+    index_path = directory / WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        names: list[str] = list(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"])
+    else:
+        try:
+            with safe_open(str(directory / WEIGHTS_NAME), framework="pt", device="cpu") as handle:
+                names = list(handle.keys())
+        except Exception:  # unreadable: the full load reports it with its own message
+            return True
+    return any(name.endswith((".qweight", ".scale")) for name in names)
+
+
+def read_hf_slices(
+    directory: str | Path, wanted: Mapping[str, tuple[slice, ...]], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The named tensors of an HF directory, each cut to its slices (`()` for all of it), on the CPU.
+
+    The safetensors files are memory-mapped and only the requested rows and columns are copied, so a
+    tensor-parallel rank reads its share of a 70B model, not the model. Every name must exist with at
+    least as many dimensions as it is sliced in.
+    """
+    directory = Path(directory)
+    index_path = directory / WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    elif (directory / WEIGHTS_NAME).is_file():
+        weight_map = dict.fromkeys(wanted, WEIGHTS_NAME)
+    else:
+        raise HFFormatError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
+    missing = sorted(name for name in wanted if name not in weight_map)
+    if missing:
+        raise HFFormatError(
+            f"{directory}: weights do not match config.json: missing {len(missing)} tensors, e.g. {missing[:3]}"
+        )
+    by_file: dict[str, list[str]] = {}
+    for name in wanted:
+        by_file.setdefault(weight_map[name], []).append(name)
+    out: dict[str, torch.Tensor] = {}
+    for filename, names in sorted(by_file.items()):
+        path = directory / filename
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                present = set(handle.keys())
+                for name in names:
+                    if name not in present:
+                        raise HFFormatError(f"{path}: has no tensor {name}")
+                    cut = wanted[name]
+                    tensor = handle.get_slice(name)[cut] if cut else handle.get_tensor(name)
+                    out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        except HFFormatError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise HFFormatError(f"{path}: cannot read safetensors file: {exc}") from None
+    return out
+
+
 def _read_weights(
     directory: Path, device: torch.device | str, dtype: torch.dtype | None, read_bytes: ReadBytes | None = None
 ) -> dict[str, torch.Tensor]:

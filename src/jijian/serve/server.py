@@ -21,7 +21,7 @@ from jijian.guard.http_auth import HttpAuth
 from jijian.guard.http_limits import allowed_hosts
 from jijian.guard.policy import GuardPolicy
 from jijian.model.device import resolve_device, resolve_dtype
-from jijian.model.hf import load_hf
+from jijian.model.hf import has_quantized_projections, load_hf
 from jijian.model.llama import CausalLM
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.api import ApiSettings, Embedder, create_app
@@ -30,7 +30,7 @@ from jijian.serve.dashboard import DashboardSources
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import QuantizationError, quantize_model
 from jijian.serve.rag import Retriever
-from jijian.serve.tensor_parallel import start_tensor_parallel
+from jijian.serve.tensor_parallel import load_shard, shard_model, start_tensor_parallel
 from jijian.spec.shape import ModelShape, kv_cache_bytes_per_token
 
 if TYPE_CHECKING:
@@ -53,11 +53,14 @@ def kv_block_bytes(model: CausalLM, block_size: int, tensor_parallel: int = 1) -
     return block_size * kv_cache_bytes_per_token(ModelShape.from_config(model.cfg), element, tensor_parallel)
 
 
-def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
+def load_model(config: DeployConfig, tp_rank: int = 0) -> tuple[CausalLM, Tokenizer, Path]:
     """The served model: `[serve] model_path`, or SmolLM2-135M-Instruct converted once into the cache.
 
     An encrypted model directory (`jijian train export` with `[guard] encrypt_at_rest`) is decrypted in
-    memory with the `[guard]` key; no plaintext copy is written.
+    memory with the `[guard]` key; no plaintext copy is written. Under `tensor_parallel = N` this is
+    rank `tp_rank`'s shard, on the host: read in slices from the memory-mapped weights, so no rank
+    holds the whole model (an encrypted directory, or one imported with quantised projections, is
+    read whole and then cut).
     """
     serve = config.serve
     if serve.model_path is not None:
@@ -76,9 +79,16 @@ def load_model(config: DeployConfig) -> tuple[CausalLM, Tokenizer, Path]:
     if serve.weights == "fp32" and dtype != torch.float32:
         raise QuantizationError(f'serve.weights = "fp32" needs serve.dtype = "fp32" or "auto", not {serve.dtype!r}')
     reader = file_reader(key) if key is not None or encrypted else None
-    # Tensor-parallel ranks read the model on the host and move only their shard to the device.
-    where = "cpu" if serve.tensor_parallel > 1 else device
-    model, tokenizer = load_hf(directory, device=where, dtype=dtype, read_bytes=reader)
+    world = serve.tensor_parallel
+    tokenizer: Tokenizer | None
+    if world > 1 and reader is None and not has_quantized_projections(Path(directory)):
+        model = load_shard(Path(directory), tp_rank, world, dtype)
+        tokenizer = Tokenizer.load(directory) if (Path(directory) / "tokenizer.json").is_file() else None
+    else:
+        # Tensor-parallel ranks read the model on the host and move only their shard to the device.
+        model, tokenizer = load_hf(directory, device="cpu" if world > 1 else device, dtype=dtype, read_bytes=reader)
+        if world > 1:
+            shard_model(model, tp_rank, world)
     if tokenizer is None:
         raise UserInputError(f"[serve] model_path: {directory} has no tokenizer.json; the server needs one")
     if serve.tensor_parallel == 1:  # tensor-parallel ranks quantise their own shard, on their device

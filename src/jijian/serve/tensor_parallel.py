@@ -29,8 +29,10 @@ import torch.distributed as dist
 from torch import nn
 
 from jijian.config import ModelConfig, UserInputError
+from jijian.config.hf_config import HFFormatError, read_hf_config
 from jijian.model.device import process_group_backend, resolve_device
-from jijian.model.llama import CausalLM
+from jijian.model.hf import model_config_from_hf, read_hf_slices
+from jijian.model.llama import CausalLM, build_model, rope_inverse_frequencies
 from jijian.serve.quant import Int4Linear, Int8Linear, quantize_model
 from jijian.serve.runner import ModelRunner
 
@@ -118,18 +120,41 @@ def _sliced_int4(module: Int4Linear, rows: slice, cols: slice) -> Int4Linear:
     return Int4Linear(qweight, scales_and_zeros, group, bias)
 
 
+def rank_rows(cfg: ModelConfig, rank: int, world: int) -> tuple[slice, slice, slice]:
+    """The output rows rank `rank` keeps of (q_proj, k/v_proj, gate/up_proj): its KV-head groups and FFN rows."""
+    check_tensor_parallel(cfg, world)
+    head_dim, per_group = cfg.head_size, cfg.n_heads // cfg.kv_heads
+    kv_start, kv_end = even_split(cfg.kv_heads, world)[rank]
+    kv_rows = slice(kv_start * head_dim, kv_end * head_dim)
+    q_rows = slice(kv_start * per_group * head_dim, kv_end * per_group * head_dim)
+    ffn_start, ffn_end = even_split(cfg.ffn_dim, world)[rank]
+    return q_rows, kv_rows, slice(ffn_start, ffn_end)
+
+
+def shard_slices(cfg: ModelConfig, rank: int, world: int) -> dict[str, tuple[slice, ...]]:
+    """How rank `rank` cuts each split tensor, by its Hugging Face name; other tensors are kept whole."""
+    q_rows, kv_rows, ffn_rows = rank_rows(cfg, rank, world)
+    every = slice(None)
+    cuts: dict[str, tuple[slice, ...]] = {}
+    for index in range(cfg.n_layers):
+        attn, mlp = f"model.layers.{index}.self_attn", f"model.layers.{index}.mlp"
+        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            cuts[f"{attn}.{name}.weight"] = (rows,)
+            cuts[f"{attn}.{name}.bias"] = (rows,)
+        cuts[f"{attn}.o_proj.weight"] = (every, q_rows)
+        cuts[f"{mlp}.gate_proj.weight"] = (ffn_rows,)
+        cuts[f"{mlp}.up_proj.weight"] = (ffn_rows,)
+        cuts[f"{mlp}.down_proj.weight"] = (every, ffn_rows)
+    return cuts
+
+
 def shard_model(model: CausalLM, rank: int, world: int) -> CausalLM:
     """Keep rank `rank`'s share of every block (in place): its KV-head groups and FFN rows."""
     cfg = model.cfg
     check_tensor_parallel(cfg, world)
     if world == 1:
         return model
-    head_dim, per_group = cfg.head_size, cfg.n_heads // cfg.kv_heads
-    kv_start, kv_end = even_split(cfg.kv_heads, world)[rank]
-    kv_rows = slice(kv_start * head_dim, kv_end * head_dim)
-    q_rows = slice(kv_start * per_group * head_dim, kv_end * per_group * head_dim)
-    ffn_start, ffn_end = even_split(cfg.ffn_dim, world)[rank]
-    ffn_rows = slice(ffn_start, ffn_end)
+    q_rows, kv_rows, ffn_rows = rank_rows(cfg, rank, world)
     for layer in model.model.layers.values():
         attn, mlp = layer.get_submodule("self_attn"), layer.get_submodule("mlp")
         attn.q_proj = _sliced(attn.get_submodule("q_proj"), rows=q_rows)
@@ -140,6 +165,31 @@ def shard_model(model: CausalLM, rank: int, world: int) -> CausalLM:
         mlp.up_proj = _sliced(mlp.get_submodule("up_proj"), rows=ffn_rows)
         mlp.down_proj = _row_parallel(mlp.get_submodule("down_proj"), ffn_rows)
     return model
+
+
+def load_shard(directory: Path, rank: int, world: int, dtype: torch.dtype | None) -> CausalLM:
+    """Rank `rank`'s shard of an HF directory, reading only its slices of the split tensors (on the CPU).
+
+    The model is laid out on the meta device and cut there, so the shapes and module names are those
+    `shard_model` gives; then each tensor is read from the memory-mapped files already cut.
+    """
+    cfg = model_config_from_hf(read_hf_config(directory), source=str(directory / "config.json"))
+    model = shard_model(build_model(cfg, device="meta"), rank, world)
+    cuts = shard_slices(cfg, rank, world)
+    # A row-parallel layer's product lives in `.local`; its bias (added once, after the sum) stays whole.
+    names = {name: name.replace(".local.", ".") for name, _ in model.named_parameters()}
+    tensors = read_hf_slices(directory, {hf: cuts.get(hf, ()) for hf in names.values()}, dtype)
+    for name, hf in names.items():
+        expected = tuple(model.get_parameter(name).shape)
+        if tuple(tensors[hf].shape) != expected:
+            raise HFFormatError(
+                f"{directory}: tensor {hf} gives rank {rank} a shape {tuple(tensors[hf].shape)}, "
+                f"config.json implies {expected}"
+            )
+    model.load_state_dict({name: tensors[hf] for name, hf in names.items()}, strict=False, assign=True)
+    model.tie_weights()
+    model.model.inv_freq = rope_inverse_frequencies(cfg)
+    return model.eval()
 
 
 def _row_parallel(module: nn.Module, cols: slice) -> RowParallelLinear:
@@ -218,10 +268,10 @@ def _worker_main(config: DeployConfig, rank: int, world: int, store_dir: Path, n
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    model, _, _ = load_model(config)
+    shard, _, _ = load_model(config, tp_rank=rank)
     device = rank_device(config, rank)
     _join_group(store_dir, rank, world, device, config.serve.request_timeout_s)
-    runner = ModelRunner(_device_shard(model, config, rank, world, device), num_blocks, config.serve.block_size)
+    runner = ModelRunner(_on_device(shard, config, rank, device), num_blocks, config.serve.block_size)
     try:
         while True:
             message: list[Any] = [None]
@@ -247,13 +297,14 @@ def rank_device(config: DeployConfig, rank: int) -> torch.device:
     return torch.device(device.type, rank)
 
 
-def start_tensor_parallel(config: DeployConfig, model: CausalLM, num_blocks: int) -> TensorParallelRunner:
-    """Start ranks 1..N-1 (spawned processes), join them in a process group, and shard rank 0's model.
+def start_tensor_parallel(config: DeployConfig, shard: CausalLM, num_blocks: int) -> TensorParallelRunner:
+    """Start ranks 1..N-1 (spawned processes), join them in a process group, and serve rank 0's shard.
 
-    `model` is the full model on the host; rank 0 keeps its shard and moves it to its device.
+    `shard` is rank 0's shard on the host (`load_model(config)` gives it); it moves to rank 0's device.
+    Each other rank loads its own shard.
     """
     world = config.serve.tensor_parallel
-    check_tensor_parallel(model.cfg, world)
+    check_tensor_parallel(shard.cfg, world)
     if dist.is_initialized():
         raise TensorParallelError(f"{FIELD} needs its own process group, but this process already joined one")
     store_dir = Path(tempfile.mkdtemp(prefix="jijian-tp-"))
@@ -277,12 +328,11 @@ def start_tensor_parallel(config: DeployConfig, model: CausalLM, num_blocks: int
         shutil.rmtree(store_dir, ignore_errors=True)
         raise
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    shard = _device_shard(model, config, 0, world, device)
-    return TensorParallelRunner(shard, num_blocks, config.serve.block_size, team)
+    return TensorParallelRunner(_on_device(shard, config, 0, device), num_blocks, config.serve.block_size, team)
 
 
-def _device_shard(model: CausalLM, config: DeployConfig, rank: int, world: int, device: torch.device) -> CausalLM:
+def _on_device(shard: CausalLM, config: DeployConfig, rank: int, device: torch.device) -> CausalLM:
     """Rank `rank`'s shard on its device, its projections in `[serve] weights` format (packed for that device)."""
     serve = config.serve
-    shard = shard_model(model, rank, world).to(device)
-    return quantize_model(shard, serve.weights, group_size=serve.int4_group_size, source=f"rank {rank}'s shard")
+    on_device = shard.to(device)
+    return quantize_model(on_device, serve.weights, group_size=serve.int4_group_size, source=f"rank {rank}'s shard")
