@@ -113,3 +113,22 @@ def test_decode_replayed_as_cuda_graphs_gives_the_eager_engines_greedy_tokens(dt
     assert got == engine("static").generate(prompts, params)
     if dtype == torch.float32:  # the unpadded eager path multiplies other shapes: compare where rounding is tiny
         assert got == engine("off").generate(prompts, params)
+
+
+def test_an_int8_lora_base_on_the_gpu_under_bf16_autocast_multiplies_and_back_propagates_by_its_dequantised_weight():
+    from jijian.model.quantized import FrozenInt8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1536, 576, bias=True)
+    frozen = FrozenInt8Linear.from_linear(linear).requires_grad_(False).to("cuda")
+    x = torch.randn(4, 9, 1536, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = frozen(x)
+    upstream = torch.randn_like(out, dtype=torch.float32)
+    (out.float() * upstream).sum().backward()
+    x_ref = x.detach().cpu().requires_grad_()
+    out_ref = torch.nn.functional.linear(x_ref, frozen.dequantized().cpu(), linear.bias.detach())
+    (out_ref * upstream.cpu()).sum().backward()
+    assert out.dtype == torch.bfloat16 and x.grad is not None and x.grad.dtype == torch.float32
+    for got, want in ((out.float().cpu(), out_ref), (x.grad.cpu(), x_ref.grad)):
+        assert ((got - want).abs().max() / want.abs().max()).item() < 2e-2

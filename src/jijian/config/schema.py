@@ -184,6 +184,11 @@ class LoraConfig(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="linear layers that get adapters: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
     )
+    base_weights: Literal["auto", "int8"] = Field(
+        default="auto",
+        description='how the frozen base projections are stored: "auto" in the training dtype, "int8" as int8 codes '
+        "with fp32 per-output-channel scales (QLoRA-style; one process only)",
+    )
 
     @model_validator(mode="after")
     def _check_targets(self) -> LoraConfig:

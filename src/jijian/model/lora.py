@@ -5,6 +5,11 @@ hook adds their product. The base parameters keep their Hugging Face names, so l
 and sharding it works exactly as without adapters; the adapter tensors are named like PEFT's, so
 `save_peft_adapter` writes a directory that `peft.PeftModel.from_pretrained` loads onto the
 transformers model.
+
+`quantize_frozen_base` (QLoRA-style, `train.lora.base_weights = "int8"`) then stores every frozen
+projection of the decoder layers as int8 codes (`weight`) with fp32 per-output-channel scales (`scale`),
+keeping the adapters, their hook and their dtype; checkpoints hold those two tensors, and
+`dequantize_int8_base` turns them back into the float weight the run trained against.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from typing import Any, cast
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from jijian.config.errors import UserInputError
 from jijian.config.schema import LORA_TARGETS
 from jijian.files import replaced_directory
 from jijian.model.llama import CausalLM
+from jijian.model.quantized import FrozenInt8Linear
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -77,6 +84,62 @@ def add_lora(model: CausalLM, rank: int, alpha: float, dropout: float, targets: 
     if not adapted:  # e.g. every target layer was pruned away by a pipeline stage
         raise LoRAError(f"train.lora.targets: {targets} matched no linear layer of the model")
     return adapted
+
+
+ADAPTER_CHILDREN = ("lora_A", "lora_B", "lora_dropout")
+INT8_SCALE_SUFFIX = ".scale"
+
+
+def quantize_frozen_base(model: CausalLM) -> list[str]:
+    """Replace every frozen attention and MLP projection of the decoder layers by a FrozenInt8Linear (in place).
+
+    Call it after add_lora and after the base weights are loaded: the codes are taken from those weights
+    (symmetric absmax per output channel). Adapters move over unchanged, in their own dtype. Returns the
+    names of the quantised layers.
+    """
+    quantized = []
+    for index, layer in model.model.layers.items():
+        for part in ("self_attn", "mlp"):
+            parent = layer.get_submodule(part)
+            for name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear or child.weight.requires_grad:
+                    continue
+                if child.weight.device.type == "meta" or isinstance(child.weight, DTensor):
+                    raise LoRAError(
+                        "train.lora.base_weights = 'int8' quantises whole, loaded weights (not meta or sharded ones)"
+                    )
+                frozen = FrozenInt8Linear.from_linear(child)
+                frozen.requires_grad_(False)
+                for adapter in ADAPTER_CHILDREN:
+                    if hasattr(child, adapter):
+                        setattr(frozen, adapter, getattr(child, adapter))
+                if hasattr(child, "lora_scaling"):
+                    frozen.lora_scaling = child.lora_scaling
+                    frozen.register_forward_hook(_add_lora_output)
+                setattr(parent, name, frozen)
+                quantized.append(f"model.layers.{index}.{part}.{name}")
+    return quantized
+
+
+def int8_base_layers(names: Iterable[str], dtypes: Mapping[str, torch.dtype]) -> set[str]:
+    """The layers of a state dict whose weight is int8 codes with a `scale` beside it (a QLoRA run's frozen base)."""
+    layers = set()
+    for name in names:
+        if name.endswith(INT8_SCALE_SUFFIX):
+            layer = name.removesuffix(INT8_SCALE_SUFFIX)
+            if dtypes.get(f"{layer}.weight") == torch.int8:
+                layers.add(layer)
+    return layers
+
+
+def dequantize_int8_base(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state with each int8 `weight` + `scale` pair replaced by the fp32 weight codes * scale (scales dropped)."""
+    layers = int8_base_layers(state, {k: v.dtype for k, v in state.items()})
+    out = {k: v for k, v in state.items() if k.removesuffix(INT8_SCALE_SUFFIX) not in layers or k.endswith(".weight")}
+    for layer in layers:
+        codes, scale = state[f"{layer}.weight"], state[f"{layer}{INT8_SCALE_SUFFIX}"]
+        out[f"{layer}.weight"] = codes.float() * scale.float()[:, None]
+    return out
 
 
 def is_lora_parameter(name: str) -> bool:

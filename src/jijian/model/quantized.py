@@ -77,6 +77,54 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class _FrozenInt8Matmul(torch.autograd.Function):
+    """x @ (codes * scale)^T with a gradient for x only: saves the int8 codes and scales, never a float weight."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(codes, scale)
+        ctx.input_dtype = x.dtype  # type: ignore[attr-defined]  # FunctionCtx carries whatever forward stores on it
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        flat = _flat(x).to(dtype)
+        if x.device.type == "cpu" and dtype == COMPUTE_DTYPE:
+            # The packed kernel (bf16 activations on the CPU), with unit scales: the fp32 scales are applied below.
+            ones = torch.ones(codes.shape[0], dtype=dtype, device=x.device)
+            product: torch.Tensor = torch.ops.aten._weight_int8pack_mm(flat, codes, ones)
+        else:
+            # One layer's codes widened for this product only; freed before the next layer runs.
+            product = flat @ codes.to(dtype).t()
+        # Per-output-channel scales commute with the product; applied in fp32 so they are not rounded to bf16.
+        out = (product.float() * scale).to(dtype)
+        return out.reshape(*x.shape[:-1], codes.shape[0])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        codes, scale = ctx.saved_tensors  # type: ignore[attr-defined]
+        dtype = grad.dtype
+        # d/dx of x @ (s * W)^T is (grad * s) @ W: the same dequantised weight as the forward, built on the fly.
+        scaled = (_flat(grad).float() * scale).to(dtype)
+        grad_x = (scaled @ codes.to(dtype)).reshape(*grad.shape[:-1], codes.shape[1])
+        return grad_x.to(ctx.input_dtype), None, None  # type: ignore[attr-defined]
+
+
+class FrozenInt8Linear(Int8Linear):
+    """A frozen base layer under LoRA training: int8 codes and fp32 per-output-channel scales, input gradients exact.
+
+    Forward and backward both multiply by dequant(W) = codes * scale, computed from the int8 codes on the
+    fly, in the activations' dtype (bf16 under autocast; on the CPU bf16 goes through the packed int8 kernel),
+    so no float copy of the base outlives one layer's product.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Function.apply is unannotated in torch: its result is forward's.
+        out: torch.Tensor = _FrozenInt8Matmul.apply(x, self.weight, self.scale)  # type: ignore[no-untyped-call]
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+
 class Int4Linear(nn.Module):
     """A linear layer holding 4-bit weights in groups along the input features, with a scale and zero per group.
 

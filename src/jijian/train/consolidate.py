@@ -21,7 +21,13 @@ from jijian.config import ModelConfig
 from jijian.config.hf_config import WriteBytes
 from jijian.config.schema import LoraConfig
 from jijian.model.hf import DEFAULT_MAX_SHARD_BYTES, TensorSpec, save_hf_tensors
-from jijian.model.lora import is_lora_parameter, merge_lora_state
+from jijian.model.lora import (
+    INT8_SCALE_SUFFIX,
+    dequantize_int8_base,
+    int8_base_layers,
+    is_lora_parameter,
+    merge_lora_state,
+)
 from jijian.model.tokenizer import Tokenizer
 
 MODEL_PREFIX = "model."
@@ -57,17 +63,31 @@ def write_hf_from_dcp(
     """Write the model tensors of DCP checkpoint `checkpoint` as an HF directory `to`, one shard in memory at a time.
 
     With `lora`, each adapted weight is written merged (W + alpha/rank * B A), read beside its two adapters.
+    A frozen base stored as int8 (`train.lora.base_weights = "int8"`) is written dequantised, codes * scale,
+    in the dtype of the checkpoint's other float tensors, and the adapters merge onto that dequantised weight:
+    the model the run trained and evaluated, not the original float base (which differs by int8 rounding).
     """
     specs = model_tensor_specs(checkpoint)
-    base = {n: spec for n, spec in specs.items() if not is_lora_parameter(n)}
+    int8_layers = int8_base_layers(specs, {n: spec.dtype for n, spec in specs.items()})
+    float_dtype = next(
+        (spec.dtype for n, spec in specs.items() if spec.dtype.is_floating_point and not n.endswith(INT8_SCALE_SUFFIX)),
+        torch.float32,
+    )
+    int8_weights = {f"{layer}.weight" for layer in int8_layers}
+    base = {
+        n: TensorSpec(spec.shape, float_dtype) if n in int8_weights else spec
+        for n, spec in specs.items()
+        if not is_lora_parameter(n) and n.removesuffix(INT8_SCALE_SUFFIX) not in int8_layers
+    }
 
     def fetch(names: list[str]) -> dict[str, torch.Tensor]:
         adapted = [n for n in names if f"{n.removesuffix('.weight')}.lora_A.weight" in specs]
         extra = [f"{n.removesuffix('.weight')}.lora_{ab}.weight" for n in adapted for ab in "AB"]
-        tensors = _load(checkpoint, specs, names + (extra if lora is not None else []))
-        if lora is None:
-            return tensors
-        return merge_lora_state(tensors, lora.alpha / lora.rank)
+        scales = [f"{n.removesuffix('.weight')}{INT8_SCALE_SUFFIX}" for n in names if n in int8_weights]
+        tensors = dequantize_int8_base(_load(checkpoint, specs, names + scales + (extra if lora is not None else [])))
+        if lora is not None:
+            tensors = merge_lora_state(tensors, lora.alpha / lora.rank)
+        return {n: t.to(float_dtype) if n in int8_weights else t for n, t in tensors.items()}
 
     return save_hf_tensors(
         base, fetch, model_cfg, tokenizer, to, max_shard_bytes=max_shard_bytes, write_bytes=write_bytes

@@ -40,6 +40,7 @@ from jijian.train.layout import resolve_layout
 from jijian.train.metrics import MetricsLogger
 from jijian.train.norms import local_part
 from jijian.train.parallel import ModelParts, build_model_parts, build_parallel_dims
+from jijian.train.parallel.parallelize import int8_base_problem
 from jijian.train.trainer import (
     Throughput,
     Trainer,
@@ -157,6 +158,9 @@ def run_training(config: DeployConfig, *, console: Console | None = None) -> Tra
     tcfg = config.train
     world_size = env_world_size()
     layout = resolve_layout(config, world_size)
+    problem = int8_base_problem(tcfg, layout)
+    if problem:  # every rank refuses here, before any process group or data exists
+        raise TrainSetupError(problem)
     device = resolve_device(tcfg.device, "train.device")
     check_dtype(device, tcfg.dtype)
     if world_size > 1:

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from jijian.config import ModelConfig, ParallelConfig, TrainConfig
+from jijian.config.errors import UserInputError
 from jijian.model import CausalLM
-from jijian.model.lora import add_lora
+from jijian.model.lora import add_lora, quantize_frozen_base
 from jijian.train.layout import Layout
 from jijian.train.parallel.activation_checkpoint import apply_activation_checkpointing
 from jijian.train.parallel.fsdp import apply_fsdp
@@ -53,6 +54,19 @@ class ModelParts:
         """Set training mode on every part."""
         for part in self.parts:
             part.train(mode)
+
+
+def int8_base_problem(train_cfg: TrainConfig, layout: Layout) -> str | None:
+    """Why `train.lora.base_weights = "int8"` cannot run on this layout; None if it can (or is not asked for)."""
+    if train_cfg.lora is None or train_cfg.lora.base_weights != "int8" or layout.world_size == 1:
+        return None
+    degrees = {"dp_replicate": layout.dp_replicate, "dp_shard": layout.dp_shard, "tp": layout.tp, "pp": layout.pp}
+    named = ", ".join(f"parallel.{k} = {v}" for k, v in degrees.items() if v > 1)
+    # FSDP and TP shard parameters as DTensors; int8 codes are buffers they would neither shard nor gather.
+    return (
+        f'train.lora.base_weights = "int8" runs in one process only; this layout has {named}: '
+        'use train.lora.base_weights = "auto" (FSDP/TP then shard the frozen base instead) or one process'
+    )
 
 
 def reshard_after_forward(layout: Layout, policy: str) -> bool:
@@ -125,6 +139,9 @@ def build_model_parts(
     `initial_hf_dir` (a Hugging Face model directory) replaces the random init; each rank reads only its slices.
     """
     layout = dims.layout
+    problem = int8_base_problem(train_cfg, layout)
+    if problem:
+        raise UserInputError(problem)
     parallel_cfg = parallel_cfg or ParallelConfig()
     n_stages = layout.pp * layout.stages_per_rank
     stage_ids = stage_indices(layout, dims.pp_rank) if layout.pp > 1 else [0]
@@ -137,6 +154,8 @@ def build_model_parts(
             init_parameters(model, train_cfg.seed, device)
         else:
             load_hf_shards(model, initial_hf_dir, device, train_cfg.seed)
+        if train_cfg.lora is not None and train_cfg.lora.base_weights == "int8":
+            quantize_frozen_base(model)  # from the loaded weights; each layer's float copy is freed as it is replaced
         parts.append(model)
     schedule: PipelineSchedule | None = None
     if layout.pp > 1:
