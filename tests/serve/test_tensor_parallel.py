@@ -10,11 +10,10 @@ from jijian.config import DeployConfig, ModelConfig
 from jijian.model import build_model
 from jijian.model.device import DeviceError
 from jijian.model.gguf import smollm2_gguf_path
-from jijian.model.hf import load_hf
+from jijian.model.hf import load_hf, save_hf
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.request import SamplingParams
 from jijian.serve.server import load_model
-from jijian.model.hf import save_hf
 from jijian.serve.tensor_parallel import (
     TensorParallelError,
     even_split,
