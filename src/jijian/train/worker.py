@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train the config named on the command line as one rank of the job; exit 2 on bad input."""
+    # A rank killed by a signal from native code (SIGABRT, SIGSEGV) prints every thread's Python stack, so
+    # the launcher's log says where it was, not only its exit code.
+    faulthandler.enable(all_threads=True)
     from rich.console import Console
 
     from jijian.config import ConfigError, UserInputError, load_config
