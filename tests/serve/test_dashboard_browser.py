@@ -99,6 +99,12 @@ def log_in(page, target: Target, key: str | None, path: str = "/ui/training") ->
     page.wait_for_url(f"**{path}")
 
 
+def open_page(page, link: str) -> None:
+    """Follow a navigation link and wait for the new page: a script run before it would find the old one's DOM."""
+    with page.expect_navigation():
+        page.click(f"nav >> text={link}")
+
+
 def test_every_page_and_a_streamed_rag_chat_as_admin(browser, target, screenshots):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
@@ -112,7 +118,7 @@ def test_every_page_and_a_streamed_rag_chat_as_admin(browser, target, screenshot
         assert runs.first.locator("table.checkpoints tbody tr").count() == 2
     page.screenshot(path=screenshots / "training.png", full_page=True)
 
-    page.click("nav >> text=Knowledge base")
+    open_page(page, "Knowledge base")
     rows = page.locator("table.collections tbody tr")
     collection = os.environ.get("JIJIAN_UI_COLLECTION") or (
         rows.first.locator("td").first.inner_text() if rows.count() else None
@@ -126,7 +132,7 @@ def test_every_page_and_a_streamed_rag_chat_as_admin(browser, target, screenshot
             assert "finance/salaries.md" in page.locator("ol.hits").inner_text()  # admin reads everything
     page.screenshot(path=screenshots / "knowledge-base.png", full_page=True)
 
-    page.click("nav >> text=Chat playground")
+    open_page(page, "Chat playground")
     # Count how often the answer's text changes while it streams (one change would mean no streaming).
     page.evaluate(
         """() => { window.answerUpdates = 0;
@@ -152,7 +158,7 @@ def test_every_page_and_a_streamed_rag_chat_as_admin(browser, target, screenshot
         assert citations.count() >= 1 and citations.first.inner_text().startswith("[1] ")
     page.screenshot(path=screenshots / "chat.png", full_page=True)
 
-    page.click("nav >> text=Serving")
+    open_page(page, "Serving")
     page.wait_for_function("document.querySelector('[data-field=updated]').textContent !== 'now'")
     usage_rows = page.locator("tbody[data-field=usage] tr")
     assert usage_rows.count() >= 1 and "No requests yet" not in usage_rows.first.inner_text()
@@ -160,7 +166,7 @@ def test_every_page_and_a_streamed_rag_chat_as_admin(browser, target, screenshot
     assert float(page.locator("[data-field=live_tokens_per_s]").inner_text().rstrip("k")) > 0
     page.screenshot(path=screenshots / "serving.png", full_page=True)
 
-    page.click("nav >> text=Guard")
+    open_page(page, "Guard")
     status = page.locator("#audit-status, #no-audit")
     if not target.existing:
         assert "Audit log verified" in status.inner_text()
@@ -181,7 +187,7 @@ def test_a_user_sees_only_their_own_usage(browser, target, screenshots):
     page.locator(".turn.assistant.done").wait_for(timeout=60_000)
     sources = page.locator("ol.citations").inner_text()
     assert "finance/salaries.md" not in sources  # bob may not read it, so it is never cited
-    page.click("nav >> text=Serving")
+    open_page(page, "Serving")
     page.wait_for_function("document.querySelector('[data-field=updated]').textContent !== 'now'")
     users = page.locator("tbody[data-field=usage] tr td:first-child").all_inner_texts()
     assert users == ["bob"]
