@@ -15,6 +15,8 @@ measured 50-200x slower), and its output is widened back. Biases are added in th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,11 +83,10 @@ class _FrozenInt8Matmul(torch.autograd.Function):
     """x @ (codes * scale)^T with a gradient for x only: saves the int8 codes and scales, never a float weight."""
 
     @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        # ctx is typed Any: FunctionCtx carries whatever forward stores on it (saved tensors, the input dtype).
         ctx.save_for_backward(codes, scale)
-        ctx.input_dtype = x.dtype  # type: ignore[attr-defined]  # FunctionCtx carries whatever forward stores on it
+        ctx.input_dtype = x.dtype
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         flat = _flat(x).to(dtype)
         if x.device.type == "cpu" and dtype == COMPUTE_DTYPE:
@@ -100,13 +101,13 @@ class _FrozenInt8Matmul(torch.autograd.Function):
         return out.reshape(*x.shape[:-1], codes.shape[0])
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        codes, scale = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        codes, scale = ctx.saved_tensors
         dtype = grad.dtype
         # d/dx of x @ (s * W)^T is (grad * s) @ W: the same dequantised weight as the forward, built on the fly.
         scaled = (_flat(grad).float() * scale).to(dtype)
         grad_x = (scaled @ codes.to(dtype)).reshape(*grad.shape[:-1], codes.shape[1])
-        return grad_x.to(ctx.input_dtype), None, None  # type: ignore[attr-defined]
+        return grad_x.to(ctx.input_dtype), None, None
 
 
 class FrozenInt8Linear(Int8Linear):
