@@ -75,7 +75,9 @@ def frozen_base_bytes(model: torch.nn.Module) -> int:
 def run(side: str, model_dir: Path, train_file: Path, held_file: Path, steps: int, seq_len: int) -> dict:
     model, tokenizer = load_hf(model_dir)
     assert tokenizer is not None
-    lr = 5e-5 if side == "full" else 2e-3
+    # Adapters take the QLoRA paper's 2e-4 (Dettmers et al. 2023); at 2e-3 they overfit the small dialogue set
+    # within 40 steps (held-out loss 3.33 -> 4.20 while full fine-tuning reached 3.24).
+    lr = 5e-5 if side == "full" else 2e-4
     if side != "full":
         add_lora(model, rank=16, alpha=32.0, dropout=0.0, targets=TARGETS)
     if side == "qlora":
