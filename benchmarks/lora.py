@@ -40,7 +40,7 @@ from jijian.config import TrainConfig
 from jijian.data.chat import chat_batches
 from jijian.model.gguf import smollm2_model_dir
 from jijian.model.hf import load_hf
-from jijian.model.lora import LINEAR_NAMES, add_lora, quantize_frozen_base
+from jijian.model.lora import add_lora, frozen_base_bytes, quantize_frozen_base
 from jijian.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,16 +60,6 @@ def split_dialogues(directory: Path) -> tuple[Path, Path]:
 def trainable_state_bytes(model: torch.nn.Module) -> int:
     """Parameters, gradients and two AdamW moments (fp32) of the parameters that train."""
     return sum(4 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-
-
-def frozen_base_bytes(model: torch.nn.Module) -> int:
-    """Parameter and buffer bytes of the decoder layers' projections, their adapters left out."""
-    total = 0
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in LINEAR_NAMES:
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-            total += sum(t.numel() * t.element_size() for t in tensors)
-    return total
 
 
 def run(side: str, model_dir: Path, train_file: Path, held_file: Path, steps: int, seq_len: int) -> dict:

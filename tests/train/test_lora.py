@@ -19,6 +19,7 @@ from jijian.model.lora import (
     LINEAR_NAMES,
     LoRAError,
     add_lora,
+    frozen_base_bytes,
     lora_state,
     merge_lora_state,
     quantize_frozen_base,
@@ -202,21 +203,11 @@ def test_the_int8_base_layer_multiplies_and_back_propagates_by_its_dequantised_w
     assert not frozen.weight.requires_grad and frozen.weight.grad is None
 
 
-def base_linear_bytes(model) -> int:
-    """Parameter + buffer bytes of the decoder layers' projections, adapters left out."""
-    total = 0
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in LINEAR_NAMES:
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-            total += sum(t.numel() * t.element_size() for t in tensors)
-    return total
-
-
 def test_the_int8_base_stores_a_quarter_of_the_fp32_bytes_and_keeps_the_adapters(tmp_path):
     _, base_dir = qwen2_base(tmp_path)
     model, _ = load_hf(base_dir)
     add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=TARGETS)
-    fp32_bytes = base_linear_bytes(model)
+    fp32_bytes = frozen_base_bytes(model)
     tokens = torch.randint(0, 512, (2, 24))
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -226,7 +217,7 @@ def test_the_int8_base_stores_a_quarter_of_the_fp32_bytes_and_keeps_the_adapters
     adapters = lora_state(model.state_dict())
     quantized = quantize_frozen_base(model)
     assert len(quantized) == 2 * len(LINEAR_NAMES)  # all seven projections of both layers, adapted or not
-    ratio = base_linear_bytes(model) / fp32_bytes
+    ratio = frozen_base_bytes(model) / fp32_bytes
     # int8 codes (1/4) plus one fp32 scale per output row; q/k/v keep their fp32 biases.
     assert 0.25 < ratio < 0.27, ratio
     torch.testing.assert_close(lora_state(model.state_dict()), adapters, atol=0, rtol=0)  # moved, not copied

@@ -278,18 +278,28 @@ def load_hf(
     return model, tokenizer
 
 
-def has_quantized_projections(directory: str | Path) -> bool:
-    """Whether the directory stores projections quantised (`import-gguf --weights int4|int8`), read from the headers."""
-    directory = Path(directory)
+def _weight_map(directory: Path) -> dict[str, str]:
+    """Tensor name -> safetensors file of an HF directory, from its index or its single file's header."""
     index_path = directory / WEIGHTS_INDEX_NAME
     if index_path.is_file():
-        names: list[str] = list(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"])
-    else:
-        try:
-            with safe_open(str(directory / WEIGHTS_NAME), framework="pt", device="cpu") as handle:
-                names = list(handle.keys())
-        except Exception:  # unreadable: the full load reports it with its own message
-            return True
+        weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        return weight_map
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise HFFormatError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict.fromkeys(handle.keys(), WEIGHTS_NAME)
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise HFFormatError(f"{path}: cannot read safetensors file: {exc}") from None
+
+
+def has_quantized_projections(directory: str | Path) -> bool:
+    """Whether the directory stores projections quantised (`import-gguf --weights int4|int8`), read from the headers."""
+    try:
+        names = _weight_map(Path(directory))
+    except HFFormatError:  # unreadable: the full load reports it with its own message
+        return True
     return any(name.endswith((".qweight", ".scale")) for name in names)
 
 
@@ -303,13 +313,7 @@ def read_hf_slices(
     least as many dimensions as it is sliced in.
     """
     directory = Path(directory)
-    index_path = directory / WEIGHTS_INDEX_NAME
-    if index_path.is_file():
-        weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    elif (directory / WEIGHTS_NAME).is_file():
-        weight_map = dict.fromkeys(wanted, WEIGHTS_NAME)
-    else:
-        raise HFFormatError(f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} found")
+    weight_map = _weight_map(directory)
     missing = sorted(name for name in wanted if name not in weight_map)
     if missing:
         raise HFFormatError(

@@ -142,6 +142,16 @@ def dequantize_int8_base(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
+def frozen_base_bytes(model: nn.Module) -> int:
+    """Parameter and buffer bytes of the decoder layers' projections, their adapters left out (fp32 or int8 base)."""
+    total = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LINEAR_NAMES:
+            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
 def is_lora_parameter(name: str) -> bool:
     """Whether a parameter name belongs to an adapter."""
     return ".lora_A." in name or ".lora_B." in name
