@@ -125,6 +125,7 @@ def load_runs(path: Path = RUNS_FILE) -> tuple[list[Run], dict[str, dict]]:
             chunks=entry.get("chunks", 2),
             sequence_parallel=entry.get("sequence_parallel", True),
             zero_stage=degrees.get("zero"),
+            grad_sync=entry.get("grad_sync", "step"),
         )
         runs.append(
             Run(

@@ -6,6 +6,7 @@ import pytest
 
 from jijian.config import HardwareConfig, ModelConfig
 from jijian.plan import Layout, PlanError, Workload, estimate, get_accelerator, make_cluster, pf_days
+from jijian.plan.estimate import jijian_cannot_run
 from jijian.spec.shape import ModelShape, training_flops_per_token
 
 LLAMA_70B = ModelShape.from_config(ModelConfig(preset="llama3-70b"))
@@ -87,3 +88,25 @@ def test_every_catalogue_entry_has_a_source_and_sane_figures():
 def test_a_batch_that_does_not_split_is_an_error_not_a_crash():
     with pytest.raises(PlanError, match="does not split"):
         estimate(Workload(LLAMA_70B, 4096, 100, 1e12), Layout(fsdp=64, tp=4), make_cluster("H800"))
+
+
+def test_reducing_gradients_every_micro_batch_under_a_pipeline_trades_traffic_for_memory():
+    # Llama 3 405B as Meta ran it on 8,192 H100s: FSDP 64 x TP 8 x PP 16, 32 micro-batches per step.
+    work = Workload(ModelShape.from_config(ModelConfig(preset="llama3-405b")), 8192, 2048, 1e12)
+    cluster = make_cluster("H100-SXM")
+    base = Layout(fsdp=64, tp=8, pp=16, schedule="interleaved_1f1b", chunks=8)
+    step = estimate(work, base, cluster)
+    per_microbatch = estimate(work, Layout(**{**base.__dict__, "grad_sync": "microbatch"}), cluster)
+    # One layer's gradients unsharded at a time instead of the whole stage's in fp32 (12.6 GB at 405B / 16 / 8),
+    # and no whole-vocabulary embedding gradient: the published run fits only this way.
+    saved = step.memory_breakdown_gb["buffers"] - per_microbatch.memory_breakdown_gb["buffers"]
+    stage_fp32_grads = 405e9 / 16 / 8 * 4 / 2**30
+    assert saved > stage_fp32_grads
+    assert per_microbatch.fits and not step.fits
+    # The gradients travel 32 times instead of once; the parameters are gathered once either way.
+    assert per_microbatch.comm_bytes_per_step["fsdp"] > 16 * step.comm_bytes_per_step["fsdp"]
+    assert jijian_cannot_run(Layout(fsdp=64, tp=8, pp=16)) is None
+    assert "once per step" in str(jijian_cannot_run(Layout(fsdp=64, tp=8, pp=16, grad_sync="microbatch")))
+    assert "grad_sync=microbatch" in per_microbatch.layout.describe()
+    with pytest.raises(PlanError, match=r"grad_sync must be one of step, microbatch, got 'sometimes'"):
+        Layout(grad_sync="sometimes")

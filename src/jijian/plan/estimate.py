@@ -48,6 +48,9 @@ def pf_days(flops: float) -> float:
     return flops / PF_DAY
 
 
+GRAD_SYNC_MODES = ("step", "microbatch")
+
+
 @dataclass(frozen=True)
 class Layout:
     """A parallel layout: degrees of each dimension, micro-batch, recomputation and pipeline schedule."""
@@ -62,6 +65,15 @@ class Layout:
     sequence_parallel: bool = True
     zero_stage: int | None = None  # for dp without fsdp: ZeRO stage 1 or 2 over the dp ranks (None = plain DDP)
     chunks: int = PIPELINE_CHUNKS  # model chunks per stage in the interleaved schedule (jijian train runs 2)
+    # How FSDP under a pipeline reduces gradients: "step" accumulates the stage's gradients unsharded and
+    # reduce-scatters once after the last micro-batch (torch.distributed.pipelining, which jijian train runs);
+    # "microbatch" reduce-scatters every micro-batch's backward into sharded accumulators (Llama 3's FSDP keeps
+    # gradients sharded): less memory, more traffic. Without a pipeline FSDP already reduces every micro-batch.
+    grad_sync: str = "step"
+
+    def __post_init__(self) -> None:
+        if self.grad_sync not in GRAD_SYNC_MODES:
+            raise PlanError(f"grad_sync must be one of {', '.join(GRAD_SYNC_MODES)}, got {self.grad_sync!r}")
 
     @property
     def gpus(self) -> int:
@@ -80,6 +92,8 @@ class Layout:
         if self.zero_stage:
             shown.insert(1 if self.dp > 1 else 0, f"zero={self.zero_stage}")
         extra = f" {self.schedule}" if self.pp > 1 else ""
+        if self.pp > 1 and self.fsdp > 1 and self.grad_sync != "step":
+            extra += f" grad_sync={self.grad_sync}"
         return f"{','.join(shown)} mb={self.micro_batch} recompute={self.recompute}{extra}"
 
 
@@ -248,6 +262,11 @@ def sharding_buffers(shape: ModelShape, layout: Layout) -> float:
     # DTensor computes the gradient of the row-wise (vocabulary-split) embedding replicated: every TP rank holds
     # the whole vocabulary's, which a pipeline accumulates across micro-batches.
     replicated_embedding = shape.vocab * shape.hidden * (1 - 1 / layout.tp)
+    if layout.pp > 1 and layout.grad_sync == "microbatch" and not zero2:
+        # The stage stays gathered; only the layer whose gradients are being reduced (bf16, and the fp32 buffer
+        # they are reduce-scattered from) is unsharded at a time. Such engines split the embedding's gradient
+        # over the vocabulary like its weight, so the whole-vocabulary copy above does not arise.
+        return stage_params(shape, layout) * gathered + shape.layer_params / layout.tp * (GRAD_BYTES + REDUCE_BYTES)
     if layout.pp > 1:
         return stage_params(shape, layout) * (gathered + REDUCE_BYTES) + replicated_embedding * REDUCE_BYTES
     root = shape.embedding_params / layout.tp
@@ -274,6 +293,11 @@ def jijian_cannot_run(layout: Layout) -> str | None:
     FSDP2 without resharding after forward)."""
     if layout.pp > 1 and layout.schedule == "interleaved_1f1b" and layout.chunks != PIPELINE_CHUNKS:
         return f"jijian train interleaves {PIPELINE_CHUNKS} chunks per pipeline stage, not {layout.chunks}"
+    if layout.pp > 1 and layout.fsdp > 1 and layout.grad_sync != "step":
+        return (
+            "jijian train's pipeline (torch.distributed.pipelining) accumulates a stage's gradients unsharded and "
+            "reduce-scatters them once per step (grad_sync = step), not every micro-batch"
+        )
     if layout.zero_stage == 1 and layout.dp > 1:
         return (
             "jijian train has no ZeRO-1 (FSDP2 shards gradients along with optimizer states); "
@@ -392,12 +416,22 @@ def estimate(work: Workload, layout: Layout, cluster: Cluster) -> Estimate:
         kept = 0.0 if pp > 1 else (shape.embedding_params + shape.layer_params) / tp
         gathered = (2 if pp == 1 else 1) * params - kept
         pad = fsdp_padding(shape, tp, layout.fsdp)
-        per_round = all_gather_bytes(gathered * PARAM_BYTES * pad, layout.fsdp)
-        per_round += all_gather_bytes(params * REDUCE_BYTES * pad, layout.fsdp)  # the gradients' reduce-scatter
-        rounds = microbatches if pp == 1 else 1
-        fsdp_bytes = per_round * rounds
-        round_s = transfer_time(per_round, link(tp * pp, layout.fsdp), calib.link_efficiency)
-        fsdp_exposed_s = rounds * max(0.0, round_s - microbatch_s)
+        gather = all_gather_bytes(gathered * PARAM_BYTES * pad, layout.fsdp)
+        scatter = all_gather_bytes(params * REDUCE_BYTES * pad, layout.fsdp)  # the gradients' reduce-scatter
+        fsdp_link = link(tp * pp, layout.fsdp)
+        if pp > 1 and layout.grad_sync == "microbatch":
+            # The stage is gathered once; every micro-batch's backward reduce-scatters, overlapping its own
+            # backward (two thirds of the micro-batch).
+            fsdp_bytes = gather + scatter * microbatches
+            gather_s = transfer_time(gather, fsdp_link, calib.link_efficiency)
+            scatter_s = transfer_time(scatter, fsdp_link, calib.link_efficiency)
+            fsdp_exposed_s = max(0.0, gather_s - microbatch_s)
+            fsdp_exposed_s += microbatches * max(0.0, scatter_s - microbatch_s * 2.0 / 3.0)
+        else:
+            rounds = microbatches if pp == 1 else 1
+            fsdp_bytes = (gather + scatter) * rounds
+            round_s = transfer_time(gather + scatter, fsdp_link, calib.link_efficiency)
+            fsdp_exposed_s = rounds * max(0.0, round_s - microbatch_s)
     dp_link = link(tp * pp * layout.fsdp, layout.dp)
     stage, shard = zero_sharding(layout)
     if stage in (1, 2):
