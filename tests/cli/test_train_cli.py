@@ -97,3 +97,14 @@ def test_report_on_a_directory_without_metrics_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "report", str(tmp_path)])
     assert result.exit_code == 2
     assert "metrics.jsonl" in result.output
+
+
+def test_a_rank_leaves_with_its_code_and_its_output_flushed():
+    # Ranks end with os._exit (skipping the interpreter teardown that can abort a finished rank): what they
+    # printed must still arrive, and the exit code must be the one main returned.
+    script = (
+        "import sys; from jijian.train.worker import leave; "
+        "print('last line', end=''); sys.stderr.write('err'); leave(3)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "last line", "err")
