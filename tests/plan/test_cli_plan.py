@@ -146,3 +146,16 @@ def test_zero_layouts_on_the_command_line(tmp_path):
 def test_local_gpu_without_a_profile_says_how_to_make_one():
     result = invoke("--model", "llama-tiny", "--gpu", "local", "--gpus", "1", "--tokens", "1M")
     assert result.exit_code == 2 and "jijian plan calibrate" in result.output
+
+
+def test_calibrate_profiles_this_machine_including_a_whole_training_step(tmp_path, monkeypatch):
+    path = tmp_path / "profile.json"
+    monkeypatch.setenv("JIJIAN_HARDWARE_PROFILE", str(path))
+    result = invoke("calibrate", "--seconds", "5")
+    assert result.exit_code == 0, result.output
+    profile = json.loads(path.read_text(encoding="utf-8"))
+    assert profile["reference_step"]["seconds"] > 0 and profile["matmul"] and profile["memory"]
+    assert "a whole training step of the reference model" in result.output
+    planned = invoke("train", "--model", "llama-tiny", "--gpu", "local", "--gpus", "1", "--tokens", "1M", "--json")
+    assert planned.exit_code == 0, planned.output
+    assert invoke("calibrate", "--seconds", "61").exit_code == 2

@@ -84,3 +84,21 @@ def test_every_estimate_carries_the_cross_validated_range():
     low, high = result.mfu_range
     assert low < result.mfu < high
     assert result.mfu_text().startswith(f"{result.mfu:.0%} (")
+
+
+def test_a_measured_reference_step_scales_the_compute_the_kernel_figures_predict(profile_path):
+    save_profile(MEASURED, profile_path)
+    work = Workload(TINY, 256, 8, 2048.0)
+    kernels_only = estimate(work, Layout(micro_batch=8), make_cluster("local"))
+    assert make_cluster("local").calibration.step_time_scale == 1.0  # a profile without a reference step
+    # The same machine, whose probe also timed a whole training step of TINY at 1.5x what the kernels predict.
+    model = {"dim": 128, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 384, "vocab_size": 4096}
+    reference = {"model": model, "batch": 8, "seq": 256, "seconds": 1.5 * kernels_only.step_time_s}
+    save_profile({**MEASURED, "reference_step": reference}, profile_path)
+    assert make_cluster("local").calibration.step_time_scale == pytest.approx(1.5)
+    scaled = estimate(work, Layout(micro_batch=8), make_cluster("local"))
+    assert scaled.step_time_s == pytest.approx(1.5 * kernels_only.step_time_s)
+    assert scaled.time_breakdown_s["matmul"] == pytest.approx(1.5 * kernels_only.time_breakdown_s["matmul"])
+    save_profile({**MEASURED, "reference_step": {**reference, "seconds": 0}}, profile_path)
+    with pytest.raises(PlanError, match=r"profile.json: not a hardware profile.*reference_step"):
+        make_cluster("local")

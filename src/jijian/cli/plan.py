@@ -465,7 +465,9 @@ def plan_calibrate(
     out_console.print(
         f"{device.name}: {profile['torch_threads']} torch threads, {profile['dtype']}, probe "
         f"{profile['probe_seconds']:.0f} s\n  matmul GFLOP/s: {sizes}\n  elementwise GB/s: {bandwidth}\n"
-        f"  per-op overhead: {calib.op_overhead_us:.1f} us",
+        f"  per-op overhead: {calib.op_overhead_us:.1f} us\n"
+        f"  a whole training step of the reference model: {profile['reference_step']['seconds']:.3f} s, "
+        f"{calib.step_time_scale:.2f}x what the kernel figures predict (the planner scales compute by it)",
         soft_wrap=True,
     )
     err_console.print(f"wrote {path}; use it with `jijian plan --gpu local` (or --gpu cpu)")

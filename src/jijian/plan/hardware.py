@@ -70,6 +70,9 @@ class Calibration:
     softmax_ns_per_logit: float = 0.0
     # Measured clipping + AdamW cost per parameter; 0 means optimizer_bytes_per_param over bandwidth.
     optimizer_ns_per_param: float = 0.0
+    # Measured whole training step / the step the figures above predict for the same model (a local profile's
+    # reference step): what separate kernel timings leave out. Scales a device's compute time, not its traffic.
+    step_time_scale: float = 1.0
 
     def matmul_efficiency(self, flops: float) -> float:
         """Achieved fraction of peak for one matmul of `flops`: the measured curve (log-interpolated) or flat."""
@@ -129,7 +132,7 @@ def calibration(device_class: str = "gpu") -> Calibration:
     if device_class not in DEVICE_CLASSES:
         raise PlanError(f"unknown device class {device_class!r}; known: {', '.join(DEVICE_CLASSES)}")
     section = _catalogue()["calibration"][device_class]
-    measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit", "optimizer_ns_per_param")
+    measured = ("matmul_curve", "memory_curve", "softmax_ns_per_logit", "optimizer_ns_per_param", "step_time_scale")
     constants: dict[str, Any] = {f.name: float(section[f.name]) for f in fields(Calibration) if f.name not in measured}
     return Calibration(**constants)
 

@@ -66,6 +66,14 @@ def load_profile(path: Path | None = None, *, require_this_machine: bool = True)
         float(profile["op_overhead_us"])
         if profile.get("version") != PROFILE_VERSION or not matmul or not memory:
             raise ValueError("unknown version or empty measurements")
+        reference = profile.get("reference_step")
+        if reference is not None and not (
+            float(reference["seconds"]) > 0
+            and int(reference["batch"]) > 0
+            and int(reference["seq"]) > 0
+            and isinstance(reference["model"], dict)
+        ):
+            raise ValueError("reference_step needs a model, a positive batch, seq and seconds")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PlanError(f"{path}: not a hardware profile written by `jijian plan calibrate` ({exc})") from None
     here = machine_fingerprint()
@@ -110,4 +118,23 @@ def local_device(profile: dict[str, Any]) -> tuple[Accelerator, Calibration]:
         matmul_curve=tuple(curve),
         memory_curve=tuple(memory),
     )
+    reference = profile.get("reference_step")
+    if reference:  # profiles written before the reference step keep the kernel figures alone
+        measured = float(reference["seconds"])
+        calib = replace(calib, step_time_scale=measured / _predicted_step_s(reference, device, calib))
     return device, calib
+
+
+def _predicted_step_s(reference: dict[str, Any], device: Accelerator, calib: Calibration) -> float:
+    """The planner's step time for the profile's reference model, from the kernel figures alone."""
+    from jijian.config import ModelConfig
+    from jijian.plan.estimate import Layout, Workload, estimate
+    from jijian.plan.hardware import Cluster, Prices
+    from jijian.spec.shape import ModelShape
+
+    shape = ModelShape.from_config(ModelConfig(**reference["model"]))
+    batch, seq = int(reference["batch"]), int(reference["seq"])
+    free = Prices("CNY", 0.0, 0.0, 1.0, 0.0, 1.0)  # step time only: prices do not enter it
+    cluster = Cluster(device, 1, free, calib)
+    work = Workload(shape, seq, batch, float(batch * seq))
+    return estimate(work, Layout(micro_batch=batch), cluster).step_time_s

@@ -8,6 +8,7 @@ other work takes, which a whole training step does not miss.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -125,6 +126,36 @@ def optimizer_cost_ns(budget_s: float, params: int = 1 << 22) -> float:
     return _median_seconds(step, budget_s) / params * 1e9
 
 
+# A model that is in none of plan_local's shapes nor the quick start's: a whole training step of it is what the
+# kernel-by-kernel figures above leave out (cold caches between operations, autograd's bookkeeping, allocation).
+REFERENCE_MODEL: dict[str, Any] = {
+    "dim": 384, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2, "ffn_dim": 1024, "vocab_size": 8192,
+}  # fmt: skip
+REFERENCE_BATCH, REFERENCE_SEQ = 4, 256
+
+
+def reference_step_seconds(budget_s: float) -> float:
+    """Median seconds of one real training step (jijian's Trainer: forward, backward, clipping, AdamW) of
+    REFERENCE_MODEL, after two steps that let the allocator and the optimizer state settle."""
+    from jijian.config import ModelConfig, TrainConfig
+    from jijian.model import build_model
+    from jijian.train.trainer import Trainer
+
+    cfg = ModelConfig(**REFERENCE_MODEL)
+    tokens = torch.randint(0, cfg.vocab_size, (REFERENCE_BATCH, REFERENCE_SEQ + 1))
+    batches = itertools.repeat((tokens[:, :-1], tokens[:, 1:]))
+    train = TrainConfig(steps=1 << 20, warmup_steps=0, batch_size=REFERENCE_BATCH, seq_len=REFERENCE_SEQ)
+    trainer = Trainer(build_model(cfg), train, batches, device=torch.device("cpu"))
+    trainer.train_step()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - started < budget_s:
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def probe(seconds: float = 45.0) -> dict[str, Any]:
     """Measure this machine (about `seconds` of work, fp32 as jijian trains on a CPU) for the planner."""
     started = time.perf_counter()
@@ -132,7 +163,8 @@ def probe(seconds: float = 45.0) -> dict[str, Any]:
     memory = memory_bandwidth(seconds * 0.2)
     softmax = softmax_cost_ns(seconds * 0.1)
     optimizer = optimizer_cost_ns(seconds * 0.1)
-    matmul = matmul_throughput(seconds * 0.5)
+    matmul = matmul_throughput(seconds * 0.4)
+    reference = reference_step_seconds(seconds * 0.1)
     return {
         "device": "cpu",
         "dtype": "float32",
@@ -143,5 +175,11 @@ def probe(seconds: float = 45.0) -> dict[str, Any]:
         "optimizer_ns_per_param": optimizer,
         "memory": memory,
         "matmul": matmul,
+        "reference_step": {
+            "model": REFERENCE_MODEL,
+            "batch": REFERENCE_BATCH,
+            "seq": REFERENCE_SEQ,
+            "seconds": reference,
+        },
         "probe_seconds": time.perf_counter() - started,
     }
