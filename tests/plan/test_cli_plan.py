@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from jijian.cli.main import app
@@ -148,6 +149,7 @@ def test_local_gpu_without_a_profile_says_how_to_make_one():
     assert result.exit_code == 2 and "jijian plan calibrate" in result.output
 
 
+@pytest.mark.slow  # the probe itself: about 10 s
 def test_calibrate_profiles_this_machine_including_a_whole_training_step(tmp_path, monkeypatch):
     path = tmp_path / "profile.json"
     monkeypatch.setenv("JIJIAN_HARDWARE_PROFILE", str(path))
