@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from jijian.cli.main import app
@@ -21,6 +22,7 @@ def invoke(*args: str):
     return runner.invoke(app, ["plan", *args])
 
 
+@pytest.mark.slow  # a 32-rank fake-group trace, about 6 s
 def test_check_traces_a_4d_layout_and_agrees_with_the_planner():
     result = invoke(*SMALL, "--layout", "dp=2,fsdp=4,tp=2,pp=2", "--check", "--json")
     assert result.exit_code == 0, result.output

@@ -14,6 +14,8 @@ from jijian.config import ModelConfig
 from jijian.train.layout import Layout
 from jijian.train.parallel.trace import LayoutTrace, trace_layout
 
+pytestmark = pytest.mark.slow  # tracing 1,024 fake ranks takes about 14 s
+
 SEQ = 8192
 MICROBATCHES = 4
 CFG = ModelConfig(preset="llama3-8b")
