@@ -74,6 +74,10 @@ def load_profile(path: Path | None = None, *, require_this_machine: bool = True)
             and isinstance(reference["model"], dict)
         ):
             raise ValueError("reference_step needs a model, a positive batch, seq and seconds")
+        if reference is not None:
+            from jijian.config import ModelConfig
+
+            ModelConfig(**reference["model"])  # a model the planner can shape (pydantic's error is a ValueError)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PlanError(f"{path}: not a hardware profile written by `jijian plan calibrate` ({exc})") from None
     here = machine_fingerprint()

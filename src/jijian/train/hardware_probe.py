@@ -136,7 +136,7 @@ REFERENCE_BATCH, REFERENCE_SEQ = 4, 256
 
 def reference_step_seconds(budget_s: float) -> float:
     """Median seconds of one real training step (jijian's Trainer: forward, backward, clipping, AdamW) of
-    REFERENCE_MODEL, after two steps that let the allocator and the optimizer state settle."""
+    REFERENCE_MODEL, after one step that lets the allocator and the optimizer state settle."""
     from jijian.config import ModelConfig, TrainConfig
     from jijian.model import build_model
     from jijian.train.trainer import Trainer
