@@ -105,3 +105,26 @@ def test_redacting_responses_sends_the_redacted_answer_at_the_end(tmp_path):
     assert not blocked
     assert "li.wei@example.com" not in sent and "13812345678" not in sent
     assert sent == policy.check_response(answer).text
+
+
+def test_with_nothing_restricted_every_delta_goes_out_at_once(tmp_path):
+    # No hold-back window when nothing can leak: the first delta reaches the user with the first token.
+    policy = GuardPolicy(GuardConfig(leakage_ngram=6))
+    check = policy.stream_check(alice, "req-5")
+    pieces = [SALARIES[i : i + 3] for i in range(0, len(SALARIES), 3)]
+    assert [check.feed(piece) for piece in pieces] == pieces
+    assert check.finish() == "" and not check.blocked
+    policy.protect_document("salaries", SALARIES, ["role:hr"])
+    check = policy.stream_check(hannah, "req-6")  # hannah may read the only restricted document
+    assert [check.feed(piece) for piece in pieces] == pieces
+
+
+def test_a_document_protected_mid_stream_is_guarded_from_then_on(tmp_path):
+    policy = GuardPolicy(GuardConfig(audit_log=tmp_path / "audit.jsonl", leakage_ngram=6))
+    check = policy.stream_check(alice, "req-7")
+    opening = "Here is what I found in the shared folder. "
+    assert check.feed(opening) == opening
+    policy.protect_document("salaries", SALARIES, ["role:hr"])
+    sent = "".join(check.feed(SALARIES[i : i + 3]) for i in range(0, len(SALARIES), 3))
+    assert check.blocked
+    assert not ngrams(opening + sent, policy.leakage.n) & ngrams(SALARIES, policy.leakage.n)

@@ -82,6 +82,7 @@ class GuardPolicy:
         self.allowlists = Allowlists(self.config.role_collections, self.config.role_tools)
         self.leakage = LeakageChecker(n=self.config.leakage_ngram, min_shared=self.config.leakage_min_shared)
         self._readers: dict[str, list[str] | None] = {}
+        self._protected_version = 0
 
     # --- principals -------------------------------------------------------------------------
 
@@ -96,10 +97,15 @@ class GuardPolicy:
             return  # public: nothing to leak
         self._readers[doc_id] = checked
         self.leakage.add(doc_id, text)
+        self._protected_version += 1
 
     def protected_documents(self) -> dict[str, list[str] | None]:
         """The registered restricted documents and their readers."""
         return dict(self._readers)
+
+    def protected_version(self) -> int:
+        """A number that changes whenever a restricted document is registered or its readers change."""
+        return self._protected_version
 
     # --- logging ----------------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ through a hold-back window instead:
 
 With `redact_responses` on, the whole answer is held back until the end (a PII span can straddle any
 release point), so the client gets it redacted in one piece.
+
+While no registered document is restricted for the requester (none protected, or all readable), there is
+nothing to leak and every delta goes out at once: holding back n tokens would only add n tokens of latency
+before the first text the user sees. Documents can be protected while a stream runs, so each delta asks
+whether the policy's protected documents changed; once a restricted one exists, the whole text so far is
+looked up and the hold-back window applies from then on (text sent before the document existed stays sent).
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ class StreamingLeakCheck:
         self.policy, self.principal, self.request_id = policy, principal, request_id
         self.n = policy.leakage.n
         self.min_shared = policy.leakage.min_shared
-        self._readable = {doc for doc, readers in policy.protected_documents().items() if can_read(principal, readers)}
+        self._readable: set[str] = set()
+        self._version_seen = -1  # the policy's protected_version() when `_readable` was computed
+        self._restricted = False  # some protected document is not readable by the principal
         self._hold_everything = policy.config.redact_responses
         self._text = ""
         self._tokens: list[str] = []
@@ -55,6 +63,10 @@ class StreamingLeakCheck:
         if self.blocked:
             return ""
         self._text += delta
+        if self.policy.protected_version() != self._version_seen:
+            self._refresh_readers()
+        if not self._restricted:
+            return "" if self._hold_everything else self._release(len(self._text))
         self._retokenize_tail()
         final_tokens = len(self._tokens) - 1  # the last token may still grow
         while self._checked + self.n <= final_tokens:
@@ -81,6 +93,12 @@ class StreamingLeakCheck:
         if self._hold_everything:
             return decision.text  # possibly redacted; nothing was released before
         return self._release(len(self._text))
+
+    def _refresh_readers(self) -> None:
+        self._version_seen = self.policy.protected_version()
+        documents = self.policy.protected_documents()
+        self._readable = {doc for doc, readers in documents.items() if can_read(self.principal, readers)}
+        self._restricted = len(self._readable) < len(documents)
 
     def _release(self, boundary: int) -> str:
         if boundary <= self._released:
