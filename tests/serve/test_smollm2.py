@@ -149,3 +149,17 @@ def test_quantised_greedy_outputs_agree_with_fp32_on_smollm2(smollm2_dir, weight
     print(f"{weights} greedy agreement with fp32: {agreement:.3f}")
     assert agreement >= MIN_AGREEMENT[weights]
     assert tokenizer.decode(quantised[0]).startswith("The capital of France is Paris")
+
+
+def test_the_default_weights_on_the_cpu_are_the_gguf_s_own_int4_codes(smollm2_dir):
+    # No model_path: the built-in model as distributed (Q4_1 codes, output head int8), not its fp32 expansion.
+    from jijian.config import DeployConfig
+    from jijian.model.quantized import Int4Linear, Int8Linear
+    from jijian.serve.server import load_model
+
+    config = DeployConfig.model_validate({"serve": {"model_cache_dir": str(smollm2_dir.parent), "device": "cpu"}})
+    assert config.serve.weights == "auto"
+    model, _, directory = load_model(config)
+    assert directory.name == "SmolLM2-135M-Instruct-int4"
+    assert isinstance(model.model.layers["0"].self_attn.q_proj, Int4Linear)
+    assert isinstance(model.lm_head, Int8Linear)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,10 @@ model_app = typer.Typer(
 @reports_errors
 def serve_run(config: Annotated[Path, typer.Argument(help="deploy.toml with a [serve] section")]) -> None:
     """Start the server described by [serve] (and [hardware] for cost metrics)."""
+    # PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set before its first
+    # such allocation: a decode step streams every weight from memory, and 4 KB pages cost it a TLB miss per
+    # page (measured: SmolLM2 int4 decode step 22.2 -> 20.9 ms on one thread). THP_MEM_ALLOC_ENABLE=0 turns it off.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from jijian.config import load_config
     from jijian.serve.server import run_server
 

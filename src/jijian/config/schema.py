@@ -340,11 +340,19 @@ class ServeConfig(Section):
     block_size: int = Field(default=16, ge=1)
     weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = Field(
         default="auto",
-        description="format of the projection weights: auto = the model's dtype; bf16 = bf16 weights under an fp32 "
-        "model; int8 (per-channel) and int4 (group-wise) = weight-only quantised, through PyTorch's packed kernels",
+        description="format of the projection weights: auto = as the model holds them (on the CPU the built-in "
+        "model's own int4 codes); bf16 = bf16 weights under an fp32 model; int8 (per-channel) and int4 (group-wise) "
+        "= weight-only quantised, through PyTorch's packed kernels",
     )
     int4_group_size: Literal[32, 64, 128, 256] = Field(
         default=32, description="input features sharing one scale and zero with weights = int4"
+    )
+    dense_above_rows: int | None = Field(
+        default=None,
+        ge=0,
+        le=4096,
+        description="CPU, int4/int8 projections: steps with more rows than this (prompt chunks, large batches) "
+        "multiply a float copy of the same weights; default: 8 with weights = auto, 0 (no copy) with int4/int8",
     )
     device: Literal["auto", "cpu", "cuda", "xpu", "mps", "hpu", "npu", "mtia"] = Field(
         default="auto", description="where the model and the paged KV cache live: auto = the accelerator PyTorch finds"

@@ -17,6 +17,7 @@ index: a pipeline stage deletes the layers it does not own and keeps the names o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -43,6 +44,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 == self.weight.dtype and x.device.type == "cpu":
+            # On the CPU the same products in the same order (a * b == b * a exactly), in one call instead of
+            # four: a single-stream decode step runs 61 of these on a small model, where each call's dispatch counts.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
         return self.weight * normed
 
@@ -120,6 +125,30 @@ def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
     return index - first
 
 
+def heads_with_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    head_dim: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    k_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Projected (batch, seq, features) q/k/v as (batch, heads, seq, head_dim), q and k normed (Qwen3) and rotated.
+
+    -1 heads: under tensor parallelism each rank holds only its share of the heads.
+    """
+    batch, seq = q.shape[0], q.shape[1]
+    q = q.view(batch, seq, -1, head_dim)
+    k = k.view(batch, seq, -1, head_dim)
+    v = v.view(batch, seq, -1, head_dim).transpose(1, 2)
+    if q_norm is not None and k_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings."""
 
@@ -135,6 +164,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
         self.q_norm: RMSNorm | None = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm: RMSNorm | None = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        # Set only on the serving runner's CPU view (`jijian.serve.matmul`): q, k and v as one product.
+        self.qkv_proj: nn.Module | None = None
 
     def forward(
         self,
@@ -145,14 +176,11 @@ class Attention(nn.Module):
         start_pos: int = 0,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        # -1 heads: under tensor parallelism each rank holds only its share of the heads.
-        q = self.q_proj(x).view(batch, seq, -1, self.head_dim)
-        k = self.k_proj(x).view(batch, seq, -1, self.head_dim)
-        v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = heads_with_rotary(q, k, v, self.head_dim, cos, sin, self.q_norm, self.k_norm)
         if cache is None:
             gqa = q.shape[1] != k.shape[1]
             if self.sliding_window is not None and seq > self.sliding_window:
@@ -175,9 +203,15 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        # Set only on the serving runner's CPU view (`jijian.serve.matmul`): gate and up as one product.
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        out: torch.Tensor = self.down_proj(F.silu(gate) * up)
         return out
 
 

@@ -198,16 +198,47 @@ class Int4Linear(nn.Module):
         if self.packed_for != str(self.qweight.device):  # moved with .to(): repack in this device's layout
             self.packed = _pack_int4(self.qweight)
             self.packed_for = str(self.qweight.device)
-        flat = _flat(x).to(COMPUTE_DTYPE)
-        out: torch.Tensor
-        if x.device.type == "cpu":
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales_and_zeros)
-        else:
-            out = torch.ops.aten._weight_int4pack_mm(flat, self.packed, self.group_size, self.scales_and_zeros)
-        out = out.to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return int4_matmul(x, self.packed, self.group_size, self.scales_and_zeros, self.bias)
+
+
+def int4_matmul(
+    x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ W^T + bias for an int4 weight W in its device's kernel layout; the product runs in bf16."""
+    flat = _flat(x).to(COMPUTE_DTYPE)
+    out: torch.Tensor
+    if x.device.type == "cpu":
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, group_size, scales_and_zeros)
+    else:
+        out = torch.ops.aten._weight_int4pack_mm(flat, packed, group_size, scales_and_zeros)
+    out = out.to(x.dtype)
+    if bias is not None:
+        out = out + bias.to(x.dtype)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class PackedInt4Product(nn.Module):
+    """x @ W^T for an int4 weight held only in the CPU kernel's layout: the serving runner's fused projections.
+
+    It has no portable form (nothing to save or slice); `jijian.serve.matmul` builds it from Int4Linear parts.
+    """
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(
+        self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("scales_and_zeros", scales_and_zeros, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+        self.group_size = group_size
+        self.out_features, self.in_features = scales_and_zeros.shape[1], scales_and_zeros.shape[0] * group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int4_matmul(x, self.packed, self.group_size, self.scales_and_zeros, self.bias)
 
 
 class Bf16Linear(nn.Module):
@@ -290,6 +321,16 @@ def _pack_int4(qweight: torch.Tensor) -> torch.Tensor:
     inner_k_tiles = next(t for t in (8, 4, 2) if in_features % (t * 16) == 0)
     packed = torch.ops.aten._convert_weight_to_int4pack(qweight, inner_k_tiles)
     return packed
+
+
+def stacked_int4_kernel_weight(parts: list[Int4Linear]) -> torch.Tensor | None:
+    """The parts' kernel-layout weights stacked along the output features, or None where that stack is not
+    the kernel layout of their stacked weights (the CPU layout packs rows in blocks, so a part whose rows end
+    inside a block does not stack; checked against packing the stacked codes, not assumed)."""
+    stacked = torch.cat([part.packed for part in parts])
+    if not torch.equal(stacked, _pack_int4(torch.cat([part.qweight for part in parts]))):
+        return None
+    return stacked
 
 
 # Suffixes of a quantised projection's tensors in a saved state dict (`jijian model import-gguf --weights`).

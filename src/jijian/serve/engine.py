@@ -40,6 +40,10 @@ class EngineConfig:
     # Pure decode steps: "auto" (CUDA graphs on CUDA, the static-shape path for small batches on the CPU),
     # "on" (torch.compile on the CPU), "off" (the dynamic path), or a path by name (runner.DECODE_PATHS).
     compile_decode: str = "auto"
+    # CPU, quantised weights: steps with more rows than this (prompt chunks, large decode batches) multiply a
+    # float copy of the int4/int8 weights instead, where the packed quantised kernels' cost grows with every
+    # row; 0 keeps every step on the quantised kernels (and no copy in memory).
+    dense_above_rows: int = 0
 
 
 @dataclass
@@ -104,6 +108,7 @@ class LLMEngine:
         self.runner = runner if runner is not None else ModelRunner(
             model, cfg.num_blocks, cfg.block_size, adapters,
             decode=cfg.compile_decode, max_num_seqs=cfg.max_num_seqs, max_model_len=self.max_model_len,
+            dense_above_rows=cfg.dense_above_rows,
         )  # fmt: skip
         self.adapter_names = list(adapters or {})
         self.sampler = Sampler(self.runner.device)

@@ -51,6 +51,11 @@ def quantize_model(model: CausalLM, weights: str, *, group_size: int = 32, sourc
     # Imported quantised projections (the head is quantised here only, and int8 under int4 too).
     held = sorted({type(m).__name__ for m in model.model.modules() if isinstance(m, (Int4Linear, Int8Linear))})
     wanted = {"int4": Int4Linear.__name__, "int8": Int8Linear.__name__}.get(weights)
+    if weights == "auto" and len(held) == 1:
+        # "auto" serves the format the model holds: imported int4 or int8 projections keep it, and the head
+        # (float until now) is quantised as that format would have it.
+        weights = {Int4Linear.__name__: "int4", Int8Linear.__name__: "int8"}[held[0]]
+        wanted = held[0]
     if held and weights != "auto" and held != [wanted]:
         raise QuantizationError(
             f"{source} holds {' and '.join(held)} projections (imported quantised), which serve.weights = "

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from jijian.model.llama import CausalLM
 from jijian.serve.adapters import AdapterSet
+from jijian.serve.lean_forward import lean_forward
 from jijian.serve.matmul import with_packed_linears
 from jijian.serve.static_decode import StaticDecoder
 
@@ -154,12 +155,20 @@ class ModelRunner:
         decode: str = "dynamic",
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
+        dense_above_rows: int = 0,
     ) -> None:
         self.device = next(model.parameters()).device
-        self.model = with_packed_linears(model) if self.device.type == "cpu" else model
+        # LoRA adapters hook the separate projections, so their view keeps q/k/v and gate/up unfused.
+        self.model = (
+            with_packed_linears(model, fuse=not adapters, dense_above_rows=dense_above_rows)
+            if self.device.type == "cpu"
+            else model
+        )
         if adapters and self.model is model:  # hooks go on a view, never on the caller's model
             self.model = copy.deepcopy(model, memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
         self.adapters = AdapterSet(self.model, model.cfg, adapters) if adapters else None
+        # The decoder without nn.Module dispatch (same operations); None where hooks (adapters) need the modules.
+        self.lean = lean_forward(self.model) if self.adapters is None else None
         # LoRA hooks pick rows per step, which a fixed-shape step does not model: adapters decode dynamically.
         setting, decode = decode, "dynamic" if self.adapters is not None else resolve_decode_path(decode, self.device)
         if decode == "graphs" and self.device.type != "cuda":
@@ -208,7 +217,8 @@ class ModelRunner:
             per_token = [index for seq, index in zip(token_ids, adapter_ids, strict=True) for _ in seq]
             self.adapters.select(per_token, self.device)
         try:
-            hidden = self.model.hidden_states(tokens[None, :], cache=self.cache, positions=positions)
+            run = self.lean.hidden_states if self.lean is not None else self.model.hidden_states
+            hidden = run(tokens[None, :], cache=self.cache, positions=positions)
         finally:
             self.cache.layout = None
             if self.adapters is not None:

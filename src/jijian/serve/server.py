@@ -16,6 +16,7 @@ import torch
 from fastapi import FastAPI
 
 from jijian.config import DeployConfig, UserInputError
+from jijian.config.schema import ServeConfig
 from jijian.guard.crypto import file_reader, is_encrypted, key_from_config
 from jijian.guard.http_auth import HttpAuth
 from jijian.guard.http_limits import allowed_hosts
@@ -23,6 +24,7 @@ from jijian.guard.policy import GuardPolicy
 from jijian.model.device import resolve_device, resolve_dtype
 from jijian.model.hf import has_quantized_projections, load_hf
 from jijian.model.llama import CausalLM
+from jijian.model.quantized import Int4Linear, Int8Linear
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.api import ApiSettings, Embedder, create_app
 from jijian.serve.async_engine import AsyncEngine
@@ -63,17 +65,20 @@ def load_model(config: DeployConfig, tp_rank: int = 0) -> tuple[CausalLM, Tokeni
     read whole and then cut).
     """
     serve = config.serve
+    device = resolve_device(serve.device, "serve.device")
     if serve.model_path is not None:
         directory = serve.model_path
     else:
         from jijian.model.gguf import smollm2_model_dir
 
         # int4 in groups of 32 serves the GGUF's own Q4_1 codes (what llama.cpp multiplies by), not a requantisation.
-        exact = serve.weights == "int4" and serve.int4_group_size == 32
+        # So does "auto" on the CPU: those codes are the model as distributed (the fp32 copy is their expansion),
+        # and a CPU decode step is bound by the bytes of weights it reads.
+        int4 = serve.weights == "int4" or (serve.weights == "auto" and device.type == "cpu")
+        exact = int4 and serve.int4_group_size == 32
         directory = smollm2_model_dir(serve.model_cache_dir, "int4" if exact else "fp32")
     key = key_from_config(config.guard)
     encrypted = any(is_encrypted(path) for path in Path(directory).glob("*") if path.is_file())
-    device = resolve_device(serve.device, "serve.device")
     dtype_name = "fp32" if serve.weights == "fp32" and serve.dtype == "auto" else serve.dtype
     dtype = resolve_dtype(dtype_name, device, "serve.dtype")
     if serve.weights == "fp32" and dtype != torch.float32:
@@ -94,6 +99,19 @@ def load_model(config: DeployConfig, tp_rank: int = 0) -> tuple[CausalLM, Tokeni
     if serve.tensor_parallel == 1:  # tensor-parallel ranks quantise their own shard, on their device
         serve_weights(model, config, Path(directory))
     return model, tokenizer, Path(directory)
+
+
+# Decode steps of up to this many rows stay on the int4 kernel under weights = "auto": measured on SmolLM2
+# (2 AVX-512 cores, one thread), int4 beats oneDNN's bf16 matmul up to about 8 rows and loses beyond.
+AUTO_DENSE_ABOVE_ROWS = 8
+
+
+def dense_above_rows(serve: ServeConfig, model: CausalLM) -> int:
+    """`[serve] dense_above_rows`, its default resolved: 8 for quantised projections under "auto", else 0."""
+    if serve.dense_above_rows is not None:
+        return serve.dense_above_rows
+    quantized = any(isinstance(m, (Int4Linear, Int8Linear)) for m in model.modules())
+    return AUTO_DENSE_ABOVE_ROWS if serve.weights == "auto" and quantized else 0
 
 
 def serve_weights(model: CausalLM, config: DeployConfig, directory: Path) -> CausalLM:
@@ -160,6 +178,7 @@ def build_server(
         num_speculative_tokens=serve.speculative_tokens,
         ngram_range=(serve.speculative_ngram[0], serve.speculative_ngram[1]),
         compile_decode=serve.compile_decode,
+        dense_above_rows=dense_above_rows(serve, model),
     )
     runner = None
     if serve.tensor_parallel > 1:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from jijian.model.llama import CausalLM
+from jijian.serve.lean_forward import lean_forward
 
 MIN_WIDTH_BLOCKS = 4  # narrower contexts are padded to this: fewer buckets, almost no extra work
 
@@ -121,6 +122,8 @@ class StaticDecoder:
         # Freezing folds the weights into the compiled code as constants, which lets inductor pack them
         # for oneDNN once (the eager CPU path uses `matmul.PackedLinear` for the same reason).
         self.forward = self._forward
+        # Eager steps skip nn.Module dispatch (the same operations); compiled and captured ones trace the modules.
+        self.lean = lean_forward(model) if mode == "static" else None
         if mode == "compile":
             self.forward = torch.compile(self._forward, dynamic=False, options={"freezing": True})
         if mode == "compile":
@@ -213,6 +216,7 @@ class StaticDecoder:
         if attention.window is not None:
             allowed &= key_positions[None, :] > positions[:, None] - attention.window
         attention.slots, attention.tables, attention.mask = slots, tables.reshape(-1), allowed[None, :, None, :]
-        hidden = self.model.hidden_states(tokens[None, :], cache=attention, positions=positions)[0]
+        run = self.lean.hidden_states if self.lean is not None else self.model.hidden_states
+        hidden = run(tokens[None, :], cache=attention, positions=positions)[0]
         head = self.model.lm_head
         return (head(hidden) if head is not None else hidden).float()
