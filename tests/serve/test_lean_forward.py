@@ -1,4 +1,5 @@
-"""The runner's decoder forward without module dispatch: the modules' logits bit for bit, and off under hooks."""
+"""The runner's decoder forward without module dispatch, and the CPU's traced decode steps: the modules' logits
+bit for bit, and the modules' own calls under hooks."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def runner_pair(model: nn.Module) -> tuple[ModelRunner, ModelRunner]:
     assert fast.lean is not None and fast.static_decoder is not None and fast.static_decoder.lean is not None
     slow.lean = None
     assert slow.static_decoder is not None
-    slow.static_decoder.lean = None
+    slow.static_decoder.lean, slow.static_decoder.trace = None, False
     return fast, slow
 
 
@@ -37,13 +38,21 @@ def test_lean_forward_gives_the_modules_logits_bit_for_bit(variant, weights):
     cfg = ModelConfig(dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192, vocab_size=96, **VARIANTS[variant])
     model = quantize_model(build_model(cfg), weights)
     fast, slow = runner_pair(model)
-    prompts, tables = [list(range(3, 14)), list(range(20, 27))], [[0, 1, 2, 3], [4, 5, 6, 7]]
+    prompts, tables = [list(range(3, 14)), list(range(20, 27))], [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     # A prefill of two prompts (the dynamic path), then two decode steps of both (the static path).
-    step = ([*prompts], [0, 0], [1, 1])
-    for tokens, starts, counts in [step, ([[5], [9]], [11, 7], [1, 1]), ([[6], [10]], [12, 8], [1, 1])]:
-        got = fast.execute(tokens, starts, tables, counts)
-        want = slow.execute(tokens, starts, tables, counts)
-        assert torch.equal(got, want)
+    got = fast.execute(prompts, [0, 0], tables, [1, 1])
+    assert torch.equal(got, slow.execute(prompts, [0, 0], tables, [1, 1]))
+    # Decode steps of both (the static path), fed their own greedy tokens, across a block boundary (block 4)
+    # and from two requests to one; on the CPU the fast runner replays each bucket's traced step.
+    tokens = [[int(t)] for t in got.argmax(-1)]
+    for step in range(6):
+        starts = [11 + step, 7 + step][: len(tokens)]
+        got = fast.execute(tokens, starts, tables[: len(tokens)], [1] * len(tokens))
+        assert torch.equal(got, slow.execute(tokens, starts, tables[: len(tokens)], [1] * len(tokens))), step
+        tokens = [[int(t)] for t in got.argmax(-1)][: 2 if step < 3 else 1]
+    assert fast.static_decoder is not None
+    # int4 steps were traced (buckets (2, w) and (1, w)); oneDNN's packed fp32 weights cannot be, and run eagerly.
+    assert len(fast.static_decoder.traced) >= 2 if weights == "int4" else not fast.static_decoder.trace
 
 
 def test_hooks_keep_the_modules_calls():

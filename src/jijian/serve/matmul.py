@@ -224,13 +224,16 @@ def with_packed_linears(model: M, *, fuse: bool = True, dense_above_rows: int = 
 
     `fuse=False` keeps every projection a layer of its own (LoRA adapters hook them one by one).
     `dense_above_rows > 0` gives quantised projections a float copy for steps of more rows (`QuantizedOrDense`).
-    The copy's modules are new but its parameters and buffers are the original tensors (no weight
-    is duplicated except for the packed copies), so the caller can go on using, copying or
-    quantising `model`. Without oneDNN the model itself is returned.
+    The copy's modules are new but its parameters and buffers share the original tensors' storage (no
+    weight is duplicated except for the packed copies; the parameters are detached, needing no gradient),
+    so the caller can go on using, copying or quantising `model`. Without oneDNN the model itself is returned.
     """
     if not packing_available():
         return model
-    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    # The view's parameters share the model's storage, detached: it only serves, and weights that need no
+    # gradient are what the CPU decode step's trace can record (static_decode).
+    shared: dict[int, object] = {id(b): b for b in model.buffers()}
+    shared.update({id(p): nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()})
     view = copy.deepcopy(model, memo=shared)
     unused = {id(layer) for layer in fuse_projections(view)} if fuse else set()
     for parent in list(view.modules()):
