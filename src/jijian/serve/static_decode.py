@@ -33,6 +33,10 @@ from jijian.serve.lean_forward import lean_forward
 MIN_WIDTH_BLOCKS = 4  # narrower contexts are padded to this: fewer buckets, almost no extra work
 
 
+# Steps a CPU bucket runs eagerly before its step is recorded with torch.jit.trace (see StaticDecoder).
+TRACE_AFTER_STEPS = 64
+
+
 def capture_sizes(max_num_seqs: int) -> list[int]:
     """Batch-size buckets: 1, 2, 4, 8, ... below `max_num_seqs`, then `max_num_seqs` itself."""
     sizes, size = [], 1
@@ -127,17 +131,21 @@ class StaticDecoder:
         self.forward = self._forward
         # Eager steps skip nn.Module dispatch (the same operations); compiled and captured ones trace the modules.
         self.lean = lean_forward(model) if mode == "static" else None
-        # On the CPU each bucket's eager step is recorded once with torch.jit.trace and replayed by TorchScript's
-        # interpreter: the same kernels on the same tensors (bitwise-equal logits, tested), without Python between
-        # them, the CPU's counterpart of a CUDA graph (SmolLM2 int4, one thread: 20.1 -> 16.0 ms a step; tracing a
-        # bucket takes 0.2 s, on its first use). Weights that need gradients, and oneDNN's packed float weights,
-        # cannot be recorded as constants: then, and off the CPU, steps run eagerly.
+        # On the CPU a bucket's eager step is recorded with torch.jit.trace once the bucket has run `trace_after`
+        # steps, and then replayed by TorchScript's interpreter (its graph optimiser off): the same kernels on the
+        # same tensors (bitwise-equal logits, tested), without Python between them, the CPU's counterpart of a CUDA
+        # graph (SmolLM2 int4, one thread: 20.1 -> 17.1 ms a step). Recording costs about 0.4 s, so only buckets
+        # in steady use are recorded: recording every bucket on first use cost a 16-request burst 7 s. Weights
+        # that need gradients, and oneDNN's packed float weights, cannot be recorded as constants: then, and off
+        # the CPU, steps run eagerly.
         self.trace = (
             mode == "static"
             and self.device.type == "cpu"
             and not any(t.requires_grad for t in [*model.parameters(), *model.buffers()])
         )
         self.traced: dict[tuple[int, int], Callable[..., torch.Tensor]] = {}
+        self.trace_after = TRACE_AFTER_STEPS
+        self.bucket_steps: dict[tuple[int, int], int] = {}
         if mode == "compile":
             self.forward = torch.compile(self._forward, dynamic=False, options={"freezing": True})
         if mode == "compile":
@@ -174,12 +182,15 @@ class StaticDecoder:
         views = self._views(size, width)
         traced = self.traced.get((size, width)) if self.trace else None
         if self.trace and traced is None:
-            try:
-                traced = self.traced[(size, width)] = self._record(views)
-            except RuntimeError:  # an operand TorchScript cannot hold (oneDNN's packed fp32/bf16 weights)
-                self.trace = False
+            used = self.bucket_steps[size, width] = self.bucket_steps.get((size, width), 0) + 1
+            if used >= self.trace_after:
+                try:
+                    traced = self.traced[(size, width)] = self._record(views)
+                except RuntimeError:  # an operand TorchScript cannot hold (oneDNN's packed fp32/bf16 weights)
+                    self.trace = False
         if traced is not None:
-            return traced(*views)[:batch]
+            with torch.jit.optimized_execution(False):  # the optimiser's passes cost more than they save here
+                return traced(*views)[:batch]
         return self.forward(*views)[:batch]
 
     def _record(self, views: tuple[torch.Tensor, ...]) -> Callable[..., torch.Tensor]:
