@@ -24,6 +24,7 @@ embeddings and weight accounting are unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -166,8 +167,11 @@ def fuse_projections(model: nn.Module) -> list[nn.Module]:
     return unused
 
 
+@functools.cache
 def native_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16 matmul is fast."""
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16 matmul is fast.
+
+    Read once per process: every quantised projection's float copy asks."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
