@@ -177,6 +177,16 @@ def main() -> None:
         f"jijian weights {args.weights} ({served_dir.name}, {weight_format(model)})"
     )
 
+    # Correctness first: jijian's greedy output of the first request must equal transformers' (tokens -> same
+    # text). The reference runs before the server does: CPU kernels on this thread while the engine decodes
+    # would slow the engine's (serve.cpu_threads).
+    check_prompt = requests[0][0]
+    ids = torch.tensor([check_prompt])
+    expected = reference.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0
+    )
+    expected_text = tokenizer.decode(expected[0, len(check_prompt) :].tolist())
+
     runs = {}
     for speculative in (args.speculative_tokens, 0):
         engine = LLMEngine(
@@ -194,20 +204,9 @@ def main() -> None:
         auth = HttpAuth(KeyRing(), allow_anonymous=True)  # loopback benchmark: no keys to check
         app = create_app(AsyncEngine(engine), tokenizer, ApiSettings(model_name="smollm2"), auth=auth)
         with serve_in_thread(app) as url:
-            # Correctness first: the first request, greedy, equals transformers (tokens -> same text).
-            prompt = requests[0][0]
-            _, _, texts = asyncio.run(drive(url, [(prompt, 8)], 1))
-            ids = torch.tensor([prompt])
-            ref = reference.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=8,
-                min_new_tokens=8,
-                do_sample=False,
-                pad_token_id=0,
-            )
+            _, _, texts = asyncio.run(drive(url, [(check_prompt, 8)], 1))
             if exact:
-                assert texts[0] == tokenizer.decode(ref[0, len(prompt) :].tolist()), "jijian and transformers disagree"
+                assert texts[0] == expected_text, "jijian and transformers disagree"
             runs[speculative] = (*asyncio.run(drive(url, requests, concurrency)), engine.stats)
         if args.speculative_tokens == 0:
             break

@@ -27,6 +27,7 @@ from jijian.guard.principals import Principal
 from jijian.guard.stream import STOPPED
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.async_engine import AsyncEngine, EngineRequestFailed, QueueFullError
+from jijian.serve.cpu_threads import to_side_thread
 from jijian.serve.engine import RequestOutput
 from jijian.serve.errors import ApiError
 from jijian.serve.metrics import ServerMetrics
@@ -197,7 +198,7 @@ class OpenAIRoutes:
         if self.policy is None:
             return
         for role, text in messages:
-            decision = await asyncio.to_thread(self.policy.check_request, text, principal, request_id)
+            decision = await to_side_thread(self.policy.check_request, text, principal, request_id)
             if not decision.allowed:
                 reasons = "; ".join(decision.injection.reasons[:3])
                 raise ApiError(400, f"the request was refused by the prompt-injection guard ({role} message: "
@@ -207,7 +208,7 @@ class OpenAIRoutes:
         """The answer as the guard lets it out (withheld when it leaks a document the caller may not read)."""
         if self.policy is None:
             return text
-        decision = await asyncio.to_thread(self.policy.check_response, text, principal, request_id)
+        decision = await to_side_thread(self.policy.check_response, text, principal, request_id)
         return decision.text
 
     # --- running requests -----------------------------------------------------------------------
@@ -313,7 +314,7 @@ class OpenAIRoutes:
             async for output in outputs:
                 text = check.feed(output.text_delta)
                 if output.finished and not check.blocked:
-                    text += await asyncio.to_thread(check.finish)
+                    text += await to_side_thread(check.finish)
                 if check.blocked:
                     yield STOPPED, output, "content_filter"
                     return
@@ -372,7 +373,7 @@ class OpenAIRoutes:
         if not query:
             raise ApiError(400, "rag: needs a user message to search for", "invalid_request_error", param="rag")
         try:
-            passages = await asyncio.to_thread(
+            passages = await to_side_thread(
                 self.retriever.retrieve, query, body.rag.collection, body.rag.top_k, principal
             )
         except AccessDenied as exc:
@@ -448,7 +449,7 @@ class OpenAIRoutes:
             raise ApiError(400, f"input: at most {self.settings.max_embedding_inputs} texts per request, got "
                            f"{len(texts)}", "invalid_request_error", param="input")  # fmt: skip
         self.check_prompt_size(sum(len(t) for t in texts))
-        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+        vectors = await to_side_thread(self.embedder.embed, texts)
         return {
             "object": "list",
             "model": self.embedder.name,

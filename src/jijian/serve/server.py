@@ -28,6 +28,7 @@ from jijian.model.quantized import Int4Linear, Int8Linear
 from jijian.model.tokenizer import Tokenizer
 from jijian.serve.api import ApiSettings, Embedder, create_app
 from jijian.serve.async_engine import AsyncEngine
+from jijian.serve.cpu_threads import release_idle_workers
 from jijian.serve.dashboard import DashboardSources
 from jijian.serve.engine import EngineConfig, LLMEngine
 from jijian.serve.quant import QuantizationError, quantize_model
@@ -225,6 +226,9 @@ def run_server(config: DeployConfig) -> None:
     # Grad mode is per thread and restored on the way out (a caller in the same process keeps its own).
     with torch.no_grad():
         server = build_server(config)
+        # This thread loaded the model and now only runs uvicorn's loop: its idle OpenMP team would put the
+        # engine thread's team to sleep between kernels (serve.cpu_threads).
+        release_idle_workers()
         print(f"dashboard: http://{config.serve.host}:{config.serve.port}/ui", file=sys.stderr, flush=True)
         try:
             uvicorn.run(server.app, host=config.serve.host, port=config.serve.port, log_level="info")
@@ -238,10 +242,12 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", timeout_s: float = 60
 
     For tests, benchmarks and the quick start, which need a real socket but not a separate process.
     The socket is bound here and handed to uvicorn still held, so no other process can take the port
-    between choosing it and listening on it.
+    between choosing it and listening on it. The calling thread gives back its idle OpenMP workers
+    (serve.cpu_threads): CPU kernels it runs while serving slow the engine thread's.
     """
     import uvicorn
 
+    release_idle_workers()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

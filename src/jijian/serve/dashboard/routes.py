@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hmac
 import secrets
@@ -19,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jijian.guard.http_auth import AuthError, HttpAuth, client_address
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import Principal
+from jijian.serve.cpu_threads import to_side_thread
 from jijian.serve.dashboard import views
 from jijian.serve.dashboard.charts import format_number, line_chart
 from jijian.serve.dashboard.sessions import SESSION_COOKIE, SessionStore
@@ -211,9 +211,7 @@ def pages_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get("/training")
     async def training_page(who: views.Viewer = viewer) -> HTMLResponse:
-        return await asyncio.to_thread(
-            dashboard.render, "training.html.jinja", who, lambda _: training_context(sources)
-        )
+        return await to_side_thread(dashboard.render, "training.html.jinja", who, lambda _: training_context(sources))
 
     @router.get("/kb")
     async def kb_page(request: Request, who: views.Viewer = viewer) -> HTMLResponse:
@@ -230,7 +228,7 @@ def pages_router(dashboard: Dashboard) -> APIRouter:
             found = {"query": query, "collection": collection, "hits": hits, "error": error}
             return {**views.kb_view(sources, who, policy), **found}
 
-        return await asyncio.to_thread(dashboard.render, "kb.html.jinja", who, context, status)
+        return await to_side_thread(dashboard.render, "kb.html.jinja", who, context, status)
 
     @router.get("/serving")
     async def serving_page(who: views.Viewer = viewer) -> HTMLResponse:
@@ -238,13 +236,13 @@ def pages_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get("/guard")
     async def guard_page(who: views.Viewer = viewer) -> HTMLResponse:
-        return await asyncio.to_thread(
+        return await to_side_thread(
             dashboard.render, "guard.html.jinja", who, lambda who: views.guard_view(sources, who)
         )
 
     @router.get("/chat")
     async def chat_page(who: views.Viewer = viewer) -> HTMLResponse:
-        return await asyncio.to_thread(
+        return await to_side_thread(
             dashboard.render, "chat.html.jinja", who, lambda who: views.kb_view(sources, who, policy)
         )
 
@@ -262,11 +260,11 @@ def data_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get("/training")
     async def training_data(who: views.Viewer = viewer) -> JSONResponse:
-        return answer(who, await asyncio.to_thread(views.training_view, sources))
+        return answer(who, await to_side_thread(views.training_view, sources))
 
     @router.get("/kb")
     async def kb_data(who: views.Viewer = viewer) -> JSONResponse:
-        return answer(who, await asyncio.to_thread(views.kb_view, sources, who, policy))
+        return answer(who, await to_side_thread(views.kb_view, sources, who, policy))
 
     @router.get("/kb/search")
     async def kb_search_data(request: Request, who: views.Viewer = viewer) -> JSONResponse:
@@ -287,7 +285,7 @@ def data_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get("/guard")
     async def guard_data(who: views.Viewer = viewer) -> JSONResponse:
-        return answer(who, await asyncio.to_thread(views.guard_view, sources, who))
+        return answer(who, await to_side_thread(views.guard_view, sources, who))
 
     @router.get("/me")
     async def me(who: views.Viewer = viewer) -> JSONResponse:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jijian.guard.policy import GuardPolicy
 from jijian.guard.principals import ANONYMOUS, Principal
+from jijian.serve.cpu_threads import to_side_thread
 from jijian.serve.dashboard import training
 from jijian.serve.dashboard.guard_events import audit_view
 from jijian.serve.dashboard.sources import DashboardSources
@@ -92,7 +92,7 @@ async def kb_search(
         raise SearchError(400, f"k: must be between 1 and 50, got {k}")
     try:
         principal = viewer.principal or ANONYMOUS
-        passages = await asyncio.to_thread(retriever.retrieve, query, collection, k, principal)
+        passages = await to_side_thread(retriever.retrieve, query, collection, k, principal)
     except AccessDenied as exc:
         raise SearchError(403, str(exc)) from None
     except KeyError:
