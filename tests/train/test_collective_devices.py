@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,7 +100,8 @@ def test_trainer_agreement_collectives_use_the_trainer_device(fake_group, lazy_d
         optimizer=SimpleNamespace(zero_grad=lambda set_to_none: None),
         step=3,
     )
-    assert Trainer._out_of_time(trainer, start=0.0) is True  # the clock started at 0: long past 60 minutes
+    # Started 61 minutes ago (time.perf_counter() counts from boot, which may be less than an hour ago).
+    assert Trainer._out_of_time(trainer, start=time.perf_counter() - 61 * 60) is True
     with pytest.raises(InstabilityDetected):
         Trainer._check_stability(trainer, torch.tensor(float("nan")), torch.tensor(1.0), [7])
     assert devices == ["lazy", "lazy"]
