@@ -174,7 +174,8 @@ def main() -> None:
     print(
         f"{count} requests, prompts {prompts[0]}-{prompts[1]} tokens, outputs {outputs[0]}-{outputs[1]} "
         f"({total} output tokens), concurrency {concurrency}, torch threads {torch.get_num_threads()}, "
-        f"jijian weights {args.weights} ({served_dir.name}, {weight_format(model)})"
+        f"jijian weights {args.weights} ({served_dir.name}, {weight_format(model)}); "
+        f"transformers {transformers.__version__}, torch {torch.__version__}"
     )
 
     # Correctness first: jijian's greedy output of the first request must equal transformers' (tokens -> same
